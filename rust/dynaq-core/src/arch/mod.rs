@@ -1,0 +1,4 @@
+//! Every SIMD kernel, one module per path. All `unsafe` SIMD code of the crate lives here.
+
+#[cfg(target_arch = "x86_64")]
+pub mod x86_64;

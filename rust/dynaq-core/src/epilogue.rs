@@ -1,0 +1,136 @@
+//! Epilogues: what happens to an exact i32 (or i64) tile.
+//!
+//! * [`LinearEpilogue`]: `y = f32(acc - zx[m] * colsum[n]) * (sx[m] * sw[n]) + bias[n]`, the
+//!   fused dequantization of `linear`. One implementation for every path, so the float results
+//!   agree bit for bit whenever the integers do.
+//! * [`IntegerEpilogue`]: ONNX `MatMulInteger` zero-point corrections in i64, then a checked
+//!   conversion to i32 (an overflow is reported, never wrapped).
+
+use crate::gemm::{Epilogue, SharedOut, MAX_NR};
+use crate::reference::linear_epilogue_one;
+use std::sync::Mutex;
+
+/// The dequantizing epilogue of `linear`.
+pub struct LinearEpilogue<'a> {
+    pub(crate) out: SharedOut<f32>,
+    /// Output row stride (= n).
+    pub(crate) n: usize,
+    /// Activation zero point per row.
+    pub(crate) zx: &'a [i32],
+    /// Activation scale per row.
+    pub(crate) sx: &'a [f32],
+    /// Weight column sums.
+    pub(crate) colsum: &'a [i32],
+    /// Weight scale per output column.
+    pub(crate) sw: &'a [f32],
+    /// Bias per output column (zeros when there is none).
+    pub(crate) bias: &'a [f32],
+}
+
+impl Epilogue for LinearEpilogue<'_> {
+    fn tile_i32(&self, m0: usize, n0: usize, rows: usize, cols: usize, acc: &[i32], ldc: usize) {
+        let mut buf = [0f32; MAX_NR];
+        let (cs, sw, bias) = (
+            &self.colsum[n0..n0 + cols],
+            &self.sw[n0..n0 + cols],
+            &self.bias[n0..n0 + cols],
+        );
+        for r in 0..rows {
+            let m = m0 + r;
+            let (zx, sx) = (self.zx[m], self.sx[m]);
+            let accs = &acc[r * ldc..r * ldc + cols];
+            for c in 0..cols {
+                // One K chunk: `acc - zx * colsum = sum (a - zx) w` is below 255 * 128 * 65536
+                // < 2^31 in magnitude, so the wrapping i32 arithmetic is exact, and its f32
+                // conversion equals that of the i64 path in `linear_epilogue_one`.
+                let corrected = accs[c].wrapping_sub(zx.wrapping_mul(cs[c]));
+                buf[c] = corrected as f32 * (sx * sw[c]) + bias[c];
+            }
+            self.out.write_slice(m * self.n + n0, &buf[..cols]);
+        }
+    }
+
+    fn tile_i64(&self, m0: usize, n0: usize, rows: usize, cols: usize, acc: &[i64], ldc: usize) {
+        let mut buf = [0f32; MAX_NR];
+        for r in 0..rows {
+            let m = m0 + r;
+            for c in 0..cols {
+                let j = n0 + c;
+                buf[c] = linear_epilogue_one(
+                    acc[r * ldc + c],
+                    self.zx[m],
+                    self.colsum[j],
+                    self.sx[m],
+                    self.sw[j],
+                    self.bias[j],
+                );
+            }
+            self.out.write_slice(m * self.n + n0, &buf[..cols]);
+        }
+    }
+}
+
+/// The first result that did not fit in i32: `(row, column, value)`.
+pub type OverflowAt = (usize, usize, i64);
+
+/// `out = acc + cb[n] * rowsum[m] + ra[m] * colsum[n] + k * ra[m] * cb[n]`, checked into i32.
+///
+/// With canonical operands `a' = a - oa` (u8) and `b' = b - ob` (s8), and zero points `za`, `zb`:
+/// `sum (a - za)(b - zb) = sum a'b' + (ob - zb) sum a' + (oa - za) sum b' + k (oa - za)(ob - zb)`,
+/// so `ra = oa - za` and `cb = ob - zb`.
+pub struct IntegerEpilogue<'a> {
+    pub(crate) out: SharedOut<i32>,
+    pub(crate) n: usize,
+    pub(crate) k: i64,
+    pub(crate) ra: &'a [i64],
+    pub(crate) rowsum: &'a [i64],
+    pub(crate) cb: &'a [i64],
+    pub(crate) colsum: &'a [i32],
+    /// The first overflow seen (any thread), if one was.
+    pub(crate) first_overflow: Mutex<Option<OverflowAt>>,
+}
+
+impl IntegerEpilogue<'_> {
+    fn write<T: Copy + Into<i64>>(
+        &self,
+        m0: usize,
+        n0: usize,
+        rows: usize,
+        cols: usize,
+        acc: &[T],
+        ldc: usize,
+    ) {
+        let mut buf = [0i32; MAX_NR];
+        for r in 0..rows {
+            let m = m0 + r;
+            let (ra, rs) = (self.ra[m], self.rowsum[m]);
+            let mut bad = None;
+            for c in 0..cols {
+                let j = n0 + c;
+                let cb = self.cb[j];
+                let v = acc[r * ldc + c].into()
+                    + cb * rs
+                    + ra * self.colsum[j] as i64
+                    + self.k * ra * cb;
+                buf[c] = i32::try_from(v).unwrap_or_else(|_| {
+                    bad.get_or_insert((m, j, v));
+                    0
+                });
+            }
+            self.out.write_slice(m * self.n + n0, &buf[..cols]);
+            if let Some(at) = bad {
+                let mut f = self.first_overflow.lock().unwrap_or_else(|e| e.into_inner());
+                f.get_or_insert(at);
+            }
+        }
+    }
+}
+
+impl Epilogue for IntegerEpilogue<'_> {
+    fn tile_i32(&self, m0: usize, n0: usize, rows: usize, cols: usize, acc: &[i32], ldc: usize) {
+        self.write(m0, n0, rows, cols, acc, ldc)
+    }
+    fn tile_i64(&self, m0: usize, n0: usize, rows: usize, cols: usize, acc: &[i64], ldc: usize) {
+        self.write(m0, n0, rows, cols, acc, ldc)
+    }
+}

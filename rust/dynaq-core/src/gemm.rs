@@ -1,0 +1,263 @@
+//! The GEMM driver: tiles, K chunks and threads around a microkernel.
+//!
+//! ```text
+//! LOOP 1 (parallel): work items = blocks of M rows x blocks of N tiles
+//! LOOP 2: n tiles of the item (nr = np * 16 columns)
+//! LOOP 3: m tiles of the item (mr rows); the B micro-panel (K x nr) stays hot across them
+//! LOOP 4: K chunks of at most K_CHUNK (one chunk for K <= 65536)
+//!         microkernel -> i32 tile; several chunks add up in an i64 tile
+//! epilogue: the tile goes to the caller's `Epilogue`, which writes the output
+//! ```
+//!
+//! The driver never lets an i32 accumulator overflow: a chunk sums at most `K_CHUNK` products
+//! of magnitude at most `255 * 128`, and `65536 * 32640 = 2,139,095,040 < 2^31`.
+
+use crate::error::{try_zeroed, Result};
+use crate::kernels::{AData, AFormat, GemmKernel, Tile};
+use crate::pack::{PackedB, GROUP_BYTES, PANEL};
+use rayon::prelude::*;
+
+/// Largest reduction one i32 accumulator sums (a multiple of 4).
+pub const K_CHUNK: usize = 65536;
+
+/// Most rows and columns a microkernel tile may have; tile buffers are this size.
+pub(crate) const MAX_MR: usize = 8;
+pub(crate) const MAX_NR: usize = 64;
+
+/// Where the driver hands finished tiles. Implementations write disjoint parts of an output,
+/// possibly from several threads at once.
+pub trait Epilogue: Sync {
+    /// Rows `m0..m0+rows`, columns `n0..n0+cols`, from `acc[r * ldc + c]`.
+    fn tile_i32(&self, m0: usize, n0: usize, rows: usize, cols: usize, acc: &[i32], ldc: usize);
+    /// The same for reductions longer than [`K_CHUNK`], summed in i64.
+    fn tile_i64(&self, m0: usize, n0: usize, rows: usize, cols: usize, acc: &[i64], ldc: usize);
+}
+
+/// Quantized activations: `m` rows of `k` u8 values, row stride `lda` (a multiple of 4, the
+/// padding zero).
+#[derive(Clone, Debug, Default)]
+pub struct QuantizedA {
+    m: usize,
+    k: usize,
+    lda: usize,
+    data: Vec<u8>,
+}
+
+impl QuantizedA {
+    /// A zeroed buffer for `m x k`.
+    pub fn zeroed(m: usize, k: usize) -> Result<QuantizedA> {
+        let lda = k.div_ceil(4) * 4;
+        let len = m.checked_mul(lda).ok_or_else(|| {
+            crate::Error::Memory(format!("activations {m} x {k} are too large"))
+        })?;
+        Ok(QuantizedA {
+            m,
+            k,
+            lda,
+            data: try_zeroed(len, "quantized activations")?,
+        })
+    }
+    /// Rows.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+    /// Columns.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Row `i` (its `k` values, without padding).
+    pub fn row(&self, i: usize) -> &[u8] {
+        &self.data[i * self.lda..i * self.lda + self.k]
+    }
+    /// Row `i`, mutable.
+    pub fn row_mut(&mut self, i: usize) -> &mut [u8] {
+        &mut self.data[i * self.lda..i * self.lda + self.k]
+    }
+    /// The whole buffer and its row stride, for quantizers that write rows in place (the
+    /// padding past `k` must stay zero). `expected_lda` is the caller's idea of the stride.
+    pub fn strided_mut(&mut self, expected_lda: usize) -> (&mut [u8], usize) {
+        debug_assert_eq!(expected_lda, self.lda);
+        (&mut self.data, self.lda)
+    }
+    /// `sum_k a[i][k]` for each row.
+    pub fn row_sums(&self) -> Vec<i64> {
+        (0..self.m)
+            .map(|i| self.row(i).iter().map(|&v| v as i64).sum())
+            .collect()
+    }
+}
+
+enum AStore<'a> {
+    U8(&'a [u8]),
+    I16(Vec<i16>),
+}
+
+/// `acc[i][j] = sum_k a[i][k] * b[k][j]`, exactly, delivered tile by tile to `epi`.
+pub fn gemm<E: Epilogue>(
+    kernel: &GemmKernel,
+    a: &QuantizedA,
+    b: &PackedB,
+    epi: &E,
+) -> Result<()> {
+    assert_eq!(a.k, b.k(), "inner dimensions differ");
+    let (m, n) = (a.m, b.n());
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let store = match kernel.a_format {
+        AFormat::U8 => AStore::U8(&a.data),
+        AFormat::I16 => {
+            let mut w: Vec<i16> = try_zeroed(a.data.len(), "widened activations")?;
+            for (d, &s) in w.iter_mut().zip(&a.data) {
+                *d = s as i16;
+            }
+            AStore::I16(w)
+        }
+    };
+    let a_data = match &store {
+        AStore::U8(d) => AData::U8(d),
+        AStore::I16(d) => AData::I16(d),
+    };
+    let (mr, np) = (kernel.mr.min(MAX_MR), kernel.np.min(MAX_NR / PANEL));
+    let n_tiles = b.panels().div_ceil(np);
+    let m_tiles = m.div_ceil(mr);
+    let macs = (m * n) as f64 * a.k.max(1) as f64;
+
+    crate::threads::install(|threads| {
+        // LOOP 1: split the work only when each part keeps a few hundred microseconds of work.
+        let parts = if threads <= 1 || macs < 4.0e6 {
+            1
+        } else {
+            (threads * 4).min(m_tiles * n_tiles)
+        };
+        // Prefer splitting N (small M is common and each N block reads its own weights).
+        let n_blocks = parts.min(n_tiles).max(1);
+        let m_blocks = parts.div_ceil(n_blocks).min(m_tiles).max(1);
+        let nt_per = n_tiles.div_ceil(n_blocks);
+        let mt_per = m_tiles.div_ceil(m_blocks);
+        let item = |idx: usize| {
+            let (mb, nb) = (idx / n_blocks, idx % n_blocks);
+            let mts = mb * mt_per..((mb + 1) * mt_per).min(m_tiles);
+            let nts = nb * nt_per..((nb + 1) * nt_per).min(n_tiles);
+            run_block(kernel, a_data, a.lda, m, b, epi, mr, np, mts, nts);
+        };
+        if m_blocks * n_blocks == 1 {
+            item(0);
+        } else {
+            (0..m_blocks * n_blocks).into_par_iter().for_each(item);
+        }
+    });
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_block<E: Epilogue>(
+    kernel: &GemmKernel,
+    a: AData<'_>,
+    lda: usize,
+    m: usize,
+    b: &PackedB,
+    epi: &E,
+    mr: usize,
+    np: usize,
+    m_tiles: std::ops::Range<usize>,
+    n_tiles: std::ops::Range<usize>,
+) {
+    let k4 = b.k4();
+    let chunk4 = K_CHUNK / 4;
+    let chunks = k4.div_ceil(chunk4).max(1);
+    let ldc = np * PANEL;
+    let mut c32 = [0i32; MAX_MR * MAX_NR];
+    let mut c64 = if chunks > 1 {
+        vec![0i64; MAX_MR * MAX_NR]
+    } else {
+        Vec::new()
+    };
+    // LOOP 2: n tiles.
+    for nt in n_tiles {
+        let p0 = nt * np;
+        let panels = np.min(b.panels() - p0);
+        let n0 = p0 * PANEL;
+        let cols = (panels * PANEL).min(b.n() - n0);
+        // LOOP 3: m tiles.
+        for mt in m_tiles.clone() {
+            let m0 = mt * mr;
+            let rows = mr.min(m - m0);
+            c64.iter_mut().for_each(|v| *v = 0);
+            // LOOP 4: K chunks.
+            for ch in 0..chunks {
+                let g0 = ch * chunk4;
+                let g = chunk4.min(k4 - g0);
+                let a_off = m0 * lda + 4 * g0;
+                let mut t = Tile {
+                    rows,
+                    panels,
+                    k4: g,
+                    a: match a {
+                        AData::U8(d) => AData::U8(&d[a_off..]),
+                        AData::I16(d) => AData::I16(&d[a_off..]),
+                    },
+                    lda,
+                    b: &b.data()[p0 * b.panel_stride() + g0 * GROUP_BYTES..],
+                    panel_stride: b.panel_stride(),
+                    c: &mut c32,
+                    ldc,
+                };
+                if g == 0 {
+                    // k == 0: every sum is empty.
+                    t.c.iter_mut().for_each(|v| *v = 0);
+                } else {
+                    kernel.run(&mut t);
+                }
+                if chunks > 1 {
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            c64[r * ldc + c] += c32[r * ldc + c] as i64;
+                        }
+                    }
+                }
+            }
+            if chunks > 1 {
+                epi.tile_i64(m0, n0, rows, cols, &c64, ldc);
+            } else {
+                epi.tile_i32(m0, n0, rows, cols, &c32, ldc);
+            }
+        }
+    }
+}
+
+/// A raw output pointer shared by the threads of one GEMM, each writing its own tiles.
+pub(crate) struct SharedOut<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: the pointer is only written through `write_row`, whose callers write disjoint index
+// ranges (distinct tiles of one GEMM), and the buffer outlives the GEMM call that uses it.
+unsafe impl<T: Send> Send for SharedOut<T> {}
+// SAFETY: as above; concurrent writes never touch the same element.
+unsafe impl<T: Send> Sync for SharedOut<T> {}
+
+impl<T: Copy> SharedOut<T> {
+    pub(crate) fn new(out: &mut [T]) -> Self {
+        SharedOut {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+        }
+    }
+
+    /// Copies `values` to `start..start + values.len()`.
+    ///
+    /// The driver hands each tile to exactly one thread and tiles cover disjoint output ranges,
+    /// so no two threads ever write the same element.
+    pub(crate) fn write_slice(&self, start: usize, values: &[T]) {
+        let end = start.checked_add(values.len()).expect("tile outside the output");
+        assert!(end <= self.len, "tile outside the output");
+        // SAFETY: `start..end` lies inside the buffer (asserted), which is alive for the whole
+        // GEMM; the range belongs to this tile only (see above), and `values` is a distinct
+        // local buffer, so the copy does not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(start), values.len())
+        };
+    }
+}

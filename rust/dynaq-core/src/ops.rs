@@ -1,0 +1,325 @@
+//! The operations of the Python package, on plain slices, for an explicit path.
+//!
+//! Every function takes the [`Isa`] to run on (the bindings pass [`crate::dispatch::active_isa`];
+//! tests pass each detected path in turn). Shapes are checked here too, so the crate is safe to
+//! call directly.
+
+use crate::epilogue::{IntegerEpilogue, LinearEpilogue};
+use crate::error::{try_zeroed, Error, Result};
+use crate::gemm::{gemm, QuantizedA, SharedOut};
+use crate::kernels::gemm_kernel;
+use crate::pack::{PackedB, MAX_K};
+use crate::quant::{quantize_u8_rows, Granularity, Scheme};
+use crate::weight::PackedWeight;
+use crate::Isa;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// ONNX `DynamicQuantizeLinear`: quantizes all of `x` to `out`, returning `(scale, zero_point)`,
+/// bit-identical to ONNX Runtime for finite inputs.
+pub fn dynamic_quantize_linear(
+    isa: Isa,
+    x: &[f32],
+    out: &mut [u8],
+    check_finite: bool,
+) -> Result<(f32, u8)> {
+    if x.len() != out.len() {
+        return Err(Error::Shape(format!(
+            "output has {} elements for an input of {}",
+            out.len(),
+            x.len()
+        )));
+    }
+    let (mut s, mut z) = ([0f32], [0u8]);
+    let cols = x.len();
+    quantize_u8_rows(
+        isa,
+        x,
+        1,
+        cols,
+        Granularity::Tensor,
+        Scheme::Onnx,
+        check_finite,
+        "x",
+        out,
+        cols,
+        &mut s,
+        &mut z,
+    )?;
+    if x.is_empty() {
+        // ONNX Runtime's range of an empty tensor is [0, 0]: scale 1, zero point 0.
+        return Ok((1.0, 0));
+    }
+    Ok((s[0], z[0]))
+}
+
+/// Activation quantization as `linear` does it, into a fresh buffer: per row or per tensor,
+/// with the robust asymmetric scheme. Returns the buffer, the scale per row and the zero point
+/// per row (replicated for `Tensor`).
+pub fn quantize_activations(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    gran: Granularity,
+    check_finite: bool,
+) -> Result<(QuantizedA, Vec<f32>, Vec<i32>)> {
+    let mut qa = QuantizedA::zeroed(m, k)?;
+    let groups = match gran {
+        Granularity::Row => m,
+        Granularity::Tensor => 1,
+    };
+    let mut s = vec![0f32; groups];
+    let mut z = vec![0u8; groups];
+    let stride = k.div_ceil(4) * 4;
+    let (buf, stride) = qa.strided_mut(stride);
+    quantize_u8_rows(
+        isa,
+        x,
+        m,
+        k,
+        gran,
+        Scheme::Robust,
+        check_finite,
+        "x",
+        buf,
+        stride,
+        &mut s,
+        &mut z,
+    )?;
+    let (sx, zx) = match gran {
+        Granularity::Row => (s, z.iter().map(|&v| v as i32).collect()),
+        Granularity::Tensor => (vec![s[0]; m], vec![z[0] as i32; m]),
+    };
+    Ok((qa, sx, zx))
+}
+
+/// The fused dynamic-quantization linear layer: `out = dequant(quant(x) @ wq^T) + bias`, for
+/// `x` of shape `m x k` and `out` of shape `m x n`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    gran: Granularity,
+    check_finite: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    let (k, n) = (w.k(), w.n());
+    if m.checked_mul(k) != Some(x.len()) {
+        return Err(Error::Shape(format!(
+            "x has {} elements, not {m} rows of in_features = {k}",
+            x.len()
+        )));
+    }
+    if m.checked_mul(n) != Some(out.len()) {
+        return Err(Error::Shape(format!(
+            "out has {} elements, not {m} x {n}",
+            out.len()
+        )));
+    }
+    if let Some(b) = bias {
+        if b.len() != n {
+            return Err(Error::Shape(format!(
+                "bias has {} elements; expected out_features = {n}",
+                b.len()
+            )));
+        }
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (qa, sx, zx) = quantize_activations(isa, x, m, k, gran, check_finite)?;
+    let zeros;
+    let bias = match bias {
+        Some(b) => b,
+        None => {
+            zeros = vec![0f32; n];
+            &zeros
+        }
+    };
+    let epi = LinearEpilogue {
+        out: SharedOut::new(out),
+        n,
+        zx: &zx,
+        sx: &sx,
+        colsum: w.packed().colsums(),
+        sw: w.scales_full(),
+        bias,
+    };
+    gemm(gemm_kernel(isa), &qa, w.packed(), &epi)
+}
+
+/// An 8-bit integer operand of `matmul_integer`.
+#[derive(Clone, Copy, Debug)]
+pub enum Int8Data<'a> {
+    /// uint8 values.
+    U8(&'a [u8]),
+    /// int8 values.
+    I8(&'a [i8]),
+}
+
+impl Int8Data<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Int8Data::U8(v) => v.len(),
+            Int8Data::I8(v) => v.len(),
+        }
+    }
+    /// The offset `o` with `value = canonical + o`: 0 for u8 activations (canonical u8),
+    /// -128 for i8 ones (canonical `a + 128`).
+    fn a_offset(&self) -> i64 {
+        match self {
+            Int8Data::U8(_) => 0,
+            Int8Data::I8(_) => -128,
+        }
+    }
+    /// 128 for u8 right operands (canonical `b - 128`), 0 for i8 ones.
+    fn b_offset(&self) -> i64 {
+        match self {
+            Int8Data::U8(_) => 128,
+            Int8Data::I8(_) => 0,
+        }
+    }
+}
+
+/// Shapes of a batched `matmul_integer`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulShape {
+    /// Output batches.
+    pub batch: usize,
+    /// Rows of each A.
+    pub m: usize,
+    /// Reduction length.
+    pub k: usize,
+    /// Columns of each B.
+    pub n: usize,
+}
+
+/// ONNX `MatMulInteger`: `out[t] = (a[ai[t]] - za[t]) @ (b[bi[t]] - zb[t])` in exact int32, for
+/// `t < batch`. `a` holds stored matrices of `m x k`, `b` stored matrices of `k x n`;
+/// `a_index`/`b_index` say which stored matrix each output batch uses (numpy broadcasting
+/// reduced to indices). Zero points are one value, or one per row of each output batch's A
+/// (`batch * m`) / per column of its B (`batch * n`). A result outside int32 is an
+/// [`Error::Overflow`] naming the first such element.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_integer(
+    isa: Isa,
+    shape: MatmulShape,
+    a: Int8Data<'_>,
+    a_index: &[usize],
+    b: Int8Data<'_>,
+    b_index: &[usize],
+    a_zero_point: &[i32],
+    b_zero_point: &[i32],
+    out: &mut [i32],
+) -> Result<()> {
+    let MatmulShape { batch, m, k, n } = shape;
+    if k > MAX_K {
+        return Err(Error::Shape(format!(
+            "K = {k} exceeds the supported maximum {MAX_K}"
+        )));
+    }
+    let (mk, kn, mn) = (m * k, k * n, m * n);
+    if a_index.len() != batch || b_index.len() != batch || out.len() != batch * mn {
+        return Err(Error::Shape("matmul_integer: inconsistent batch sizes".into()));
+    }
+    let a_count = if mk == 0 { 0 } else { a.len() / mk };
+    let b_count = if kn == 0 { 0 } else { b.len() / kn };
+    if (mk > 0 && a.len() % mk != 0) || (kn > 0 && b.len() % kn != 0) {
+        return Err(Error::Shape("matmul_integer: operand sizes are not whole matrices".into()));
+    }
+    if mk > 0 && a_index.iter().any(|&i| i >= a_count) || kn > 0 && b_index.iter().any(|&i| i >= b_count) {
+        return Err(Error::Shape("matmul_integer: batch index out of range".into()));
+    }
+    let zp_ok = |z: &[i32], per: usize| z.len() == 1 || z.len() == batch * per;
+    if !zp_ok(a_zero_point, m) || !zp_ok(b_zero_point, n) {
+        return Err(Error::Shape(
+            "matmul_integer: zero points must have 1 value or one per row (a) / column (b)".into(),
+        ));
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    let (oa, ob) = (a.a_offset(), b.b_offset());
+    let kernel = gemm_kernel(isa);
+    // Each distinct B is packed once, in canonical s8 (`b - ob`).
+    let packs: Mutex<HashMap<usize, std::sync::Arc<PackedB>>> = Mutex::new(HashMap::new());
+    let packed_b = |bi: usize| -> Result<std::sync::Arc<PackedB>> {
+        if let Some(p) = packs.lock().unwrap_or_else(|e| e.into_inner()).get(&bi) {
+            return Ok(p.clone());
+        }
+        let canon: Vec<i8> = match b {
+            Int8Data::U8(v) => v[bi * kn..(bi + 1) * kn].iter().map(|&x| (x ^ 0x80) as i8).collect(),
+            Int8Data::I8(v) => v[bi * kn..(bi + 1) * kn].to_vec(),
+        };
+        let p = std::sync::Arc::new(PackedB::from_kn(&canon, k, n)?);
+        packs.lock().unwrap_or_else(|e| e.into_inner()).insert(bi, p.clone());
+        Ok(p)
+    };
+    for t in 0..batch {
+        let out_t = &mut out[t * mn..(t + 1) * mn];
+        let (ai, bi) = (a_index[t], b_index[t]);
+        let mut qa = QuantizedA::zeroed(m, k)?;
+        for r in 0..m {
+            let row = qa.row_mut(r);
+            match a {
+                Int8Data::U8(v) => row.copy_from_slice(&v[ai * mk + r * k..ai * mk + (r + 1) * k]),
+                Int8Data::I8(v) => {
+                    for (d, &s) in row.iter_mut().zip(&v[ai * mk + r * k..ai * mk + (r + 1) * k]) {
+                        *d = (s as u8) ^ 0x80;
+                    }
+                }
+            }
+        }
+        let pb = if k == 0 {
+            std::sync::Arc::new(PackedB::from_kn(&[], 0, n)?)
+        } else {
+            packed_b(bi)?
+        };
+        let za = |r: usize| {
+            if a_zero_point.len() == 1 {
+                a_zero_point[0]
+            } else {
+                a_zero_point[t * m + r]
+            }
+        } as i64;
+        let zb = |c: usize| {
+            if b_zero_point.len() == 1 {
+                b_zero_point[0]
+            } else {
+                b_zero_point[t * n + c]
+            }
+        } as i64;
+        let ra: Vec<i64> = (0..m).map(|r| oa - za(r)).collect();
+        let cb: Vec<i64> = (0..n).map(|c| ob - zb(c)).collect();
+        let rowsum = qa.row_sums();
+        let epi = IntegerEpilogue {
+            out: SharedOut::new(out_t),
+            n,
+            k: k as i64,
+            ra: &ra,
+            rowsum: &rowsum,
+            cb: &cb,
+            colsum: pb.colsums(),
+            first_overflow: Mutex::new(None),
+        };
+        gemm(kernel, &qa, &pb, &epi)?;
+        let first = *epi.first_overflow.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((r, c, v)) = first {
+            let at = if batch > 1 { format!("batch {t}, ") } else { String::new() };
+            return Err(Error::Overflow(format!(
+                "matmul_integer result at ({at}row {r}, column {c}) is {v}, outside int32 \
+                 (K = {k} is too long for these values)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Scratch allocation helper re-exported for the bindings' output buffers.
+pub fn zeroed<T: Clone + Default>(len: usize, what: &str) -> Result<Vec<T>> {
+    try_zeroed(len, what)
+}
