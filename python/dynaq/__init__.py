@@ -1,0 +1,55 @@
+"""dynaq: fast, exact dynamic int8 quantization and int8 GEMM for CPUs.
+
+Weights are quantized to int8 once (:func:`pack_weight`); activations are quantized at run time
+from their own range, per row by default (:func:`linear`); the int8 GEMM accumulates exactly in
+int32 on every kernel path (scalar, AVX2, AVX-512 VNNI), and a fused epilogue returns float32.
+
+Also: ONNX-exact :func:`dynamic_quantize_linear` and :func:`matmul_integer`, the general
+:func:`quantize`, and :func:`cpu_info` / :func:`set_max_isa` to see and choose the kernel path.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from . import _dynaq
+from ._dynaq import PackedWeight
+from ._functional import (
+    QuantizedTensor,
+    dynamic_quantize_linear,
+    linear,
+    matmul_integer,
+    pack_weight,
+    quantize,
+)
+from ._runtime import (
+    cpu_info,
+    get_max_isa,
+    get_num_threads,
+    set_max_isa,
+    set_num_threads,
+    use_isa,
+)
+
+__version__: str = _dynaq.__version__
+
+__all__ = [
+    "PackedWeight",
+    "QuantizedTensor",
+    "__version__",
+    "cpu_info",
+    "dynamic_quantize_linear",
+    "get_max_isa",
+    "get_num_threads",
+    "linear",
+    "matmul_integer",
+    "pack_weight",
+    "quantize",
+    "set_max_isa",
+    "set_num_threads",
+    "use_isa",
+]
+
+_env_warning = _dynaq.env_warning()
+if _env_warning:
+    warnings.warn(_env_warning, RuntimeWarning, stacklevel=2)
