@@ -123,30 +123,30 @@ pub fn gemm<E: Epilogue>(
     let m_tiles = m.div_ceil(mr);
     let macs = (m * n) as f64 * a.k.max(1) as f64;
 
-    crate::threads::install(|threads| {
-        // LOOP 1: split the work only when each part keeps a few hundred microseconds of work.
-        let parts = if threads <= 1 || macs < 4.0e6 {
-            1
-        } else {
-            (threads * 4).min(m_tiles * n_tiles)
-        };
-        // Prefer splitting N (small M is common and each N block reads its own weights).
-        let n_blocks = parts.min(n_tiles).max(1);
-        let m_blocks = parts.div_ceil(n_blocks).min(m_tiles).max(1);
-        let nt_per = n_tiles.div_ceil(n_blocks);
-        let mt_per = m_tiles.div_ceil(m_blocks);
-        let item = |idx: usize| {
-            let (mb, nb) = (idx / n_blocks, idx % n_blocks);
-            let mts = mb * mt_per..((mb + 1) * mt_per).min(m_tiles);
-            let nts = nb * nt_per..((nb + 1) * nt_per).min(n_tiles);
-            run_block(kernel, a_data, a.lda, m, b, epi, mr, np, mts, nts);
-        };
-        if m_blocks * n_blocks == 1 {
-            item(0);
-        } else {
-            (0..m_blocks * n_blocks).into_par_iter().for_each(item);
-        }
-    });
+    // LOOP 1: split the work only when each part keeps a few hundred microseconds of work;
+    // below that, handing work to the pool costs more (~10 us) than it saves.
+    let threads = crate::threads::num_threads();
+    let parts = if threads <= 1 || macs < 4.0e6 {
+        1
+    } else {
+        (threads * 4).min(m_tiles * n_tiles)
+    };
+    // Prefer splitting N (small M is common and each N block reads its own weights).
+    let n_blocks = parts.min(n_tiles).max(1);
+    let m_blocks = parts.div_ceil(n_blocks).min(m_tiles).max(1);
+    let nt_per = n_tiles.div_ceil(n_blocks);
+    let mt_per = m_tiles.div_ceil(m_blocks);
+    let item = |idx: usize| {
+        let (mb, nb) = (idx / n_blocks, idx % n_blocks);
+        let mts = mb * mt_per..((mb + 1) * mt_per).min(m_tiles);
+        let nts = nb * nt_per..((nb + 1) * nt_per).min(n_tiles);
+        run_block(kernel, a_data, a.lda, m, b, epi, mr, np, mts, nts);
+    };
+    if m_blocks * n_blocks == 1 {
+        item(0);
+    } else {
+        crate::threads::install(|_| (0..m_blocks * n_blocks).into_par_iter().for_each(item));
+    }
     Ok(())
 }
 
