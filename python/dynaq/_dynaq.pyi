@@ -1,6 +1,6 @@
 """Type stubs of the native module (the PyO3 glue around dynaq-core)."""
 
-from typing import Optional
+from typing import Optional, final
 
 import numpy as np
 import numpy.typing as npt
@@ -9,7 +9,32 @@ ARCH: str
 FORMAT_VERSION: int
 MAX_K: int
 __version__: str
+__all__ = [
+    "ARCH",
+    "FORMAT_VERSION",
+    "MAX_K",
+    "PackedWeight",
+    "__version__",
+    "active_isa",
+    "all_isas",
+    "arch_isas",
+    "cpu_features",
+    "detected_isas",
+    "dynamic_quantize_linear",
+    "env_warning",
+    "get_num_threads",
+    "kernels",
+    "linear",
+    "matmul_integer",
+    "max_isa",
+    "physical_cores",
+    "quantize_i8",
+    "quantize_u8",
+    "set_max_isa",
+    "set_num_threads",
+]
 
+@final
 class PackedWeight:
     """A float weight quantized to symmetric int8 and packed for this CPU's kernels."""
 
@@ -43,7 +68,7 @@ class PackedWeight:
     def unpack(self) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]: ...
     def dequantize(self) -> npt.NDArray[np.float32]: ...
     def __reduce__(self) -> tuple[object, tuple[bytes]]: ...
-    def __eq__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
 
 def dynamic_quantize_linear(
     x: npt.NDArray[np.float32], out: npt.NDArray[np.uint8], check_finite: bool

@@ -148,7 +148,8 @@ def quantize(
     ``DynamicQuantizeLinear`` (so ``granularity="tensor"`` equals :func:`dynamic_quantize_linear`),
     except where those are degenerate: a range wider than float32 can hold gets
     ``scale = max/255 - min/255`` instead of infinity, and a scale that underflows to 0 becomes 1.
-    Symmetric: int8 in [-127, 127], ``scale = max|x| / 127`` (1 for an all-zero group), zero point 0.
+    Symmetric: int8 in [-127, 127], ``scale = max|x| / 127`` (1 for an all-zero group),
+    zero point 0.
 
     Parameters
     ----------
@@ -187,7 +188,9 @@ def quantize(
     )
 
 
-def pack_weight(weight: Any, *, per_channel: bool = True, check_finite: bool = True) -> PackedWeight:
+def pack_weight(
+    weight: Any, *, per_channel: bool = True, check_finite: bool = True
+) -> PackedWeight:
     """Quantize a float weight once to symmetric int8 and pack it for this CPU's kernels.
 
     Parameters
@@ -206,9 +209,7 @@ def pack_weight(weight: Any, *, per_channel: bool = True, check_finite: bool = T
     """
     w = _as_float32(weight, "weight")
     if w.ndim != 2:
-        raise ValueError(
-            f"weight must be 2-D (out_features, in_features), got shape {w.shape}"
-        )
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")
     return PackedWeight._from_float(w, bool(per_channel), bool(check_finite))
 
 
@@ -285,8 +286,7 @@ def linear(
         b = _as_float32(bias, "bias")
         if b.shape != (n,):
             raise ValueError(
-                f"bias must have shape ({n},) for a weight of shape {weight.shape}, "
-                f"got {b.shape}"
+                f"bias must have shape ({n},) for a weight of shape {weight.shape}, got {b.shape}"
             )
     out_shape = a.shape[:-1] + (n,)
     if out is None:
@@ -308,9 +308,7 @@ def linear(
             b = b.copy()
     if out.size == 0:
         return out
-    _dynaq.linear(
-        a.reshape(-1, k), weight, b, per_row, bool(check_finite), out.reshape(-1, n)
-    )
+    _dynaq.linear(a.reshape(-1, k), weight, b, per_row, bool(check_finite), out.reshape(-1, n))
     return out
 
 
@@ -324,8 +322,13 @@ def _int8_operand(v: Any, name: str) -> np.ndarray:
 
 
 def _zero_point(
-    zp: Any, name: str, dtype: np.dtype, per_shape: tuple[int, ...], full_shape: tuple[int, ...],
-    batch: int, count: int,
+    zp: Any,
+    name: str,
+    dtype: np.dtype,
+    per_shape: tuple[int, ...],
+    full_shape: tuple[int, ...],
+    batch: int,
+    count: int,
 ) -> np.ndarray:
     """int32 zero points: one value, or ``batch * count`` (one per row of A / column of B).
 
@@ -334,8 +337,10 @@ def _zero_point(
     """
     if zp is None:
         return np.zeros(1, dtype=np.int32)
-    if isinstance(zp, (int, np.integer)) and not isinstance(zp, (bool, np.bool_)) and not (
-        isinstance(zp, np.integer) and np.asarray(zp).dtype != dtype
+    if (
+        isinstance(zp, (int, np.integer))
+        and not isinstance(zp, (bool, np.bool_))
+        and not (isinstance(zp, np.integer) and np.asarray(zp).dtype != dtype)
     ):
         info = np.iinfo(dtype)
         if not info.min <= int(zp) <= info.max:
@@ -406,12 +411,22 @@ def matmul_integer(
         ) from None
     batch = math.prod(batch_shape)
     za = _zero_point(
-        a_zero_point, "a_zero_point", a_arr.dtype, (m,) if a_nd == 2 else (1,) if a_nd == 1
-        else (-1,), batch_shape + (m, 1), batch, m,
+        a_zero_point,
+        "a_zero_point",
+        a_arr.dtype,
+        (m,) if a_nd == 2 else (1,) if a_nd == 1 else (-1,),
+        batch_shape + (m, 1),
+        batch,
+        m,
     )
     zb = _zero_point(
-        b_zero_point, "b_zero_point", b_arr.dtype, (n,) if b_nd == 2 else (1,) if b_nd == 1
-        else (-1,), batch_shape + (1, n), batch, n,
+        b_zero_point,
+        "b_zero_point",
+        b_arr.dtype,
+        (n,) if b_nd == 2 else (1,) if b_nd == 1 else (-1,),
+        batch_shape + (1, n),
+        batch,
+        n,
     )
     out = np.empty(batch_shape + (m, n), dtype=np.int32)
     if out.size:
