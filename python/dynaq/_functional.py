@@ -45,7 +45,8 @@ def _as_float32(x: Any, name: str) -> np.ndarray:
                 f"converted), got dtype {a.dtype}"
             )
         a = a.astype(np.float32)
-    return np.ascontiguousarray(a)
+    # np.ascontiguousarray would turn a 0-d array into a 1-d one.
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 def _check_granularity(granularity: str) -> bool:
@@ -125,7 +126,9 @@ class QuantizedTensor:
         if self.granularity == "row":
             s = s[..., None]
             z = z[..., None]
-        return ((v - z) * s).astype(np.float32, copy=False)
+        # Near float32's limit, (v - z) * s may round to infinity; that is the honest answer.
+        with np.errstate(over="ignore"):
+            return ((v - z) * s).astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
         kind = "int8 symmetric" if self.symmetric else "uint8 asymmetric"
@@ -147,7 +150,8 @@ def quantize(
     Asymmetric (default): uint8 with a zero point, the parameters of ONNX
     ``DynamicQuantizeLinear`` (so ``granularity="tensor"`` equals :func:`dynamic_quantize_linear`),
     except where those are degenerate: a range wider than float32 can hold gets
-    ``scale = max/255 - min/255`` instead of infinity, and a scale that underflows to 0 becomes 1.
+    ``scale = max/255 - min/255`` instead of infinity, a scale that underflows to 0 becomes 1,
+    and a subnormal scale is rounded up so that the whole range stays representable.
     Symmetric: int8 in [-127, 127], ``scale = max|x| / 127`` (1 for an all-zero group),
     zero point 0.
 
@@ -308,7 +312,8 @@ def linear(
             b = b.copy()
     if out.size == 0:
         return out
-    _dynaq.linear(a.reshape(-1, k), weight, b, per_row, bool(check_finite), out.reshape(-1, n))
+    m = math.prod(a.shape[:-1])
+    _dynaq.linear(a.reshape(m, k), weight, b, per_row, bool(check_finite), out.reshape(m, n))
     return out
 
 

@@ -60,6 +60,16 @@ impl PackedB {
             .ok_or_else(|| Error::Memory(format!("packed weight {n} x {k} is too large")))?;
         let mut data: Vec<i8> = try_zeroed(len, "packed weight")?;
         let mut colsums: Vec<i32> = try_zeroed(n, "column sums")?;
+        if k4 == 0 {
+            // K = 0: no panels to fill; every column sum is the empty sum.
+            return Ok(PackedB {
+                n,
+                k,
+                k4,
+                data,
+                colsums,
+            });
+        }
         for (pi, panel) in data.chunks_exact_mut(k4 * GROUP_BYTES).enumerate() {
             for c in 0..PANEL {
                 let j = pi * PANEL + c;
@@ -150,7 +160,7 @@ mod tests {
 
     #[test]
     fn round_trips_both_layouts() {
-        for (n, k) in [(1, 1), (3, 5), (16, 4), (17, 9), (33, 64), (5, 65)] {
+        for (n, k) in [(0, 3), (3, 0), (0, 0), (1, 1), (3, 5), (16, 4), (17, 9), (33, 64), (5, 65)] {
             let w: Vec<i8> = (0..n * k).map(|i| (i as i32 * 37 % 255 - 127) as i8).collect();
             let p = PackedB::from_nk(&w, n, k).unwrap();
             assert_eq!(p.unpack_nk(), w);

@@ -80,6 +80,11 @@ pub fn quantize_u8_rows(
     assert_eq!(x.len(), rows * cols);
     assert!(out_stride >= cols && out.len() >= rows * out_stride);
     if rows == 0 {
+        if gran == Granularity::Tensor {
+            // An empty tensor: the range [0, 0] gives scale 1 and zero point 0.
+            scales[0] = 1.0;
+            zero_points[0] = 0;
+        }
         return Ok(());
     }
     let q = quant_kernels(isa);
@@ -163,7 +168,9 @@ pub fn quantize_i8_rows(
 ) -> Result<()> {
     assert_eq!(x.len(), rows * cols);
     assert_eq!(out.len(), rows * cols);
-    if rows == 0 {
+    if x.is_empty() {
+        // No values: every group's range is empty, and its scale is 1 (as for all zeros).
+        scales.fill(1.0);
         return Ok(());
     }
     let q = quant_kernels(isa);

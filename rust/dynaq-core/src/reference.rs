@@ -36,8 +36,11 @@ impl MinMax {
         }
     }
 
-    /// Largest magnitude, for symmetric quantization.
+    /// Largest magnitude, for symmetric quantization (0 for an empty slice).
     pub fn absmax(self) -> f32 {
+        if self.min > self.max {
+            return 0.0;
+        }
         let (a, b) = (self.min.abs(), self.max.abs());
         if a > b {
             a
@@ -117,9 +120,10 @@ pub fn dql_params(data_min: f32, data_max: f32) -> (f32, u8) {
 }
 
 /// Asymmetric uint8 parameters for our own quantizer: those of [`dql_params`] wherever they are
-/// meaningful, with two repairs ONNX lacks: a range whose width overflows float32 gets the scale
-/// `max/255 - min/255` (instead of infinity), and a scale that underflows to 0 becomes 1 (the data
-/// then quantizes to the zero point, an error below 1e-42).
+/// meaningful, with three repairs ONNX lacks: a range whose width overflows float32 gets the
+/// scale `max/255 - min/255` (instead of infinity), a scale that underflows to 0 becomes 1 (the
+/// data then quantizes to the zero point, an error below 1e-42), and a subnormal scale is rounded
+/// up so that the range still fits ([`cover`]).
 pub fn asym_params(data_min: f32, data_max: f32) -> (f32, u8) {
     let lo = cpp_min(data_min, 0.0);
     let hi = cpp_max(data_max, 0.0);
@@ -133,18 +137,33 @@ pub fn asym_params(data_min: f32, data_max: f32) -> (f32, u8) {
     if scale == 0.0 {
         return (1.0, 0);
     }
+    let scale = cover(scale, hi - lo, 255.0);
     let izp = 0.0 - lo / scale;
     let zp = cpp_max(0.0, cpp_min(255.0, izp)).round_ties_even();
     (scale, zp as u8)
 }
 
-/// Symmetric int8 scale: `absmax / 127`, or 1 when that is 0 (all zeros, or a subnormal range).
+/// Symmetric int8 scale: `absmax / 127` (rounded up when subnormal, see [`cover`]), or 1 when
+/// that is 0 (all zeros, or a range so small it underflows).
 pub fn sym_scale(absmax: f32) -> f32 {
     let s = absmax / 127.0;
     if s == 0.0 {
         1.0
     } else {
-        s
+        cover(s, absmax, 127.0)
+    }
+}
+
+/// A subnormal scale has few significant bits, so rounding `width / levels` to nearest can lose
+/// up to a third of it (1.9e-45 -> 1.4e-45), leaving the top of the range far beyond the last
+/// level, where it is clamped. Rounding such a scale up keeps the whole range representable.
+/// Normal scales are left alone (their relative rounding error, 2^-24, is harmless).
+fn cover(scale: f32, width: f32, levels: f32) -> f32 {
+    if scale > 0.0 && scale < f32::MIN_POSITIVE && (scale as f64) * (levels as f64) < width as f64
+    {
+        scale.next_up()
+    } else {
+        scale
     }
 }
 
@@ -235,6 +254,11 @@ mod tests {
         assert_eq!(z, 128);
         assert_eq!(asym_params(1e-45, 1e-45), (1.0, 0));
         assert_eq!(asym_params(-1.0, 2.0), dql_params(-1.0, 2.0));
+        // 4.83e-43 / 255 rounds down to the smallest subnormal; rounded up, the top still fits.
+        let (s, z) = asym_params(0.0, 4.83e-43);
+        assert!(s as f64 * 255.0 >= 4.83e-43_f32 as f64);
+        assert_eq!(quantize_u8_one(4.83e-43, s, z), 172);
+        assert!(sym_scale(1e-44) as f64 * 127.0 >= 1e-44_f32 as f64);
     }
 
     #[test]
