@@ -52,13 +52,16 @@ impl Isa {
     /// Parses a path name (case-insensitive, surrounding blanks ignored).
     pub fn from_name(name: &str) -> Result<Isa> {
         let wanted = name.trim().to_ascii_lowercase();
-        Isa::ALL.into_iter().find(|i| i.name() == wanted).ok_or_else(|| {
-            let names: Vec<&str> = Isa::ALL.iter().map(|i| i.name()).collect();
-            Error::Isa(format!(
-                "unknown ISA name {name:?}; expected one of {}",
-                names.join(", ")
-            ))
-        })
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name() == wanted)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Isa::ALL.iter().map(|i| i.name()).collect();
+                Error::Isa(format!(
+                    "unknown ISA name {name:?}; expected one of {}",
+                    names.join(", ")
+                ))
+            })
     }
 
     fn from_u8(v: u8) -> Isa {
@@ -109,7 +112,10 @@ pub fn cpu_features() -> Vec<(&'static str, bool)> {
     {
         vec![
             ("neon", std::arch::is_aarch64_feature_detected!("neon")),
-            ("dotprod", std::arch::is_aarch64_feature_detected!("dotprod")),
+            (
+                "dotprod",
+                std::arch::is_aarch64_feature_detected!("dotprod"),
+            ),
             ("i8mm", std::arch::is_aarch64_feature_detected!("i8mm")),
         ]
     }
@@ -153,12 +159,12 @@ static CAP: AtomicU8 = AtomicU8::new(u8::MAX);
 /// A warning about `DYNAQ_MAX_ISA`, kept for the bindings to show once.
 static ENV_WARNING: OnceLock<Option<String>> = OnceLock::new();
 
-fn best_up_to(cap: Isa) -> Isa {
+/// The best detected path not above `cap` (scalar at worst).
+pub fn best_up_to(cap: Isa) -> Isa {
     detected()
         .iter()
         .copied()
-        .filter(|isa| *isa <= cap)
-        .next_back()
+        .rfind(|isa| *isa <= cap)
         .unwrap_or(Isa::Scalar)
 }
 

@@ -119,7 +119,10 @@ impl IntegerEpilogue<'_> {
             }
             self.out.write_slice(m * self.n + n0, &buf[..cols]);
             if let Some(at) = bad {
-                let mut f = self.first_overflow.lock().unwrap_or_else(|e| e.into_inner());
+                let mut f = self
+                    .first_overflow
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 f.get_or_insert(at);
             }
         }

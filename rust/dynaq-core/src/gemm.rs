@@ -47,9 +47,9 @@ impl QuantizedA {
     /// A zeroed buffer for `m x k`.
     pub fn zeroed(m: usize, k: usize) -> Result<QuantizedA> {
         let lda = k.div_ceil(4) * 4;
-        let len = m.checked_mul(lda).ok_or_else(|| {
-            crate::Error::Memory(format!("activations {m} x {k} are too large"))
-        })?;
+        let len = m
+            .checked_mul(lda)
+            .ok_or_else(|| crate::Error::Memory(format!("activations {m} x {k} are too large")))?;
         Ok(QuantizedA {
             m,
             k,
@@ -93,12 +93,7 @@ enum AStore<'a> {
 }
 
 /// `acc[i][j] = sum_k a[i][k] * b[k][j]`, exactly, delivered tile by tile to `epi`.
-pub fn gemm<E: Epilogue>(
-    kernel: &GemmKernel,
-    a: &QuantizedA,
-    b: &PackedB,
-    epi: &E,
-) -> Result<()> {
+pub fn gemm<E: Epilogue>(kernel: &GemmKernel, a: &QuantizedA, b: &PackedB, epi: &E) -> Result<()> {
     assert_eq!(a.k, b.k(), "inner dimensions differ");
     let (m, n) = (a.m, b.n());
     if m == 0 || n == 0 {
@@ -251,7 +246,9 @@ impl<T: Copy> SharedOut<T> {
     /// The driver hands each tile to exactly one thread and tiles cover disjoint output ranges,
     /// so no two threads ever write the same element.
     pub(crate) fn write_slice(&self, start: usize, values: &[T]) {
-        let end = start.checked_add(values.len()).expect("tile outside the output");
+        let end = start
+            .checked_add(values.len())
+            .expect("tile outside the output");
         assert!(end <= self.len, "tile outside the output");
         // SAFETY: `start..end` lies inside the buffer (asserted), which is alive for the whole
         // GEMM; the range belongs to this tile only (see above), and `values` is a distinct

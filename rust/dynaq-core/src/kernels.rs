@@ -3,7 +3,7 @@
 //! table for the best detected path not above the requested one, so holding one is the proof that
 //! the CPU has its features.
 
-use crate::dispatch::{detected, Isa};
+use crate::dispatch::{best_up_to, Isa};
 use crate::pack::{GROUP_BYTES, PANEL};
 use crate::reference::{self, MinMax};
 
@@ -85,12 +85,15 @@ impl GemmKernel {
     /// Runs the kernel on one tile after checking every bound it relies on.
     pub fn run(&self, t: &mut Tile<'_>) {
         assert!((1..=self.mr).contains(&t.rows), "tile rows out of range");
-        assert!((1..=self.np).contains(&t.panels), "tile panels out of range");
-        assert!(t.lda % 4 == 0 && t.lda >= 4 * t.k4);
-        let a_ok = match (self.a_format, &t.a) {
-            (AFormat::U8, AData::U8(_)) | (AFormat::I16, AData::I16(_)) => true,
-            _ => false,
-        };
+        assert!(
+            (1..=self.np).contains(&t.panels),
+            "tile panels out of range"
+        );
+        assert!(t.lda.is_multiple_of(4) && t.lda >= 4 * t.k4);
+        let a_ok = matches!(
+            (self.a_format, &t.a),
+            (AFormat::U8, AData::U8(_)) | (AFormat::I16, AData::I16(_))
+        );
         assert!(a_ok, "activation format does not match the kernel");
         assert!(t.a.len() >= (t.rows - 1) * t.lda + 4 * t.k4);
         assert!(t.panel_stride >= t.k4 * GROUP_BYTES);
@@ -213,19 +216,9 @@ pub static SCALAR_QUANT: QuantKernels = QuantKernels {
     quantize_i8: scalar_quantize_i8,
 };
 
-/// The best supported path not above `isa`.
-pub fn resolve(isa: Isa) -> Isa {
-    detected()
-        .iter()
-        .copied()
-        .filter(|d| *d <= isa)
-        .next_back()
-        .unwrap_or(Isa::Scalar)
-}
-
 /// The GEMM kernel for the best supported path not above `isa`.
 pub fn gemm_kernel(isa: Isa) -> &'static GemmKernel {
-    match resolve(isa) {
+    match best_up_to(isa) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => &crate::arch::x86_64::avx512vnni::GEMM,
         #[cfg(target_arch = "x86_64")]
@@ -236,7 +229,7 @@ pub fn gemm_kernel(isa: Isa) -> &'static GemmKernel {
 
 /// The quantization kernels for the best supported path not above `isa`.
 pub fn quant_kernels(isa: Isa) -> &'static QuantKernels {
-    match resolve(isa) {
+    match best_up_to(isa) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => &crate::arch::x86_64::avx512vnni::QUANT,
         #[cfg(target_arch = "x86_64")]

@@ -224,15 +224,23 @@ pub fn matmul_integer(
     }
     let (mk, kn, mn) = (m * k, k * n, m * n);
     if a_index.len() != batch || b_index.len() != batch || out.len() != batch * mn {
-        return Err(Error::Shape("matmul_integer: inconsistent batch sizes".into()));
+        return Err(Error::Shape(
+            "matmul_integer: inconsistent batch sizes".into(),
+        ));
     }
-    let a_count = if mk == 0 { 0 } else { a.len() / mk };
-    let b_count = if kn == 0 { 0 } else { b.len() / kn };
-    if (mk > 0 && a.len() % mk != 0) || (kn > 0 && b.len() % kn != 0) {
-        return Err(Error::Shape("matmul_integer: operand sizes are not whole matrices".into()));
+    let a_count = a.len().checked_div(mk).unwrap_or(0);
+    let b_count = b.len().checked_div(kn).unwrap_or(0);
+    if (mk > 0 && !a.len().is_multiple_of(mk)) || (kn > 0 && !b.len().is_multiple_of(kn)) {
+        return Err(Error::Shape(
+            "matmul_integer: operand sizes are not whole matrices".into(),
+        ));
     }
-    if mk > 0 && a_index.iter().any(|&i| i >= a_count) || kn > 0 && b_index.iter().any(|&i| i >= b_count) {
-        return Err(Error::Shape("matmul_integer: batch index out of range".into()));
+    if mk > 0 && a_index.iter().any(|&i| i >= a_count)
+        || kn > 0 && b_index.iter().any(|&i| i >= b_count)
+    {
+        return Err(Error::Shape(
+            "matmul_integer: batch index out of range".into(),
+        ));
     }
     let zp_ok = |z: &[i32], per: usize| z.len() == 1 || z.len() == batch * per;
     if !zp_ok(a_zero_point, m) || !zp_ok(b_zero_point, n) {
@@ -252,11 +260,17 @@ pub fn matmul_integer(
             return Ok(p.clone());
         }
         let canon: Vec<i8> = match b {
-            Int8Data::U8(v) => v[bi * kn..(bi + 1) * kn].iter().map(|&x| (x ^ 0x80) as i8).collect(),
+            Int8Data::U8(v) => v[bi * kn..(bi + 1) * kn]
+                .iter()
+                .map(|&x| (x ^ 0x80) as i8)
+                .collect(),
             Int8Data::I8(v) => v[bi * kn..(bi + 1) * kn].to_vec(),
         };
         let p = std::sync::Arc::new(PackedB::from_kn(&canon, k, n)?);
-        packs.lock().unwrap_or_else(|e| e.into_inner()).insert(bi, p.clone());
+        packs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(bi, p.clone());
         Ok(p)
     };
     for t in 0..batch {
@@ -268,7 +282,10 @@ pub fn matmul_integer(
             match a {
                 Int8Data::U8(v) => row.copy_from_slice(&v[ai * mk + r * k..ai * mk + (r + 1) * k]),
                 Int8Data::I8(v) => {
-                    for (d, &s) in row.iter_mut().zip(&v[ai * mk + r * k..ai * mk + (r + 1) * k]) {
+                    for (d, &s) in row
+                        .iter_mut()
+                        .zip(&v[ai * mk + r * k..ai * mk + (r + 1) * k])
+                    {
                         *d = (s as u8) ^ 0x80;
                     }
                 }
@@ -309,7 +326,11 @@ pub fn matmul_integer(
         gemm(kernel, &qa, &pb, &epi)?;
         let first = *epi.first_overflow.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((r, c, v)) = first {
-            let at = if batch > 1 { format!("batch {t}, ") } else { String::new() };
+            let at = if batch > 1 {
+                format!("batch {t}, ")
+            } else {
+                String::new()
+            };
             return Err(Error::Overflow(format!(
                 "matmul_integer result at ({at}row {r}, column {c}) is {v}, outside int32 \
                  (K = {k} is too long for these values)"

@@ -160,8 +160,20 @@ mod tests {
 
     #[test]
     fn round_trips_both_layouts() {
-        for (n, k) in [(0, 3), (3, 0), (0, 0), (1, 1), (3, 5), (16, 4), (17, 9), (33, 64), (5, 65)] {
-            let w: Vec<i8> = (0..n * k).map(|i| (i as i32 * 37 % 255 - 127) as i8).collect();
+        for (n, k) in [
+            (0, 3),
+            (3, 0),
+            (0, 0),
+            (1, 1),
+            (3, 5),
+            (16, 4),
+            (17, 9),
+            (33, 64),
+            (5, 65),
+        ] {
+            let w: Vec<i8> = (0..n * k)
+                .map(|i| (i as i32 * 37 % 255 - 127) as i8)
+                .collect();
             let p = PackedB::from_nk(&w, n, k).unwrap();
             assert_eq!(p.unpack_nk(), w);
             let mut kn = vec![0i8; n * k];

@@ -35,6 +35,14 @@ impl Scheme {
     }
 }
 
+/// One row of a per-row uint8 quantization: (index, (((input, output), scale), zero point)).
+type RowU8<'a> = (
+    usize,
+    (((&'a [f32], &'a mut [u8]), &'a mut f32), &'a mut u8),
+);
+/// One row of a per-row int8 quantization: (index, ((input, output), scale)).
+type RowI8<'a> = (usize, ((&'a [f32], &'a mut [i8]), &'a mut f32));
+
 /// Below this many elements, quantization stays on the calling thread (thread hand-off costs
 /// more than it saves: ~5 us against ~1 GB/s-per-core-us of work).
 const PARALLEL_MIN: usize = 1 << 18;
@@ -107,7 +115,9 @@ pub fn quantize_u8_rows(
                         .for_each(body)
                 });
             } else if cols > 0 {
-                x.chunks(cols).zip(out.chunks_mut(out_stride)).for_each(body);
+                x.chunks(cols)
+                    .zip(out.chunks_mut(out_stride))
+                    .for_each(body);
             } else {
                 // No values: the parameters alone describe the (empty) tensor.
             }
@@ -120,7 +130,7 @@ pub fn quantize_u8_rows(
                 zero_points.fill(0);
                 return Ok(());
             }
-            let body = |(i, (((xr, or), s), z)): (usize, (((&[f32], &mut [u8]), &mut f32), &mut u8))| {
+            let body = |(i, (((xr, or), s), z)): RowU8<'_>| {
                 let mm = q.minmax(xr);
                 if check_finite && mm.nonfinite {
                     return Err(nonfinite(what, Some(i)));
@@ -200,7 +210,7 @@ pub fn quantize_i8_rows(
                 scales.fill(1.0);
                 return Ok(());
             }
-            let body = |(i, ((xr, or), s)): (usize, ((&[f32], &mut [i8]), &mut f32))| {
+            let body = |(i, ((xr, or), s)): RowI8<'_>| {
                 let mm = q.minmax(xr);
                 if check_finite && mm.nonfinite {
                     return Err(nonfinite(what, Some(i)));

@@ -159,8 +159,7 @@ pub fn sym_scale(absmax: f32) -> f32 {
 /// level, where it is clamped. Rounding such a scale up keeps the whole range representable.
 /// Normal scales are left alone (their relative rounding error, 2^-24, is harmless).
 fn cover(scale: f32, width: f32, levels: f32) -> f32 {
-    if scale > 0.0 && scale < f32::MIN_POSITIVE && (scale as f64) * (levels as f64) < width as f64
-    {
+    if scale > 0.0 && scale < f32::MIN_POSITIVE && (scale as f64) * (levels as f64) < width as f64 {
         scale.next_up()
     } else {
         scale

@@ -62,7 +62,17 @@ impl PackedWeight {
         } else {
             Granularity::Tensor
         };
-        quantize_i8_rows(isa, w, n, k, gran, check_finite, "weight", &mut q, &mut scales)?;
+        quantize_i8_rows(
+            isa,
+            w,
+            n,
+            k,
+            gran,
+            check_finite,
+            "weight",
+            &mut q,
+            &mut scales,
+        )?;
         Self::from_quantized(&q, &scales, n, k, per_channel)
     }
 
@@ -87,7 +97,11 @@ impl PackedWeight {
             return Err(Error::Shape(format!(
                 "scales has {} elements; expected {want} ({})",
                 scales.len(),
-                if per_channel { "one per output channel" } else { "per tensor" }
+                if per_channel {
+                    "one per output channel"
+                } else {
+                    "per tensor"
+                }
             )));
         }
         if let Some(i) = values.iter().position(|&v| v == i8::MIN) {
@@ -230,7 +244,8 @@ impl PackedWeight {
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
         let values: Vec<i8> = body[HEADER + 4 * ns..].iter().map(|&b| b as i8).collect();
-        Self::from_quantized(&values, &scales, n, k, per_channel).or_else(|e| corrupt(e.to_string()))
+        Self::from_quantized(&values, &scales, n, k, per_channel)
+            .or_else(|e| corrupt(e.to_string()))
     }
 }
 

@@ -31,7 +31,10 @@ fn every_path_resolves_to_a_supported_kernel() {
         assert!(g.isa <= isa || g.isa == Isa::Scalar);
         let q = quant_kernels(isa);
         assert!(q.isa.is_supported());
-        println!("{isa}: gemm {} / {} / {}", g.name, q.name_minmax, q.name_quantize);
+        println!(
+            "{isa}: gemm {} / {} / {}",
+            g.name, q.name_minmax, q.name_quantize
+        );
     }
 }
 

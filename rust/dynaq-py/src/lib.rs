@@ -61,6 +61,9 @@ type U8Quant<'py> = (
     Bound<'py, PyArray1<u8>>,
 );
 
+/// int8 values and float32 scales.
+type I8Quant<'py> = (Bound<'py, PyArray2<i8>>, Bound<'py, PyArray1<f32>>);
+
 /// Asymmetric uint8 quantization of a (rows, cols) float32 array, per row or per tensor.
 #[pyfunction]
 fn quantize_u8<'py>(
@@ -105,7 +108,7 @@ fn quantize_i8<'py>(
     x: PyReadonlyArray2<'py, f32>,
     per_row: bool,
     check_finite: bool,
-) -> PyResult<(Bound<'py, PyArray2<i8>>, Bound<'py, PyArray1<f32>>)> {
+) -> PyResult<I8Quant<'py>> {
     let (rows, cols) = (x.shape()[0], x.shape()[1]);
     let xs = contiguous(x.as_slice(), "x")?;
     let isa = dispatch::active_isa();
@@ -128,7 +131,10 @@ fn quantize_i8<'py>(
             Ok((v, s))
         })
         .map_err(to_py)?;
-    Ok((v.into_pyarray(py).reshape([rows, cols])?, s.into_pyarray(py)))
+    Ok((
+        v.into_pyarray(py).reshape([rows, cols])?,
+        s.into_pyarray(py),
+    ))
 }
 
 /// A float weight quantized to symmetric int8 and packed for this CPU's kernels.
@@ -253,10 +259,7 @@ impl PyPackedWeight {
     }
 
     /// `(values, scales)`: int8 `(out_features, in_features)` and float32 scales.
-    fn unpack<'py>(
-        &self,
-        py: Python<'py>,
-    ) -> PyResult<(Bound<'py, PyArray2<i8>>, Bound<'py, PyArray1<f32>>)> {
+    fn unpack<'py>(&self, py: Python<'py>) -> PyResult<I8Quant<'py>> {
         let (n, k) = (self.inner.n(), self.inner.k());
         let v = py.detach(|| self.inner.values());
         Ok((v.into_pyarray(py).reshape([n, k])?, self.scales(py)))
@@ -266,10 +269,12 @@ impl PyPackedWeight {
     fn dequantize<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let (n, k) = (self.inner.n(), self.inner.k());
         let v = py.detach(|| self.inner.dequantize());
-        Ok(v.into_pyarray(py).reshape([n, k])?)
+        v.into_pyarray(py).reshape([n, k])
     }
 
-    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,))> {
         let py = slf.py();
         let ctor = py.get_type::<PyPackedWeight>().getattr("from_bytes")?;
         Ok((ctor, (slf.get().to_bytes(py),)))
@@ -292,7 +297,11 @@ impl PyPackedWeight {
              nbytes={})",
             self.inner.n(),
             self.inner.k(),
-            if self.inner.per_channel() { "True" } else { "False" },
+            if self.inner.per_channel() {
+                "True"
+            } else {
+                "False"
+            },
             self.inner.nbytes()
         )
     }
@@ -327,7 +336,9 @@ fn linear(
 fn index_vec(ix: &PyReadonlyArray1<'_, i64>, what: &str) -> PyResult<Vec<usize>> {
     contiguous(ix.as_slice(), what)?
         .iter()
-        .map(|&v| usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{what}: negative index"))))
+        .map(|&v| {
+            usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{what}: negative index")))
+        })
         .collect()
 }
 
@@ -355,13 +366,29 @@ fn matmul_integer(
         b.extract::<PyReadonlyArray3<'_, i8>>().ok(),
     );
     let (a_data, m, k) = match (&au8, &ai8) {
-        (Some(v), _) => (Int8Data::U8(contiguous(v.as_slice(), "a")?), v.shape()[1], v.shape()[2]),
-        (_, Some(v)) => (Int8Data::I8(contiguous(v.as_slice(), "a")?), v.shape()[1], v.shape()[2]),
+        (Some(v), _) => (
+            Int8Data::U8(contiguous(v.as_slice(), "a")?),
+            v.shape()[1],
+            v.shape()[2],
+        ),
+        (_, Some(v)) => (
+            Int8Data::I8(contiguous(v.as_slice(), "a")?),
+            v.shape()[1],
+            v.shape()[2],
+        ),
         _ => return Err(PyTypeError::new_err("a must be a 3-D uint8 or int8 array")),
     };
     let (b_data, kb, n) = match (&bu8, &bi8) {
-        (Some(v), _) => (Int8Data::U8(contiguous(v.as_slice(), "b")?), v.shape()[1], v.shape()[2]),
-        (_, Some(v)) => (Int8Data::I8(contiguous(v.as_slice(), "b")?), v.shape()[1], v.shape()[2]),
+        (Some(v), _) => (
+            Int8Data::U8(contiguous(v.as_slice(), "b")?),
+            v.shape()[1],
+            v.shape()[2],
+        ),
+        (_, Some(v)) => (
+            Int8Data::I8(contiguous(v.as_slice(), "b")?),
+            v.shape()[1],
+            v.shape()[2],
+        ),
         _ => return Err(PyTypeError::new_err("b must be a 3-D uint8 or int8 array")),
     };
     if kb != k {
