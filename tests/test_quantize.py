@@ -5,7 +5,7 @@ from __future__ import annotations
 import dynaq
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from refimpl import dequantize, quantize_asym, quantize_sym
@@ -413,5 +413,8 @@ def test_property_matches_reference(isa, x, granularity, symmetric):
 def test_property_asym_tensor_is_dql(x):
     q = dynaq.quantize(x)
     y, s, z = dynaq.dynamic_quantize_linear(x)
+    # Where DQL's scale is degenerate (0, infinite or subnormal), dynaq repairs it on purpose;
+    # those corners have their own tests above.
+    assume(np.isfinite(s) and s >= np.finfo(F32).tiny)
     np.testing.assert_array_equal(q.values, y)
     assert bits(q.scale) == bits(s) and q.zero_point == z

@@ -6,13 +6,13 @@
 //! * [`IntegerEpilogue`]: ONNX `MatMulInteger` zero-point corrections in i64, then a checked
 //!   conversion to i32 (an overflow is reported, never wrapped).
 
-use crate::gemm::{Epilogue, SharedOut, MAX_NR};
+use crate::gemm::{Epilogue, SharedOut};
 use crate::reference::linear_epilogue_one;
 use std::sync::Mutex;
 
 /// The dequantizing epilogue of `linear`.
 pub struct LinearEpilogue<'a> {
-    pub(crate) out: SharedOut<f32>,
+    pub(crate) out: SharedOut<'a, f32>,
     /// Output row stride (= n).
     pub(crate) n: usize,
     /// Activation zero point per row.
@@ -29,7 +29,6 @@ pub struct LinearEpilogue<'a> {
 
 impl Epilogue for LinearEpilogue<'_> {
     fn tile_i32(&self, m0: usize, n0: usize, rows: usize, cols: usize, acc: &[i32], ldc: usize) {
-        let mut buf = [0f32; MAX_NR];
         let (cs, sw, bias) = (
             &self.colsum[n0..n0 + cols],
             &self.sw[n0..n0 + cols],
@@ -39,24 +38,29 @@ impl Epilogue for LinearEpilogue<'_> {
             let m = m0 + r;
             let (zx, sx) = (self.zx[m], self.sx[m]);
             let accs = &acc[r * ldc..r * ldc + cols];
-            for c in 0..cols {
+            // SAFETY: this call owns the tile (m0.., n0..) of the output; its row `m` is handed
+            // out once here and dropped at the end of the iteration.
+            let dst = unsafe { self.out.tile_row(m * self.n + n0, cols) };
+            for ((d, &a), ((&c, &w), &b)) in
+                dst.iter_mut().zip(accs).zip(cs.iter().zip(sw).zip(bias))
+            {
                 // One K chunk: `acc - zx * colsum = sum (a - zx) w` is below 255 * 128 * 65536
                 // < 2^31 in magnitude, so the wrapping i32 arithmetic is exact, and its f32
                 // conversion equals that of the i64 path in `linear_epilogue_one`.
-                let corrected = accs[c].wrapping_sub(zx.wrapping_mul(cs[c]));
-                buf[c] = corrected as f32 * (sx * sw[c]) + bias[c];
+                let corrected = a.wrapping_sub(zx.wrapping_mul(c));
+                *d = corrected as f32 * (sx * w) + b;
             }
-            self.out.write_slice(m * self.n + n0, &buf[..cols]);
         }
     }
 
     fn tile_i64(&self, m0: usize, n0: usize, rows: usize, cols: usize, acc: &[i64], ldc: usize) {
-        let mut buf = [0f32; MAX_NR];
         for r in 0..rows {
             let m = m0 + r;
-            for c in 0..cols {
+            // SAFETY: as in `tile_i32`.
+            let dst = unsafe { self.out.tile_row(m * self.n + n0, cols) };
+            for (c, d) in dst.iter_mut().enumerate() {
                 let j = n0 + c;
-                buf[c] = linear_epilogue_one(
+                *d = linear_epilogue_one(
                     acc[r * ldc + c],
                     self.zx[m],
                     self.colsum[j],
@@ -65,7 +69,6 @@ impl Epilogue for LinearEpilogue<'_> {
                     self.bias[j],
                 );
             }
-            self.out.write_slice(m * self.n + n0, &buf[..cols]);
         }
     }
 }
@@ -79,7 +82,7 @@ pub type OverflowAt = (usize, usize, i64);
 /// `sum (a - za)(b - zb) = sum a'b' + (ob - zb) sum a' + (oa - za) sum b' + k (oa - za)(ob - zb)`,
 /// so `ra = oa - za` and `cb = ob - zb`.
 pub struct IntegerEpilogue<'a> {
-    pub(crate) out: SharedOut<i32>,
+    pub(crate) out: SharedOut<'a, i32>,
     pub(crate) n: usize,
     pub(crate) k: i64,
     pub(crate) ra: &'a [i64],
@@ -100,24 +103,25 @@ impl IntegerEpilogue<'_> {
         acc: &[T],
         ldc: usize,
     ) {
-        let mut buf = [0i32; MAX_NR];
         for r in 0..rows {
             let m = m0 + r;
             let (ra, rs) = (self.ra[m], self.rowsum[m]);
             let mut bad = None;
-            for c in 0..cols {
+            // SAFETY: this call owns the tile (m0.., n0..) of the output; its row `m` is handed
+            // out once here and dropped at the end of the iteration.
+            let dst = unsafe { self.out.tile_row(m * self.n + n0, cols) };
+            for (c, d) in dst.iter_mut().enumerate() {
                 let j = n0 + c;
                 let cb = self.cb[j];
                 let v = acc[r * ldc + c].into()
                     + cb * rs
                     + ra * self.colsum[j] as i64
                     + self.k * ra * cb;
-                buf[c] = i32::try_from(v).unwrap_or_else(|_| {
+                *d = i32::try_from(v).unwrap_or_else(|_| {
                     bad.get_or_insert((m, j, v));
                     0
                 });
             }
-            self.out.write_slice(m * self.n + n0, &buf[..cols]);
             if let Some(at) = bad {
                 let mut f = self
                     .first_overflow

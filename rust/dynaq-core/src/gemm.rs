@@ -16,6 +16,7 @@ use crate::error::{try_zeroed, Result};
 use crate::kernels::{AData, AFormat, GemmKernel, Tile};
 use crate::pack::{PackedB, GROUP_BYTES, PANEL};
 use rayon::prelude::*;
+use std::marker::PhantomData;
 
 /// Largest reduction one i32 accumulator sums (a multiple of 4).
 pub const K_CHUNK: usize = 65536;
@@ -221,40 +222,43 @@ fn run_block<E: Epilogue>(
     }
 }
 
-/// A raw output pointer shared by the threads of one GEMM, each writing its own tiles.
-pub(crate) struct SharedOut<T> {
+/// The output of one GEMM, shared by its threads, each writing its own tiles.
+///
+/// Tiles cover disjoint index ranges of the output and the driver hands each tile to exactly one
+/// [`Epilogue`] call, so the rows handed out by [`SharedOut::tile_row`] never overlap.
+pub(crate) struct SharedOut<'a, T> {
     ptr: *mut T,
     len: usize,
+    _buf: PhantomData<&'a mut [T]>,
 }
 
-// SAFETY: the pointer is only written through `write_row`, whose callers write disjoint index
-// ranges (distinct tiles of one GEMM), and the buffer outlives the GEMM call that uses it.
-unsafe impl<T: Send> Send for SharedOut<T> {}
-// SAFETY: as above; concurrent writes never touch the same element.
-unsafe impl<T: Send> Sync for SharedOut<T> {}
+// SAFETY: a `SharedOut` is a `&mut [T]` split among threads by disjoint ranges (see above);
+// sending it is sending that exclusive borrow.
+unsafe impl<T: Send> Send for SharedOut<'_, T> {}
+// SAFETY: shared use only hands out disjoint ranges (the contract of `tile_row`), so no element
+// is ever reachable from two threads at once.
+unsafe impl<T: Send> Sync for SharedOut<'_, T> {}
 
-impl<T: Copy> SharedOut<T> {
-    pub(crate) fn new(out: &mut [T]) -> Self {
+impl<'a, T> SharedOut<'a, T> {
+    pub(crate) fn new(out: &'a mut [T]) -> Self {
         SharedOut {
             ptr: out.as_mut_ptr(),
             len: out.len(),
+            _buf: PhantomData,
         }
     }
 
-    /// Copies `values` to `start..start + values.len()`.
+    /// The output elements `start..start + len`, to be written by one tile.
     ///
-    /// The driver hands each tile to exactly one thread and tiles cover disjoint output ranges,
-    /// so no two threads ever write the same element.
-    pub(crate) fn write_slice(&self, start: usize, values: &[T]) {
-        let end = start
-            .checked_add(values.len())
-            .expect("tile outside the output");
+    /// # Safety
+    /// No other live reference may cover any of these elements: call it only for the tile the
+    /// current [`Epilogue`] call was handed, and drop the slice before returning.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn tile_row(&self, start: usize, len: usize) -> &mut [T] {
+        let end = start.checked_add(len).expect("tile outside the output");
         assert!(end <= self.len, "tile outside the output");
-        // SAFETY: `start..end` lies inside the buffer (asserted), which is alive for the whole
-        // GEMM; the range belongs to this tile only (see above), and `values` is a distinct
-        // local buffer, so the copy does not overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(start), values.len())
-        };
+        // SAFETY: `start..end` lies inside the borrowed buffer (asserted above), which outlives
+        // `'a`; exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
     }
 }
