@@ -1,7 +1,7 @@
 //! The GEMM driver: tiles, K chunks and threads around a microkernel.
 //!
 //! ```text
-//! LOOP 1 (parallel): work items = blocks of M rows x blocks of N tiles
+//! LOOP 1 (parallel): work items = blocks of M rows x blocks of N tiles (see `Plan`)
 //! LOOP 2: n tiles of the item (nr = np * 16 columns)
 //! LOOP 3: m tiles of the item (mr rows); the B micro-panel (K x nr) stays hot across them
 //! LOOP 4: K chunks of at most K_CHUNK (one chunk for K <= 65536)
@@ -15,7 +15,6 @@
 use crate::error::{try_zeroed, Result};
 use crate::kernels::{AData, AFormat, GemmKernel, Tile};
 use crate::pack::{PackedB, GROUP_BYTES, PANEL};
-use rayon::prelude::*;
 use std::marker::PhantomData;
 
 /// Largest reduction one i32 accumulator sums (a multiple of 4).
@@ -93,6 +92,82 @@ enum AStore<'a> {
     I16(Vec<i16>),
 }
 
+/// How one GEMM is cut into work items (LOOP 1).
+///
+/// * M is cut in blocks of about [`A_BLOCK_BYTES`] of activations, so that a block of A stays in
+///   L2 while every weight panel streams past it, and so that the output rows written for one
+///   block span few pages (one pass over 512 rows of a 3072-wide output touched 6 MiB and lost
+///   ~25% to TLB misses).
+/// * With several threads, N is cut too, until there are about four items per thread (small M
+///   is common, and each N block streams its own weights); a GEMM smaller than
+///   [`PARALLEL_MIN_MACS`] stays on the calling thread, where waking a worker would cost more
+///   than it saves.
+/// * Items are numbered M-block-major, so consecutive items share their block of A.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    threads: usize,
+    m_tiles: usize,
+    n_tiles: usize,
+    mt_per: usize,
+    nt_per: usize,
+    m_blocks: usize,
+    n_blocks: usize,
+}
+
+/// Activation bytes per M block (256 KiB: a quarter of Zen 4's and Skylake-SP's 1 MiB L2).
+const A_BLOCK_BYTES: usize = 256 << 10;
+/// Below this many multiply-adds (about 10 us on one core), a GEMM runs on one thread.
+const PARALLEL_MIN_MACS: usize = 4 << 20;
+
+impl Plan {
+    fn new(m_tiles: usize, n_tiles: usize, mr: usize, k: usize, threads: usize) -> Plan {
+        let rows_per_block = (A_BLOCK_BYTES / k.max(1)).max(mr);
+        let mut mt_per = (rows_per_block / mr).clamp(1, m_tiles.max(1));
+        let macs = (m_tiles * mr * n_tiles * PANEL).saturating_mul(k.max(1));
+        let threads = if macs < PARALLEL_MIN_MACS {
+            1
+        } else {
+            threads.max(1)
+        };
+        let mut m_blocks = m_tiles.div_ceil(mt_per);
+        let mut n_blocks = 1;
+        if threads > 1 {
+            let want = 4 * threads;
+            if m_blocks < want {
+                n_blocks = want.div_ceil(m_blocks).min(n_tiles);
+            }
+            if m_blocks * n_blocks < want {
+                // Few N tiles too: cut M finer.
+                mt_per = m_tiles.div_ceil(want.div_ceil(n_blocks)).max(1);
+                m_blocks = m_tiles.div_ceil(mt_per);
+            }
+        }
+        let nt_per = n_tiles.div_ceil(n_blocks.max(1));
+        let n_blocks = n_tiles.div_ceil(nt_per.max(1));
+        Plan {
+            threads,
+            m_tiles,
+            n_tiles,
+            mt_per,
+            nt_per,
+            m_blocks,
+            n_blocks,
+        }
+    }
+
+    fn items(&self) -> usize {
+        self.m_blocks * self.n_blocks
+    }
+
+    fn item(&self, idx: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let (mb, nb) = (idx / self.n_blocks, idx % self.n_blocks);
+        (
+            mb * self.mt_per..((mb + 1) * self.mt_per).min(self.m_tiles),
+            nb * self.nt_per..((nb + 1) * self.nt_per).min(self.n_tiles),
+        )
+    }
+}
+
 /// `acc[i][j] = sum_k a[i][k] * b[k][j]`, exactly, delivered tile by tile to `epi`.
 pub fn gemm<E: Epilogue>(kernel: &GemmKernel, a: &QuantizedA, b: &PackedB, epi: &E) -> Result<()> {
     assert_eq!(a.k, b.k(), "inner dimensions differ");
@@ -117,32 +192,13 @@ pub fn gemm<E: Epilogue>(kernel: &GemmKernel, a: &QuantizedA, b: &PackedB, epi: 
     let (mr, np) = (kernel.mr.min(MAX_MR), kernel.np.min(MAX_NR / PANEL));
     let n_tiles = b.panels().div_ceil(np);
     let m_tiles = m.div_ceil(mr);
-    let macs = (m * n) as f64 * a.k.max(1) as f64;
-
-    // LOOP 1: split the work only when each part keeps a few hundred microseconds of work;
-    // below that, handing work to the pool costs more (~10 us) than it saves.
-    let threads = crate::threads::num_threads();
-    let parts = if threads <= 1 || macs < 4.0e6 {
-        1
-    } else {
-        (threads * 4).min(m_tiles * n_tiles)
-    };
-    // Prefer splitting N (small M is common and each N block reads its own weights).
-    let n_blocks = parts.min(n_tiles).max(1);
-    let m_blocks = parts.div_ceil(n_blocks).min(m_tiles).max(1);
-    let nt_per = n_tiles.div_ceil(n_blocks);
-    let mt_per = m_tiles.div_ceil(m_blocks);
-    let item = |idx: usize| {
-        let (mb, nb) = (idx / n_blocks, idx % n_blocks);
-        let mts = mb * mt_per..((mb + 1) * mt_per).min(m_tiles);
-        let nts = nb * nt_per..((nb + 1) * nt_per).min(n_tiles);
+    let plan = Plan::new(m_tiles, n_tiles, mr, a.k, crate::threads::num_threads());
+    let item = |idx: usize| -> Result<()> {
+        let (mts, nts) = plan.item(idx);
         run_block(kernel, a_data, a.lda, m, b, epi, mr, np, mts, nts);
+        Ok(())
     };
-    if m_blocks * n_blocks == 1 {
-        item(0);
-    } else {
-        crate::threads::install(|_| (0..m_blocks * n_blocks).into_par_iter().for_each(item));
-    }
+    crate::threads::for_each_index(plan.items(), plan.threads - 1, item)?;
     Ok(())
 }
 
@@ -260,5 +316,35 @@ impl<'a, T> SharedOut<'a, T> {
         // SAFETY: `start..end` lies inside the borrowed buffer (asserted above), which outlives
         // `'a`; exclusivity is the caller's contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_cover_every_tile_once() {
+        for (m_tiles, n_tiles, k, threads) in [
+            (1, 1, 1, 1),
+            (1, 64, 3072, 2),
+            (16, 64, 3072, 2),
+            (64, 64, 768, 1),
+            (64, 64, 768, 2),
+            (3, 2, 100_000, 8),
+            (200, 5, 64, 16),
+        ] {
+            let plan = Plan::new(m_tiles, n_tiles, 8, k, threads);
+            let mut seen = vec![0u8; m_tiles * n_tiles];
+            for i in 0..plan.items() {
+                let (ms, ns) = plan.item(i);
+                for mt in ms {
+                    for nt in ns.clone() {
+                        seen[mt * n_tiles + nt] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&v| v == 1), "{plan:?}");
+        }
     }
 }

@@ -4,8 +4,8 @@
 use crate::error::{Error, Result};
 use crate::kernels::{quant_kernels, QuantKernels};
 use crate::reference::{self, MinMax};
+use crate::threads::for_each_item;
 use crate::Isa;
-use rayon::prelude::*;
 
 /// One scale (and zero point) for the whole tensor, or one per row (the last axis reduced).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,17 +35,11 @@ impl Scheme {
     }
 }
 
-/// One row of a per-row uint8 quantization: (index, (((input, output), scale), zero point)).
-type RowU8<'a> = (
-    usize,
-    (((&'a [f32], &'a mut [u8]), &'a mut f32), &'a mut u8),
-);
-/// One row of a per-row int8 quantization: (index, ((input, output), scale)).
-type RowI8<'a> = (usize, ((&'a [f32], &'a mut [i8]), &'a mut f32));
-
-/// Below this many elements, quantization stays on the calling thread (thread hand-off costs
-/// more than it saves: ~5 us against ~1 GB/s-per-core-us of work).
+/// Below this many elements, quantization stays on the calling thread: 256 Ki floats take
+/// ~30 us, about what waking a worker can cost on a busy machine.
 const PARALLEL_MIN: usize = 1 << 18;
+/// Elements per work item when quantization is split over threads (256 KiB of floats).
+const CHUNK: usize = 1 << 16;
 
 fn nonfinite(what: &str, row: Option<usize>) -> Error {
     let at = row.map_or(String::new(), |r| format!(" (row {r})"));
@@ -55,16 +49,34 @@ fn nonfinite(what: &str, row: Option<usize>) -> Error {
     ))
 }
 
-/// Min/max of all of `x`, in parallel for large inputs.
+/// Worker threads to add for `len` elements (0 below [`PARALLEL_MIN`]).
+fn helpers_for(len: usize) -> usize {
+    if len < PARALLEL_MIN {
+        0
+    } else {
+        crate::threads::num_threads() - 1
+    }
+}
+
+/// Rows per work item: whole rows, about [`CHUNK`] elements.
+fn rows_per_item(cols: usize) -> usize {
+    (CHUNK / cols.max(1)).max(1)
+}
+
+/// Min/max of all of `x`, split over threads for large inputs.
 pub fn minmax_all(q: &QuantKernels, x: &[f32]) -> MinMax {
-    if x.len() < PARALLEL_MIN {
+    let helpers = helpers_for(x.len());
+    if helpers == 0 {
         return q.minmax(x);
     }
-    crate::threads::install(|_| {
-        x.par_chunks(PARALLEL_MIN / 4)
-            .map(|c| q.minmax(c))
-            .reduce(|| MinMax::EMPTY, MinMax::merge)
-    })
+    let mut parts = vec![MinMax::EMPTY; x.len().div_ceil(CHUNK)];
+    let items = x.chunks(CHUNK).zip(parts.iter_mut());
+    let r: std::result::Result<(), ()> = for_each_item(items, helpers, |_, (c, out)| {
+        *out = q.minmax(c);
+        Ok(())
+    });
+    debug_assert!(r.is_ok());
+    parts.into_iter().fold(MinMax::EMPTY, MinMax::merge)
 }
 
 /// Quantizes `x` (`rows x cols`, row-major) to uint8 into `out` (row `i` at `i * out_stride`,
@@ -87,16 +99,17 @@ pub fn quantize_u8_rows(
 ) -> Result<()> {
     assert_eq!(x.len(), rows * cols);
     assert!(out_stride >= cols && out.len() >= rows * out_stride);
-    if rows == 0 {
-        if gran == Granularity::Tensor {
-            // An empty tensor: the range [0, 0] gives scale 1 and zero point 0.
-            scales[0] = 1.0;
-            zero_points[0] = 0;
-        }
+    if rows == 0 || cols == 0 {
+        // Empty rows: the range [0, 0] gives scale 1 and zero point 0.
+        scales.fill(1.0);
+        zero_points.fill(0);
         return Ok(());
     }
     let q = quant_kernels(isa);
-    let big = x.len() >= PARALLEL_MIN;
+    let helpers = helpers_for(x.len());
+    let rpi = rows_per_item(cols);
+    let x_rows = x.chunks(rpi * cols);
+    let out_rows = out.chunks_mut(rpi * out_stride);
     match gran {
         Granularity::Tensor => {
             assert!(scales.len() == 1 && zero_points.len() == 1);
@@ -107,57 +120,33 @@ pub fn quantize_u8_rows(
             let (s, z) = scheme.params(mm);
             scales[0] = s;
             zero_points[0] = z;
-            let body = |(xr, or): (&[f32], &mut [u8])| q.quantize_u8(xr, s, z, &mut or[..cols]);
-            if big && cols > 0 {
-                crate::threads::install(|_| {
-                    x.par_chunks(cols)
-                        .zip(out.par_chunks_mut(out_stride))
-                        .for_each(body)
-                });
-            } else if cols > 0 {
-                x.chunks(cols)
-                    .zip(out.chunks_mut(out_stride))
-                    .for_each(body);
-            } else {
-                // No values: the parameters alone describe the (empty) tensor.
-            }
-            Ok(())
+            let items = x_rows.zip(out_rows);
+            for_each_item(items, helpers, |_, (xs, os): (&[f32], &mut [u8])| {
+                for (xr, or) in xs.chunks(cols).zip(os.chunks_mut(out_stride)) {
+                    q.quantize_u8(xr, s, z, &mut or[..cols]);
+                }
+                Ok(())
+            })
         }
         Granularity::Row => {
             assert!(scales.len() == rows && zero_points.len() == rows);
-            if cols == 0 {
-                scales.fill(1.0);
-                zero_points.fill(0);
-                return Ok(());
-            }
-            let body = |(i, (((xr, or), s), z)): RowU8<'_>| {
-                let mm = q.minmax(xr);
-                if check_finite && mm.nonfinite {
-                    return Err(nonfinite(what, Some(i)));
+            let items = x_rows
+                .zip(out_rows)
+                .zip(scales.chunks_mut(rpi).zip(zero_points.chunks_mut(rpi)));
+            for_each_item(items, helpers, |item, ((xs, os), (ss, zs))| {
+                let rows = xs.chunks(cols).zip(os.chunks_mut(out_stride));
+                for (r, ((xr, or), (s, z))) in rows.zip(ss.iter_mut().zip(zs)).enumerate() {
+                    let mm = q.minmax(xr);
+                    if check_finite && mm.nonfinite {
+                        return Err(nonfinite(what, Some(item * rpi + r)));
+                    }
+                    let (sc, zp) = scheme.params(mm);
+                    *s = sc;
+                    *z = zp;
+                    q.quantize_u8(xr, sc, zp, &mut or[..cols]);
                 }
-                let (sc, zp) = scheme.params(mm);
-                *s = sc;
-                *z = zp;
-                q.quantize_u8(xr, sc, zp, &mut or[..cols]);
                 Ok(())
-            };
-            if big {
-                crate::threads::install(|_| {
-                    x.par_chunks(cols)
-                        .zip(out.par_chunks_mut(out_stride))
-                        .zip(scales.par_iter_mut())
-                        .zip(zero_points.par_iter_mut())
-                        .enumerate()
-                        .try_for_each(body)
-                })
-            } else {
-                x.chunks(cols)
-                    .zip(out.chunks_mut(out_stride))
-                    .zip(scales.iter_mut())
-                    .zip(zero_points.iter_mut())
-                    .enumerate()
-                    .try_for_each(body)
-            }
+            })
         }
     }
 }
@@ -184,6 +173,8 @@ pub fn quantize_i8_rows(
         return Ok(());
     }
     let q = quant_kernels(isa);
+    let helpers = helpers_for(x.len());
+    let rpi = rows_per_item(cols);
     match gran {
         Granularity::Tensor => {
             assert_eq!(scales.len(), 1);
@@ -193,47 +184,30 @@ pub fn quantize_i8_rows(
             }
             let s = reference::sym_scale(mm.absmax());
             scales[0] = s;
-            if x.len() >= PARALLEL_MIN {
-                crate::threads::install(|_| {
-                    x.par_chunks(PARALLEL_MIN / 4)
-                        .zip(out.par_chunks_mut(PARALLEL_MIN / 4))
-                        .for_each(|(xc, oc)| q.quantize_i8(xc, s, oc))
-                });
-            } else {
-                q.quantize_i8(x, s, out);
-            }
-            Ok(())
+            let items = x.chunks(CHUNK).zip(out.chunks_mut(CHUNK));
+            for_each_item(items, helpers, |_, (xc, oc): (&[f32], &mut [i8])| {
+                q.quantize_i8(xc, s, oc);
+                Ok(())
+            })
         }
         Granularity::Row => {
             assert_eq!(scales.len(), rows);
-            if cols == 0 {
-                scales.fill(1.0);
-                return Ok(());
-            }
-            let body = |(i, ((xr, or), s)): RowI8<'_>| {
-                let mm = q.minmax(xr);
-                if check_finite && mm.nonfinite {
-                    return Err(nonfinite(what, Some(i)));
+            let items = x
+                .chunks(rpi * cols)
+                .zip(out.chunks_mut(rpi * cols))
+                .zip(scales.chunks_mut(rpi));
+            for_each_item(items, helpers, |item, ((xs, os), ss)| {
+                let rows = xs.chunks(cols).zip(os.chunks_mut(cols)).zip(ss.iter_mut());
+                for (r, ((xr, or), s)) in rows.enumerate() {
+                    let mm = q.minmax(xr);
+                    if check_finite && mm.nonfinite {
+                        return Err(nonfinite(what, Some(item * rpi + r)));
+                    }
+                    *s = reference::sym_scale(mm.absmax());
+                    q.quantize_i8(xr, *s, or);
                 }
-                *s = reference::sym_scale(mm.absmax());
-                q.quantize_i8(xr, *s, or);
                 Ok(())
-            };
-            if x.len() >= PARALLEL_MIN {
-                crate::threads::install(|_| {
-                    x.par_chunks(cols)
-                        .zip(out.par_chunks_mut(cols))
-                        .zip(scales.par_iter_mut())
-                        .enumerate()
-                        .try_for_each(body)
-                })
-            } else {
-                x.chunks(cols)
-                    .zip(out.chunks_mut(cols))
-                    .zip(scales.iter_mut())
-                    .enumerate()
-                    .try_for_each(body)
-            }
+            })
         }
     }
 }
