@@ -1,4 +1,4 @@
-"""Command line: ``python -m dynaq info``."""
+"""Command line: ``python -m dynaq info`` and ``python -m dynaq bench``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,36 @@ from typing import Optional
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Runs the command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments after ``python -m dynaq``; ``sys.argv[1:]`` when omitted. Only then may
+        ``bench`` re-execute the process (to run numpy without the OpenBLAS variables), so
+        in-process callers keep their process.
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    from dynaq import _bench
+
     parser = argparse.ArgumentParser(prog="python -m dynaq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="CPU features, kernel paths and the kernels in use")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
-    args = parser.parse_args(argv)
+    bench = sub.add_parser(
+        "bench",
+        help="time dynaq against numpy, torch and onnxruntime",
+        description="Times a fp32-in/fp32-out linear layer (dynaq.linear, numpy float32, "
+        "torch and onnxruntime dynamic int8 quantization) over a sweep of M, K x N and thread "
+        "counts, and activation quantization; prints GOP/s and ratios.",
+    )
+    _bench.add_arguments(bench)
+    raw = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(raw)
 
     import dynaq
     from dynaq._runtime import format_info
@@ -22,6 +47,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         data = dynaq.cpu_info()
         print(json.dumps(data, indent=2) if args.json else format_info(data))
         return 0
+    if args.command == "bench":
+        return _bench.run_cli(args, bench, raw if argv is None else None)
     return 2  # pragma: no cover - argparse enforces a command
 
 
