@@ -20,14 +20,17 @@ __all__ = [
     "arch_isas",
     "cpu_features",
     "detected_isas",
+    "dql_fast",
     "dynamic_quantize_linear",
     "env_warning",
     "get_num_threads",
     "kernels",
     "linear",
+    "linear_fast",
     "matmul_integer",
     "max_isa",
     "physical_cores",
+    "quantize_fast",
     "quantize_i8",
     "quantize_u8",
     "set_max_isa",
@@ -96,6 +99,20 @@ def matmul_integer(
     b_zero_point: npt.NDArray[np.int32],
     out: npt.NDArray[np.int32],
 ) -> None: ...
+def linear_fast(
+    x: object,
+    weight: object,
+    bias: object,
+    granularity: str,
+    out: object,
+    check_finite: bool,
+) -> Optional[npt.NDArray[np.float32]]: ...
+def quantize_fast(
+    x: object, granularity: str, symmetric: bool, check_finite: bool
+) -> Optional[tuple[npt.NDArray[np.generic], npt.NDArray[np.float32], npt.NDArray[np.generic]]]: ...
+def dql_fast(
+    x: object, check_finite: bool
+) -> Optional[tuple[npt.NDArray[np.uint8], float, int]]: ...
 def cpu_features() -> list[tuple[str, bool]]: ...
 def detected_isas() -> list[str]: ...
 def arch_isas() -> list[str]: ...

@@ -80,6 +80,9 @@ def dynamic_quantize_linear(
     y_scale : numpy.float32
     y_zero_point : numpy.uint8
     """
+    fast = _dynaq.dql_fast(x, bool(check_finite))
+    if fast is not None:
+        return fast[0], np.float32(fast[1]), np.uint8(fast[2])
     a = _as_float32(x, "x")
     y = np.empty(a.shape, dtype=np.uint8)
     scale, zp = _dynaq.dynamic_quantize_linear(a, y, bool(check_finite))
@@ -169,6 +172,9 @@ def quantize(
     -------
     QuantizedTensor
     """
+    fast = _dynaq.quantize_fast(x, granularity, bool(symmetric), bool(check_finite))
+    if fast is not None:
+        return QuantizedTensor(fast[0], fast[1], fast[2], granularity, bool(symmetric))
     per_row = _check_granularity(granularity)
     a = _as_float32(x, "x")
     if per_row:
@@ -275,6 +281,9 @@ def linear(
     -------
     ndarray of float32, shape (..., out_features)
     """
+    fast = _dynaq.linear_fast(x, weight, bias, granularity, out, bool(check_finite))
+    if fast is not None:
+        return fast
     per_row = _check_granularity(granularity)
     a = _as_float32(x, "x")
     if not isinstance(weight, PackedWeight):

@@ -10,8 +10,8 @@ use dynaq_core::ops::{self, Int8Data, MatmulShape};
 use dynaq_core::quant::{quantize_i8_rows, quantize_u8_rows, Granularity, Scheme};
 use dynaq_core::{threads, Error, PackedWeight};
 use numpy::{
-    IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
-    PyReadonlyArray3, PyReadonlyArrayDyn, PyReadwriteArray2, PyReadwriteArray3,
+    Element, IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray1,
+    PyReadonlyArray2, PyReadonlyArray3, PyReadonlyArrayDyn, PyReadwriteArray2, PyReadwriteArray3,
     PyReadwriteArrayDyn, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyMemoryError, PyOverflowError, PyTypeError, PyValueError};
@@ -413,6 +413,241 @@ fn matmul_integer(
         .map_err(to_py)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fast paths: the common, already-valid call handled in one native step (about 0.5 us instead of
+// 2-3 us of Python checks and conversions). Each returns `None` whenever anything is unusual
+// (dtype, contiguity, shape, aliasing, read-only output), and the Python layer then takes its
+// general path, which converts what it can and raises the precise error otherwise.
+// ---------------------------------------------------------------------------------------------
+
+/// A C-contiguous float32 array, or `None`.
+fn f32_array<'a, 'py>(obj: &'a Bound<'py, PyAny>) -> Option<&'a Bound<'py, PyArrayDyn<f32>>> {
+    obj.cast::<PyArrayDyn<f32>>()
+        .ok()
+        .filter(|a| a.is_c_contiguous())
+}
+
+/// The byte range an array's data occupies (C-contiguous arrays only).
+fn byte_range<T: Element>(a: &Bound<'_, PyArrayDyn<T>>) -> std::ops::Range<usize> {
+    let start = a.data() as usize;
+    start..start + a.len() * std::mem::size_of::<T>()
+}
+
+fn overlaps(a: &std::ops::Range<usize>, b: &std::ops::Range<usize>) -> bool {
+    a.start < b.end && b.start < a.end && !a.is_empty() && !b.is_empty()
+}
+
+/// A fresh C-contiguous array whose every element the caller writes before Python sees it.
+///
+/// # Safety
+/// The caller must initialize every element (or drop the array unseen, as on an error).
+unsafe fn uninit<'py, T: Element>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<T>> {
+    // SAFETY: forwarded to the caller (numpy allocates; the contents are uninitialized).
+    unsafe { PyArrayDyn::<T>::new(py, shape, false) }
+}
+
+/// `linear` for float32 C-contiguous `x`, a `PackedWeight`, a float32 `bias` or None and a valid
+/// `out` or None; `None` for anything else.
+#[pyfunction]
+fn linear_fast<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    bias: &Bound<'py, PyAny>,
+    granularity: &str,
+    out: &Bound<'py, PyAny>,
+    check_finite: bool,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let per_row = match granularity {
+        "row" => true,
+        "tensor" => false,
+        _ => return Ok(None),
+    };
+    let (Some(x), Ok(w)) = (f32_array(x), weight.cast::<PyPackedWeight>()) else {
+        return Ok(None);
+    };
+    let w = &w.get().inner;
+    let (n, k) = (w.n(), w.k());
+    let shape = x.shape();
+    let Some((&last, lead)) = shape.split_last() else {
+        return Ok(None);
+    };
+    if last != k {
+        return Ok(None);
+    }
+    let m: usize = lead.iter().product();
+    let bias = if bias.is_none() {
+        None
+    } else {
+        match f32_array(bias) {
+            Some(b) if b.ndim() == 1 && b.len() == n => Some(b),
+            _ => return Ok(None),
+        }
+    };
+    let mut out_shape = lead.to_vec();
+    out_shape.push(n);
+    let out = if out.is_none() {
+        // SAFETY: `ops::linear` writes every element of its output (the bias alone when
+        // k == 0); on an error the array is dropped without reaching Python.
+        unsafe { uninit::<f32>(py, &out_shape) }
+    } else {
+        match f32_array(out) {
+            Some(o) if o.shape() == out_shape.as_slice() => {
+                let r = byte_range(o);
+                let aliased = overlaps(&r, &byte_range(x))
+                    || bias.is_some_and(|b| overlaps(&r, &byte_range(b)));
+                if aliased {
+                    return Ok(None);
+                }
+                o.clone()
+            }
+            _ => return Ok(None),
+        }
+    };
+    if m * n > 0 {
+        // A read-only `out` fails here; the Python path then names the problem.
+        let Ok(mut or) = out.try_readwrite() else {
+            return Ok(None);
+        };
+        let Ok(xr) = x.try_readonly() else {
+            return Ok(None);
+        };
+        let br = match bias.map(|b| b.try_readonly()).transpose() {
+            Ok(b) => b,
+            Err(_) => return Ok(None),
+        };
+        let xs = contiguous(xr.as_slice(), "x")?;
+        let bs = match &br {
+            Some(b) => Some(contiguous(b.as_slice(), "bias")?),
+            None => None,
+        };
+        let os = or
+            .as_slice_mut()
+            .map_err(|_| PyValueError::new_err("out must be C-contiguous"))?;
+        let isa = dispatch::active_isa();
+        let gran = granularity_of(per_row);
+        py.detach(|| ops::linear(isa, xs, m, w, bs, gran, check_finite, os))
+            .map_err(to_py)?;
+    }
+    Ok(Some(out.into_any()))
+}
+
+/// Three Python objects (values, scale, zero point).
+type Triple<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>);
+
+/// `quantize` for a float32 C-contiguous `x`: `(values, scale, zero_point)` shaped for the
+/// Python `QuantizedTensor`, or `None`.
+#[pyfunction]
+fn quantize_fast<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    granularity: &str,
+    symmetric: bool,
+    check_finite: bool,
+) -> PyResult<Option<Triple<'py>>> {
+    let Some(x) = f32_array(x) else {
+        return Ok(None);
+    };
+    let shape = x.shape().to_vec();
+    let (rows, cols, group_shape): (usize, usize, Vec<usize>) = match granularity {
+        "tensor" => (1, x.len(), Vec::new()),
+        "row" => match shape.split_last() {
+            Some((&c, lead)) => (lead.iter().product(), c, lead.to_vec()),
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    let per_row = granularity == "row";
+    let groups = if per_row { rows } else { 1 };
+    let Ok(xr) = x.try_readonly() else {
+        return Ok(None);
+    };
+    let xs = contiguous(xr.as_slice(), "x")?;
+    let isa = dispatch::active_isa();
+    let gran = granularity_of(per_row);
+    // SAFETY: the quantizer writes every scale; on an error the array is dropped unseen.
+    let scale = unsafe { uninit::<f32>(py, &group_shape) };
+    if symmetric {
+        // SAFETY: the quantizer writes every value; on an error the array is dropped unseen.
+        let values = unsafe { uninit::<i8>(py, &shape) };
+        {
+            let (mut vw, mut sw) = (values.readwrite(), scale.readwrite());
+            let (vs, ss) = (slice_mut(&mut vw)?, slice_mut(&mut sw)?);
+            py.detach(|| quantize_i8_rows(isa, xs, rows, cols, gran, check_finite, "x", vs, ss))
+                .map_err(to_py)?;
+        }
+        let zp = PyArrayDyn::<i8>::zeros(py, group_shape.as_slice(), false);
+        Ok(Some((values.into_any(), scale.into_any(), zp.into_any())))
+    } else {
+        // SAFETY: the quantizer writes every value; on an error the array is dropped unseen.
+        let values = unsafe { uninit::<u8>(py, &shape) };
+        // SAFETY: the quantizer writes every zero point; on an error the array is dropped unseen.
+        let zp = unsafe { uninit::<u8>(py, &group_shape) };
+        {
+            let (mut vw, mut sw, mut zw) = (values.readwrite(), scale.readwrite(), zp.readwrite());
+            let (vs, ss, zs) = (
+                slice_mut(&mut vw)?,
+                slice_mut(&mut sw)?,
+                slice_mut(&mut zw)?,
+            );
+            debug_assert_eq!(ss.len(), groups);
+            py.detach(|| {
+                quantize_u8_rows(
+                    isa,
+                    xs,
+                    rows,
+                    cols,
+                    gran,
+                    Scheme::Robust,
+                    check_finite,
+                    "x",
+                    vs,
+                    cols,
+                    ss,
+                    zs,
+                )
+            })
+            .map_err(to_py)?;
+        }
+        Ok(Some((values.into_any(), scale.into_any(), zp.into_any())))
+    }
+}
+
+/// `dynamic_quantize_linear` for a float32 C-contiguous `x`: `(y, scale, zero_point)`, or `None`.
+#[pyfunction]
+fn dql_fast<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    check_finite: bool,
+) -> PyResult<Option<(Bound<'py, PyAny>, f32, u8)>> {
+    let Some(x) = f32_array(x) else {
+        return Ok(None);
+    };
+    // SAFETY: the quantizer writes every element; on an error the array is dropped unseen.
+    let y = unsafe { uninit::<u8>(py, x.shape()) };
+    let Ok(xr) = x.try_readonly() else {
+        return Ok(None);
+    };
+    let (s, z) = {
+        let mut yw = y.readwrite();
+        let xs = contiguous(xr.as_slice(), "x")?;
+        let ys = slice_mut(&mut yw)?;
+        let isa = dispatch::active_isa();
+        py.detach(|| ops::dynamic_quantize_linear(isa, xs, ys, check_finite))
+            .map_err(to_py)?
+    };
+    Ok(Some((y.into_any(), s, z)))
+}
+
+fn slice_mut<'a, T: Element>(a: &'a mut PyReadwriteArrayDyn<'_, T>) -> PyResult<&'a mut [T]> {
+    a.as_slice_mut()
+        .map_err(|_| PyValueError::new_err("output is not contiguous"))
+}
+
+fn granularity_of(per_row: bool) -> Granularity {
+    granularity(per_row)
+}
+
 /// CPU features this build checks, as (name, present) pairs.
 #[pyfunction]
 fn cpu_features() -> Vec<(&'static str, bool)> {
@@ -499,6 +734,9 @@ fn _dynaq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize_i8, m)?)?;
     m.add_function(wrap_pyfunction!(linear, m)?)?;
     m.add_function(wrap_pyfunction!(matmul_integer, m)?)?;
+    m.add_function(wrap_pyfunction!(linear_fast, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_fast, m)?)?;
+    m.add_function(wrap_pyfunction!(dql_fast, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_features, m)?)?;
     m.add_function(wrap_pyfunction!(detected_isas, m)?)?;
     m.add_function(wrap_pyfunction!(arch_isas, m)?)?;
