@@ -12,7 +12,7 @@
 //! The driver never lets an i32 accumulator overflow: a chunk sums at most `K_CHUNK` products
 //! of magnitude at most `255 * 128`, and `65536 * 32640 = 2,139,095,040 < 2^31`.
 
-use crate::error::{try_zeroed, Result};
+use crate::error::Result;
 use crate::kernels::{AData, AFormat, GemmKernel, Tile};
 use crate::pack::{PackedB, GROUP_BYTES, PANEL};
 use std::marker::PhantomData;
@@ -46,17 +46,38 @@ pub struct QuantizedA {
 impl QuantizedA {
     /// A zeroed buffer for `m x k`.
     pub fn zeroed(m: usize, k: usize) -> Result<QuantizedA> {
+        let mut a = QuantizedA::default();
+        a.reshape(m, k)?;
+        Ok(a)
+    }
+
+    /// Makes this buffer `m x k`, reusing its memory. Values are stale until written; the
+    /// padding past `k` in each row is zero, as the kernels need.
+    pub fn reshape(&mut self, m: usize, k: usize) -> Result<()> {
         let lda = k.div_ceil(4) * 4;
         let len = m
             .checked_mul(lda)
             .ok_or_else(|| crate::Error::Memory(format!("activations {m} x {k} are too large")))?;
-        Ok(QuantizedA {
-            m,
-            k,
-            lda,
-            data: try_zeroed(len, "quantized activations")?,
-        })
+        if len > self.data.len() {
+            self.data
+                .try_reserve(len - self.data.len())
+                .map_err(|_| crate::Error::Memory(format!("cannot allocate {len} bytes")))?;
+        }
+        self.data.resize(len, 0);
+        if lda > k {
+            for row in self.data.chunks_exact_mut(lda) {
+                row[k..].fill(0);
+            }
+        }
+        (self.m, self.k, self.lda) = (m, k, lda);
+        Ok(())
     }
+
+    /// Bytes reserved.
+    pub fn capacity(&self) -> usize {
+        self.data.capacity()
+    }
+
     /// Rows.
     pub fn m(&self) -> usize {
         self.m
@@ -74,9 +95,8 @@ impl QuantizedA {
         &mut self.data[i * self.lda..i * self.lda + self.k]
     }
     /// The whole buffer and its row stride, for quantizers that write rows in place (the
-    /// padding past `k` must stay zero). `expected_lda` is the caller's idea of the stride.
-    pub fn strided_mut(&mut self, expected_lda: usize) -> (&mut [u8], usize) {
-        debug_assert_eq!(expected_lda, self.lda);
+    /// padding past `k` must stay zero).
+    pub fn strided_mut(&mut self) -> (&mut [u8], usize) {
         (&mut self.data, self.lda)
     }
     /// `sum_k a[i][k]` for each row.
@@ -85,11 +105,6 @@ impl QuantizedA {
             .map(|i| self.row(i).iter().map(|&v| v as i64).sum())
             .collect()
     }
-}
-
-enum AStore<'a> {
-    U8(&'a [u8]),
-    I16(Vec<i16>),
 }
 
 /// How one GEMM is cut into work items (LOOP 1).
@@ -175,46 +190,64 @@ pub fn gemm<E: Epilogue>(kernel: &GemmKernel, a: &QuantizedA, b: &PackedB, epi: 
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let store = match kernel.a_format {
-        AFormat::U8 => AStore::U8(&a.data),
-        AFormat::I16 => {
-            let mut w: Vec<i16> = try_zeroed(a.data.len(), "widened activations")?;
-            for (d, &s) in w.iter_mut().zip(&a.data) {
-                *d = s as i16;
-            }
-            AStore::I16(w)
-        }
-    };
-    let a_data = match &store {
-        AStore::U8(d) => AData::U8(d),
-        AStore::I16(d) => AData::I16(d),
-    };
     let (mr, np) = (kernel.mr.min(MAX_MR), kernel.np.min(MAX_NR / PANEL));
     let n_tiles = b.panels().div_ceil(np);
     let m_tiles = m.div_ceil(mr);
     let plan = Plan::new(m_tiles, n_tiles, mr, a.k, crate::threads::num_threads());
+    let lda = a.lda;
     let item = |idx: usize| -> Result<()> {
         let (mts, nts) = plan.item(idx);
-        run_block(kernel, a_data, a.lda, m, b, epi, mr, np, mts, nts);
-        Ok(())
+        let block = Block {
+            row0: mts.start * mr,
+            rows: (mts.end * mr).min(m) - mts.start * mr,
+            n_tiles: nts,
+        };
+        let rows_bytes = block.row0 * lda..(block.row0 + block.rows) * lda;
+        match kernel.a_format {
+            AFormat::U8 => {
+                run_block(kernel, AData::U8(&a.data[rows_bytes]), lda, b, epi, &block);
+                Ok(())
+            }
+            AFormat::I16 => WIDENED.with(|w| {
+                // Widen this block's rows only (at most A_BLOCK_BYTES of u8): widening all of A
+                // at once spilled 786 KB of i16 out of L2 at M = 128, K = 3072.
+                let mut w = w.borrow_mut();
+                w.clear();
+                w.try_reserve(rows_bytes.len()).map_err(|_| {
+                    crate::Error::Memory("cannot allocate widened activations".into())
+                })?;
+                w.extend(a.data[rows_bytes].iter().map(|&v| v as i16));
+                run_block(kernel, AData::I16(&w), lda, b, epi, &block);
+                Ok(())
+            }),
+        }
     };
-    crate::threads::for_each_index(plan.items(), plan.threads - 1, item)?;
-    Ok(())
+    crate::threads::for_each_index(plan.items(), plan.threads - 1, item)
 }
 
-#[allow(clippy::too_many_arguments)]
+thread_local! {
+    /// Per-thread buffer of activations widened to i16 for [`AFormat::I16`] kernels, reused
+    /// from call to call.
+    static WIDENED: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One work item: rows `row0..row0 + rows` of A against the N tiles `n_tiles`.
+struct Block {
+    row0: usize,
+    rows: usize,
+    n_tiles: std::ops::Range<usize>,
+}
+
+/// LOOPS 2-4 for one work item; `a` starts at the block's first row.
 fn run_block<E: Epilogue>(
     kernel: &GemmKernel,
     a: AData<'_>,
     lda: usize,
-    m: usize,
     b: &PackedB,
     epi: &E,
-    mr: usize,
-    np: usize,
-    m_tiles: std::ops::Range<usize>,
-    n_tiles: std::ops::Range<usize>,
+    block: &Block,
 ) {
+    let (mr, np) = (kernel.mr.min(MAX_MR), kernel.np.min(MAX_NR / PANEL));
     let k4 = b.k4();
     let chunk4 = K_CHUNK / 4;
     let chunks = k4.div_ceil(chunk4).max(1);
@@ -226,21 +259,20 @@ fn run_block<E: Epilogue>(
         Vec::new()
     };
     // LOOP 2: n tiles.
-    for nt in n_tiles {
+    for nt in block.n_tiles.clone() {
         let p0 = nt * np;
         let panels = np.min(b.panels() - p0);
         let n0 = p0 * PANEL;
         let cols = (panels * PANEL).min(b.n() - n0);
-        // LOOP 3: m tiles.
-        for mt in m_tiles.clone() {
-            let m0 = mt * mr;
-            let rows = mr.min(m - m0);
+        // LOOP 3: m tiles; the B micro-panel (K x nr) stays in L1/L2 across them.
+        for r0 in (0..block.rows).step_by(mr) {
+            let rows = mr.min(block.rows - r0);
             c64.iter_mut().for_each(|v| *v = 0);
             // LOOP 4: K chunks.
             for ch in 0..chunks {
                 let g0 = ch * chunk4;
                 let g = chunk4.min(k4 - g0);
-                let a_off = m0 * lda + 4 * g0;
+                let a_off = r0 * lda + 4 * g0;
                 let mut t = Tile {
                     rows,
                     panels,
@@ -269,6 +301,7 @@ fn run_block<E: Epilogue>(
                     }
                 }
             }
+            let m0 = block.row0 + r0;
             if chunks > 1 {
                 epi.tile_i64(m0, n0, rows, cols, &c64, ldc);
             } else {

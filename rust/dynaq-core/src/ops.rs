@@ -64,15 +64,47 @@ pub fn quantize_activations(
     gran: Granularity,
     check_finite: bool,
 ) -> Result<(QuantizedA, Vec<f32>, Vec<i32>)> {
-    let mut qa = QuantizedA::zeroed(m, k)?;
+    let mut s = Scratch::default();
+    quantize_into(&mut s, isa, x, m, k, gran, check_finite)?;
+    Ok((s.a, s.sx, s.zx))
+}
+
+/// Buffers `linear` reuses from call to call on each thread, so that the hot path allocates
+/// nothing once warm.
+#[derive(Default)]
+struct Scratch {
+    a: QuantizedA,
+    sx: Vec<f32>,
+    zx: Vec<i32>,
+    zp: Vec<u8>,
+}
+
+/// Scratch larger than this is released after the call instead of being kept for the next one.
+const SCRATCH_KEEP_BYTES: usize = 16 << 20;
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
+}
+
+fn quantize_into(
+    s: &mut Scratch,
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    k: usize,
+    gran: Granularity,
+    check_finite: bool,
+) -> Result<()> {
+    s.a.reshape(m, k)?;
     let groups = match gran {
         Granularity::Row => m,
         Granularity::Tensor => 1,
     };
-    let mut s = vec![0f32; groups];
-    let mut z = vec![0u8; groups];
-    let stride = k.div_ceil(4) * 4;
-    let (buf, stride) = qa.strided_mut(stride);
+    s.sx.clear();
+    s.sx.resize(m.max(1), 0.0);
+    s.zp.clear();
+    s.zp.resize(groups, 0);
+    let (buf, stride) = s.a.strided_mut();
     quantize_u8_rows(
         isa,
         x,
@@ -84,14 +116,17 @@ pub fn quantize_activations(
         "x",
         buf,
         stride,
-        &mut s,
-        &mut z,
+        &mut s.sx[..groups],
+        &mut s.zp,
     )?;
-    let (sx, zx) = match gran {
-        Granularity::Row => (s, z.iter().map(|&v| v as i32).collect()),
-        Granularity::Tensor => (vec![s[0]; m], vec![z[0] as i32; m]),
-    };
-    Ok((qa, sx, zx))
+    s.sx.truncate(m);
+    if gran == Granularity::Tensor {
+        let s0 = s.sx.first().copied().unwrap_or(1.0);
+        s.sx.fill(s0);
+    }
+    s.zx.clear();
+    s.zx.extend((0..m).map(|i| s.zp[i.min(groups - 1)] as i32));
+    Ok(())
 }
 
 /// The fused dynamic-quantization linear layer: `out = dequant(quant(x) @ wq^T) + bias`, for
@@ -131,25 +166,40 @@ pub fn linear(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let (qa, sx, zx) = quantize_activations(isa, x, m, k, gran, check_finite)?;
-    let zeros;
-    let bias = match bias {
-        Some(b) => b,
-        None => {
-            zeros = vec![0f32; n];
-            &zeros
+    SCRATCH.with(|cell| {
+        // Taken out for the call (a nested call on this thread would find a fresh one).
+        let mut s = cell.take();
+        let r = linear_with(&mut s, isa, x, m, w, bias, gran, check_finite, out);
+        if s.a.capacity() <= SCRATCH_KEEP_BYTES {
+            cell.set(s);
         }
-    };
+        r
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn linear_with(
+    s: &mut Scratch,
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    gran: Granularity,
+    check_finite: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    quantize_into(s, isa, x, m, w.k(), gran, check_finite)?;
     let epi = LinearEpilogue {
         out: SharedOut::new(out),
-        n,
-        zx: &zx,
-        sx: &sx,
+        n: w.n(),
+        zx: &s.zx,
+        sx: &s.sx,
         colsum: w.packed().colsums(),
         sw: w.scales_full(),
         bias,
     };
-    gemm(gemm_kernel(isa), &qa, w.packed(), &epi)
+    gemm(gemm_kernel(isa), &s.a, w.packed(), &epi)
 }
 
 /// An 8-bit integer operand of `matmul_integer`.
