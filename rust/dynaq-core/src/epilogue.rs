@@ -6,6 +6,7 @@
 //! * [`IntegerEpilogue`]: ONNX `MatMulInteger` zero-point corrections in i64, then a checked
 //!   conversion to i32 (an overflow is reported, never wrapped).
 
+use crate::arch::dequant::dequant_row;
 use crate::gemm::{Epilogue, SharedOut};
 use crate::reference::linear_epilogue_one;
 use std::sync::Mutex;
@@ -25,37 +26,21 @@ pub struct LinearEpilogue<'a> {
     pub(crate) sw: &'a [f32],
     /// Bias per output column.
     pub(crate) bias: Option<&'a [f32]>,
+    /// The path whose vector width the dequantizing loop may use (supported by this CPU).
+    pub(crate) isa: crate::Isa,
 }
 
 impl Epilogue for LinearEpilogue<'_> {
     fn tile_i32(&self, m0: usize, n0: usize, rows: usize, cols: usize, acc: &[i32], ldc: usize) {
         let (cs, sw) = (&self.colsum[n0..n0 + cols], &self.sw[n0..n0 + cols]);
+        let bias = self.bias.map(|b| &b[n0..n0 + cols]);
         for r in 0..rows {
             let m = m0 + r;
-            let (zx, sx) = (self.zx[m], self.sx[m]);
-            let accs = &acc[r * ldc..r * ldc + cols];
             // SAFETY: this call owns the tile (m0.., n0..) of the output; its row `m` is handed
             // out once here and dropped at the end of the iteration.
             let dst = unsafe { self.out.tile_row(m * self.n + n0, cols) };
-            // One K chunk: `acc - zx * colsum = sum (a - zx) w` is below 255 * 128 * 65536 < 2^31
-            // in magnitude, so the wrapping i32 arithmetic is exact, and its f32 conversion
-            // equals that of the i64 path in `linear_epilogue_one`.
-            let dequant =
-                |a: i32, c: i32, w: f32| a.wrapping_sub(zx.wrapping_mul(c)) as f32 * (sx * w);
-            match self.bias {
-                Some(bias) => {
-                    let cols = accs.iter().zip(cs).zip(sw.iter().zip(&bias[n0..n0 + cols]));
-                    for (d, ((&a, &c), (&w, &b))) in dst.iter_mut().zip(cols) {
-                        *d = dequant(a, c, w) + b;
-                    }
-                }
-                None => {
-                    for (d, ((&a, &c), &w)) in dst.iter_mut().zip(accs.iter().zip(cs).zip(sw)) {
-                        // `+ 0.0` keeps -0.0 results identical to the biased path's `x + 0.0`.
-                        *d = dequant(a, c, w) + 0.0;
-                    }
-                }
-            }
+            let accs = &acc[r * ldc..r * ldc + cols];
+            dequant_row(self.isa, accs, cs, sw, bias, self.zx[m], self.sx[m], dst);
         }
     }
 

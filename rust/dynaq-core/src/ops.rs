@@ -190,7 +190,9 @@ fn linear_with(
     out: &mut [f32],
 ) -> Result<()> {
     quantize_into(s, isa, x, m, w.k(), gran, check_finite)?;
+    let kernel = gemm_kernel(isa);
     let epi = LinearEpilogue {
+        isa: kernel.isa,
         out: SharedOut::new(out),
         n: w.n(),
         zx: &s.zx,
@@ -199,7 +201,7 @@ fn linear_with(
         sw: w.scales_full(),
         bias,
     };
-    gemm(gemm_kernel(isa), &s.a, w.packed(), &epi)
+    gemm(kernel, &s.a, w.packed(), &epi)
 }
 
 /// An 8-bit integer operand of `matmul_integer`.
