@@ -27,6 +27,7 @@ __all__ = [
     "kernels",
     "linear",
     "linear_fast",
+    "linear_static",
     "matmul_integer",
     "max_isa",
     "physical_cores",
@@ -113,6 +114,15 @@ def quantize_fast(
 def dql_fast(
     x: object, check_finite: bool
 ) -> Optional[tuple[npt.NDArray[np.uint8], float, int]]: ...
+def linear_static(
+    x: npt.NDArray[np.float32],
+    weight: PackedWeight,
+    bias: Optional[npt.NDArray[np.float32]],
+    scale: float,
+    zero_point: int,
+    check_finite: bool,
+    out: npt.NDArray[np.float32],
+) -> None: ...
 def cpu_features() -> list[tuple[str, bool]]: ...
 def detected_isas() -> list[str]: ...
 def arch_isas() -> list[str]: ...

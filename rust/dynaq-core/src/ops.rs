@@ -65,7 +65,7 @@ pub fn quantize_activations(
     check_finite: bool,
 ) -> Result<(QuantizedA, Vec<f32>, Vec<i32>)> {
     let mut s = Scratch::default();
-    quantize_into(&mut s, isa, x, m, k, gran, check_finite)?;
+    quantize_into(&mut s, isa, x, m, k, gran, Scheme::Robust, check_finite)?;
     Ok((s.a, s.sx, s.zx))
 }
 
@@ -93,6 +93,7 @@ fn quantize_into(
     m: usize,
     k: usize,
     gran: Granularity,
+    scheme: Scheme,
     check_finite: bool,
 ) -> Result<()> {
     s.a.reshape(m, k)?;
@@ -111,7 +112,7 @@ fn quantize_into(
         m,
         k,
         gran,
-        Scheme::Robust,
+        scheme,
         check_finite,
         "x",
         buf,
@@ -142,6 +143,54 @@ pub fn linear(
     check_finite: bool,
     out: &mut [f32],
 ) -> Result<()> {
+    linear_scheme(isa, x, m, w, bias, gran, Scheme::Robust, check_finite, out)
+}
+
+/// `linear` with static activation quantization: every row of `x` is quantized with the given
+/// scale and zero point (e.g. from calibration), saturating outside their range.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_static(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    scale: f32,
+    zero_point: u8,
+    check_finite: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(Error::Value(format!(
+            "activation scale must be finite and positive, got {scale}"
+        )));
+    }
+    let scheme = Scheme::Fixed { scale, zero_point };
+    linear_scheme(
+        isa,
+        x,
+        m,
+        w,
+        bias,
+        Granularity::Tensor,
+        scheme,
+        check_finite,
+        out,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn linear_scheme(
+    isa: Isa,
+    x: &[f32],
+    m: usize,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+    gran: Granularity,
+    scheme: Scheme,
+    check_finite: bool,
+    out: &mut [f32],
+) -> Result<()> {
     let (k, n) = (w.k(), w.n());
     if m.checked_mul(k) != Some(x.len()) {
         return Err(Error::Shape(format!(
@@ -169,7 +218,7 @@ pub fn linear(
     SCRATCH.with(|cell| {
         // Taken out for the call (a nested call on this thread would find a fresh one).
         let mut s = cell.take();
-        let r = linear_with(&mut s, isa, x, m, w, bias, gran, check_finite, out);
+        let r = linear_with(&mut s, isa, x, m, w, bias, gran, scheme, check_finite, out);
         if s.a.capacity() <= SCRATCH_KEEP_BYTES {
             cell.set(s);
         }
@@ -186,10 +235,11 @@ fn linear_with(
     w: &PackedWeight,
     bias: Option<&[f32]>,
     gran: Granularity,
+    scheme: Scheme,
     check_finite: bool,
     out: &mut [f32],
 ) -> Result<()> {
-    quantize_into(s, isa, x, m, w.k(), gran, check_finite)?;
+    quantize_into(s, isa, x, m, w.k(), gran, scheme, check_finite)?;
     let kernel = gemm_kernel(isa);
     let epi = LinearEpilogue {
         isa: kernel.isa,

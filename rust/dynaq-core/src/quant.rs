@@ -17,13 +17,21 @@ pub enum Granularity {
 }
 
 /// How asymmetric uint8 parameters are chosen from a range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Scheme {
     /// Exactly ONNX Runtime's `DynamicQuantizeLinear` ([`reference::dql_params`]).
     Onnx,
     /// Ours: the same where meaningful, repaired at float32 overflow/underflow
     /// ([`reference::asym_params`]).
     Robust,
+    /// Fixed parameters, e.g. from calibration (static quantization): the data's range is only
+    /// checked for NaN and infinity, and values outside the range saturate.
+    Fixed {
+        /// Scale, finite and positive.
+        scale: f32,
+        /// Zero point.
+        zero_point: u8,
+    },
 }
 
 impl Scheme {
@@ -31,6 +39,7 @@ impl Scheme {
         match self {
             Scheme::Onnx => reference::dql_params(mm.min, mm.max),
             Scheme::Robust => reference::asym_params(mm.min, mm.max),
+            Scheme::Fixed { scale, zero_point } => (scale, zero_point),
         }
     }
 }

@@ -333,6 +333,34 @@ fn linear(
         .map_err(to_py)
 }
 
+/// `linear` with static activation quantization (fixed scale and zero point for every row).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn linear_static(
+    py: Python<'_>,
+    x: PyReadonlyArray2<'_, f32>,
+    weight: &Bound<'_, PyPackedWeight>,
+    bias: Option<PyReadonlyArray1<'_, f32>>,
+    scale: f32,
+    zero_point: u8,
+    check_finite: bool,
+    mut out: PyReadwriteArray2<'_, f32>,
+) -> PyResult<()> {
+    let m = x.shape()[0];
+    let xs = contiguous(x.as_slice(), "x")?;
+    let bs = match &bias {
+        Some(b) => Some(contiguous(b.as_slice(), "bias")?),
+        None => None,
+    };
+    let os = out
+        .as_slice_mut()
+        .map_err(|_| PyValueError::new_err("out must be C-contiguous"))?;
+    let w = &weight.get().inner;
+    let isa = dispatch::active_isa();
+    py.detach(|| ops::linear_static(isa, xs, m, w, bs, scale, zero_point, check_finite, os))
+        .map_err(to_py)
+}
+
 fn index_vec(ix: &PyReadonlyArray1<'_, i64>, what: &str) -> PyResult<Vec<usize>> {
     contiguous(ix.as_slice(), what)?
         .iter()
@@ -735,6 +763,7 @@ fn _dynaq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(linear, m)?)?;
     m.add_function(wrap_pyfunction!(matmul_integer, m)?)?;
     m.add_function(wrap_pyfunction!(linear_fast, m)?)?;
+    m.add_function(wrap_pyfunction!(linear_static, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_fast, m)?)?;
     m.add_function(wrap_pyfunction!(dql_fast, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_features, m)?)?;
