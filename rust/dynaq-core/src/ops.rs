@@ -86,6 +86,7 @@ thread_local! {
     static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
 }
 
+#[allow(clippy::too_many_arguments)]
 fn quantize_into(
     s: &mut Scratch,
     isa: Isa,
