@@ -285,6 +285,19 @@ def linear(
     if fast is not None:
         return fast
     per_row = _check_granularity(granularity)
+    a, weight, b, out = _prepare_linear(x, weight, bias, out)
+    if out.size:
+        n, k = weight.shape
+        m = math.prod(a.shape[:-1])
+        _dynaq.linear(a.reshape(m, k), weight, b, per_row, bool(check_finite), out.reshape(m, n))
+    return out
+
+
+def _prepare_linear(
+    x: Any, weight: Any, bias: Any, out: Optional[np.ndarray]
+) -> tuple[np.ndarray, PackedWeight, Optional[np.ndarray], np.ndarray]:
+    """Checks and converts the arguments of a linear layer; returns ``(x, weight, bias, out)``
+    ready for the native call (``out`` allocated when not given)."""
     a = _as_float32(x, "x")
     if not isinstance(weight, PackedWeight):
         weight = pack_weight(weight)
@@ -303,26 +316,42 @@ def linear(
             )
     out_shape = a.shape[:-1] + (n,)
     if out is None:
-        out = np.empty(out_shape, dtype=np.float32)
-    else:
-        if not isinstance(out, np.ndarray):
-            raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
-        if out.dtype != np.float32:
-            raise TypeError(f"out must have dtype float32, got {out.dtype}")
-        if out.shape != out_shape:
-            raise ValueError(f"out must have shape {out_shape}, got {out.shape}")
-        if not out.flags.c_contiguous:
-            raise ValueError("out must be C-contiguous")
-        if not out.flags.writeable:
-            raise ValueError("out is read-only")
-        if np.may_share_memory(out, a):
-            a = a.copy()
-        if b is not None and np.may_share_memory(out, b):
-            b = b.copy()
-    if out.size == 0:
-        return out
-    m = math.prod(a.shape[:-1])
-    _dynaq.linear(a.reshape(m, k), weight, b, per_row, bool(check_finite), out.reshape(m, n))
+        return a, weight, b, np.empty(out_shape, dtype=np.float32)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != np.float32:
+        raise TypeError(f"out must have dtype float32, got {out.dtype}")
+    if out.shape != out_shape:
+        raise ValueError(f"out must have shape {out_shape}, got {out.shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    if np.may_share_memory(out, a):
+        a = a.copy()
+    if b is not None and np.may_share_memory(out, b):
+        b = b.copy()
+    return a, weight, b, out
+
+
+def _linear_static(
+    x: Any,
+    weight: PackedWeight,
+    bias: Optional[np.ndarray],
+    scale: float,
+    zero_point: int,
+    out: Optional[np.ndarray] = None,
+    check_finite: bool = True,
+) -> np.ndarray:
+    """``linear`` with a fixed activation scale and zero point (static quantization)."""
+    a, weight, b, out = _prepare_linear(x, weight, bias, out)
+    if out.size:
+        n, k = weight.shape
+        m = math.prod(a.shape[:-1])
+        _dynaq.linear_static(
+            a.reshape(m, k), weight, b, float(scale), int(zero_point), bool(check_finite),
+            out.reshape(m, n),
+        )  # fmt: skip
     return out
 
 

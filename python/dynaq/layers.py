@@ -1,0 +1,680 @@
+"""Numpy layers on dynaq's int8 kernels: ``Linear``, ``LSTM``, ``GRU`` and their cells.
+
+Weights are quantized once (symmetric int8, per output channel by default); activations are
+quantized at run time, per row by default, so one sequence's result never depends on the others
+in the batch. Recurrent layers take PyTorch-format parameters (``weight_ih_l0``, ``weight_hh_l0``,
+``bias_ih_l0``, ``bias_hh_l0``, ``..._reverse`` for the second direction) in PyTorch's gate order
+(LSTM: input, forget, cell, output; GRU: reset, update, new) and compute what ``torch.nn.LSTM`` /
+``torch.nn.GRU`` compute in inference, up to quantization error. Every layer pickles, round-trips
+through ``to_bytes()`` / ``from_bytes()``, and has a readable ``repr``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from . import _container
+from ._dynaq import PackedWeight
+from ._functional import _as_float32, _check_granularity, _linear_static, linear, pack_weight
+
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "Linear"]
+
+F32 = np.float32
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # tanh form: no overflow for large |x| (1 / (1 + exp(-x)) overflows exp below -88).
+    return F32(0.5) * (F32(1.0) + np.tanh(F32(0.5) * x))
+
+
+def _pack(weight: Any, name: str, per_channel: bool) -> PackedWeight:
+    if isinstance(weight, PackedWeight):
+        return weight
+    w = _as_float32(weight, name)
+    if w.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {w.shape}")
+    return pack_weight(w, per_channel=per_channel)
+
+
+def _bias(bias: Any, name: str, n: int) -> Optional[np.ndarray]:
+    if bias is None:
+        return None
+    b = _as_float32(bias, name)
+    if b.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {b.shape}")
+    return b
+
+
+class Linear:
+    """``y = x @ weight.T + bias`` with int8 weights and dynamically quantized activations.
+
+    Parameters
+    ----------
+    weight : PackedWeight
+        From :func:`dynaq.pack_weight`; use :meth:`from_float` to start from float weights.
+    bias : array_like of float, shape (out_features,), optional
+    granularity : {"row", "tensor"}
+        Activation scales per row (default) or per call.
+
+    Calling the layer on float32 ``x`` of shape (..., in_features) returns float32
+    (..., out_features). After :meth:`calibrate`, the layer quantizes activations statically
+    with the calibrated scale instead (for comparing static with dynamic quantization).
+    """
+
+    def __init__(
+        self, weight: PackedWeight, bias: Any = None, *, granularity: str = "row"
+    ) -> None:
+        if not isinstance(weight, PackedWeight):
+            raise TypeError(
+                "weight must be a PackedWeight (use Linear.from_float for float weights), got "
+                f"{type(weight).__name__}"
+            )
+        _check_granularity(granularity)
+        self.weight = weight
+        self.bias = _bias(bias, "bias", weight.out_features)
+        self.granularity = granularity
+        self.activation_scale: Optional[float] = None
+        self.activation_zero_point: Optional[int] = None
+
+    @classmethod
+    def from_float(
+        cls,
+        weight: Any,
+        bias: Any = None,
+        *,
+        per_channel: bool = True,
+        granularity: str = "row",
+    ) -> Linear:
+        """Quantize a float weight (out_features, in_features) and build the layer."""
+        return cls(_pack(weight, "weight", per_channel), bias, granularity=granularity)
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.in_features)
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.out_features)
+
+    @property
+    def static(self) -> bool:
+        """Whether a calibrated (static) activation scale is in use."""
+        return self.activation_scale is not None
+
+    def calibrate(self, samples: Union[np.ndarray, Iterable[Any]]) -> Linear:
+        """Fix the activation scale and zero point from calibration data (static mode).
+
+        ``samples`` is one array of shape (..., in_features) or an iterable of them; the range
+        over all of them (widened to include 0) gives the parameters, as ``quantize`` would for
+        their concatenation. Later calls quantize with these parameters, saturating values
+        outside the calibrated range. Returns ``self``.
+        """
+        batches = [samples] if isinstance(samples, np.ndarray) else list(samples)
+        if not batches:
+            raise ValueError("calibrate needs at least one sample")
+        lo, hi = np.inf, -np.inf
+        for i, s in enumerate(batches):
+            a = _as_float32(s, f"samples[{i}]")
+            if a.ndim == 0 or a.shape[-1] != self.in_features:
+                raise ValueError(
+                    f"samples[{i}] has shape {a.shape}; the last axis must be "
+                    f"in_features = {self.in_features}"
+                )
+            if a.size == 0:
+                continue
+            if not np.isfinite(a).all():
+                raise ValueError(f"samples[{i}] contains NaN or infinity")
+            lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
+        if lo > hi:
+            lo = hi = 0.0
+        from ._functional import quantize
+
+        q = quantize(np.array([lo, hi], dtype=F32))
+        self.activation_scale = float(q.scale)
+        self.activation_zero_point = int(q.zero_point)
+        return self
+
+    def reset_calibration(self) -> Linear:
+        """Back to dynamic quantization. Returns ``self``."""
+        self.activation_scale = None
+        self.activation_zero_point = None
+        return self
+
+    def __call__(self, x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+        if self.activation_scale is not None:
+            return _linear_static(
+                x,
+                self.weight,
+                self.bias,
+                self.activation_scale,
+                int(self.activation_zero_point or 0),
+                out,
+            )
+        return linear(x, self.weight, self.bias, granularity=self.granularity, out=out)
+
+    forward = __call__
+
+    def to_bytes(self) -> bytes:
+        """Versioned serialized form (weights stay int8)."""
+        config = {
+            "granularity": self.granularity,
+            "activation_scale": self.activation_scale,
+            "activation_zero_point": self.activation_zero_point,
+        }
+        blobs: dict[str, _container.Blob] = {"weight": self.weight.to_bytes()}
+        if self.bias is not None:
+            blobs["bias"] = self.bias
+        return _container.pack("Linear", config, blobs)
+
+    @classmethod
+    def from_bytes(cls, data: Any) -> Linear:
+        """Read bytes written by :meth:`to_bytes`."""
+        config, blobs = _container.unpack(data, "Linear")
+        if "weight" not in blobs or not isinstance(blobs["weight"], bytes):
+            raise ValueError("Linear bytes: no weight")
+        try:
+            layer = cls(
+                PackedWeight.from_bytes(blobs["weight"]),
+                blobs.get("bias"),
+                granularity=config.get("granularity", "row"),
+            )
+            scale, zp = config.get("activation_scale"), config.get("activation_zero_point")
+            if scale is not None:
+                layer.activation_scale = float(scale)
+                layer.activation_zero_point = int(zp)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"Linear bytes: {e}") from None
+        return layer
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (Linear.from_bytes, (self.to_bytes(),))
+
+    def __repr__(self) -> str:
+        mode = (
+            f"static(scale={self.activation_scale:.4g}, zero_point={self.activation_zero_point})"
+            if self.static
+            else f"dynamic({self.granularity})"
+        )
+        return (
+            f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, per_channel={self.weight.per_channel}, "
+            f"activations={mode})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Recurrent layers.
+# ---------------------------------------------------------------------------------------------
+
+_GATES = {"LSTM": 4, "GRU": 3}
+
+
+class _CellWeights:
+    """The quantized weights of one direction of one layer (or of a cell)."""
+
+    def __init__(
+        self,
+        kind: str,
+        w_ih: Any,
+        w_hh: Any,
+        b_ih: Any,
+        b_hh: Any,
+        *,
+        input_size: Optional[int],
+        hidden_size: Optional[int],
+        per_channel: bool,
+        where: str,
+    ) -> None:
+        gates = _GATES[kind]
+        self.w_ih = _pack(w_ih, f"{where}weight_ih", per_channel)
+        self.w_hh = _pack(w_hh, f"{where}weight_hh", per_channel)
+        g_h, inp = self.w_ih.shape
+        hidden = hidden_size if hidden_size is not None else g_h // gates
+        if g_h != gates * hidden or g_h % gates:
+            raise ValueError(
+                f"{where}weight_ih has shape {self.w_ih.shape}: a {kind} needs {gates} gates of "
+                f"hidden_size = {hidden} rows ({gates * hidden}) (wrong gate count?)"
+            )
+        if input_size is not None and inp != input_size:
+            raise ValueError(
+                f"{where}weight_ih has shape {self.w_ih.shape}; expected input_size = "
+                f"{input_size} columns"
+            )
+        if self.w_hh.shape != (gates * hidden, hidden):
+            raise ValueError(
+                f"{where}weight_hh has shape {self.w_hh.shape}; expected "
+                f"{(gates * hidden, hidden)} for hidden_size = {hidden}"
+            )
+        self.kind = kind
+        self.hidden_size = hidden
+        self.input_size = inp
+        self.b_ih = _bias(b_ih, f"{where}bias_ih", gates * hidden)
+        self.b_hh = _bias(b_hh, f"{where}bias_hh", gates * hidden)
+        # LSTM: both biases simply add to the gates, so they ride on the input projection.
+        # GRU: b_hn sits inside r * (W_hn h + b_hn), so it stays with the hidden projection.
+        if kind == "LSTM" and (self.b_ih is not None or self.b_hh is not None):
+            zeros = np.zeros(gates * hidden, dtype=F32)
+            b_i = self.b_ih if self.b_ih is not None else zeros
+            b_h = self.b_hh if self.b_hh is not None else zeros
+            self.in_bias: Optional[np.ndarray] = (b_i + b_h).astype(F32)
+            self.hid_bias: Optional[np.ndarray] = None
+        else:
+            self.in_bias, self.hid_bias = self.b_ih, self.b_hh
+
+    def project_input(self, x: np.ndarray, granularity: str) -> np.ndarray:
+        return linear(x, self.w_ih, self.in_bias, granularity=granularity)
+
+    def step(
+        self,
+        xp: np.ndarray,
+        h: np.ndarray,
+        c: Optional[np.ndarray],
+        granularity: str,
+    ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """One time step from the projected input ``xp`` (batch, gates * hidden)."""
+        hp = linear(h, self.w_hh, self.hid_bias, granularity=granularity)
+        hs = self.hidden_size
+        if self.kind == "LSTM":
+            assert c is not None
+            g = xp + hp
+            i = _sigmoid(g[:, :hs])
+            f = _sigmoid(g[:, hs : 2 * hs])
+            cand = np.tanh(g[:, 2 * hs : 3 * hs])
+            o = _sigmoid(g[:, 3 * hs :])
+            c_new = f * c + i * cand
+            return (o * np.tanh(c_new)).astype(F32, copy=False), c_new.astype(F32, copy=False)
+        r = _sigmoid(xp[:, :hs] + hp[:, :hs])
+        z = _sigmoid(xp[:, hs : 2 * hs] + hp[:, hs : 2 * hs])
+        n = np.tanh(xp[:, 2 * hs :] + r * hp[:, 2 * hs :])
+        return ((F32(1.0) - z) * n + z * h).astype(F32, copy=False), None
+
+    def blobs(self, prefix: str) -> dict[str, _container.Blob]:
+        out: dict[str, _container.Blob] = {
+            f"{prefix}weight_ih": self.w_ih.to_bytes(),
+            f"{prefix}weight_hh": self.w_hh.to_bytes(),
+        }
+        if self.b_ih is not None:
+            out[f"{prefix}bias_ih"] = self.b_ih
+        if self.b_hh is not None:
+            out[f"{prefix}bias_hh"] = self.b_hh
+        return out
+
+
+def _load_packed(blobs: Mapping[str, Any], name: str) -> PackedWeight:
+    blob = blobs.get(name)
+    if not isinstance(blob, bytes):
+        raise ValueError(f"missing {name}")
+    return PackedWeight.from_bytes(blob)
+
+
+class _Recurrent:
+    """Shared implementation of LSTM and GRU."""
+
+    kind = "LSTM"
+
+    def __init__(
+        self,
+        params: Mapping[str, Any],
+        *,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        batch_first: bool = False,
+        input_size: Optional[int] = None,
+        hidden_size: Optional[int] = None,
+        per_channel: bool = True,
+        granularity: str = "row",
+    ) -> None:
+        _check_granularity(granularity)
+        if not isinstance(params, Mapping):
+            raise TypeError(f"params must be a mapping of name -> array, got {type(params)}")
+        if int(num_layers) < 1:
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        if any(str(k).startswith("weight_hr") for k in params):
+            raise ValueError(f"{self.kind} with proj_size (weight_hr_*) is not supported")
+        self.num_layers = int(num_layers)
+        self.bidirectional = bool(bidirectional)
+        self.batch_first = bool(batch_first)
+        self.granularity = granularity
+        dirs = 2 if self.bidirectional else 1
+        known = set()
+        self.cells: list[list[_CellWeights]] = []
+        layer_in = input_size
+        for layer in range(self.num_layers):
+            row = []
+            for d in range(dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                names = [f"{p}{sfx}" for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                for nm in names[:2]:
+                    if nm not in params:
+                        raise ValueError(
+                            f"{self.kind} parameters lack {nm!r} (num_layers={self.num_layers}, "
+                            f"bidirectional={self.bidirectional}); got {sorted(params)}"
+                        )
+                known.update(names)
+                row.append(
+                    _CellWeights(
+                        self.kind,
+                        params[names[0]],
+                        params[names[1]],
+                        params.get(names[2]),
+                        params.get(names[3]),
+                        input_size=layer_in,
+                        hidden_size=hidden_size,
+                        per_channel=per_channel,
+                        where=f"layer {layer}{' reverse' if d else ''}: ",
+                    )
+                )
+            hidden_size = row[0].hidden_size
+            layer_in = hidden_size * dirs
+            self.cells.append(row)
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"{self.kind} parameters not understood: {unknown}")
+        self.hidden_size = self.cells[0][0].hidden_size
+        self.input_size = self.cells[0][0].input_size
+
+    @classmethod
+    def from_torch(cls, module: Any, *, per_channel: bool = True, granularity: str = "row") -> Any:
+        """Build from a ``torch.nn.LSTM`` / ``torch.nn.GRU`` (its configuration and weights)."""
+        if getattr(module, "proj_size", 0):
+            raise ValueError(f"{cls.kind} with proj_size is not supported")
+        params = {k: v.detach().cpu().float().numpy() for k, v in module.named_parameters()}
+        return cls(
+            params,
+            num_layers=module.num_layers,
+            bidirectional=module.bidirectional,
+            batch_first=module.batch_first,
+            per_channel=per_channel,
+            granularity=granularity,
+        )
+
+    def _check_state(self, h: Any, name: str, batch: int, unbatched: bool) -> np.ndarray:
+        dirs = 2 if self.bidirectional else 1
+        want = (self.num_layers * dirs, batch, self.hidden_size)
+        a = _as_float32(h, name)
+        if unbatched:
+            if a.shape != (want[0], want[2]):
+                raise ValueError(f"{name} must have shape {(want[0], want[2])}, got {a.shape}")
+            return a[:, None, :]
+        if a.shape != want:
+            raise ValueError(f"{name} must have shape {want}, got {a.shape}")
+        return a
+
+    def __call__(self, input: Any, hx: Any = None) -> tuple[np.ndarray, Any]:
+        x = _as_float32(input, "input")
+        unbatched = x.ndim == 2
+        if x.ndim not in (2, 3):
+            raise ValueError(
+                f"input must be 3-D (seq, batch, features) or 2-D unbatched, got shape {x.shape}"
+            )
+        if unbatched:
+            x = x[:, None, :]
+        elif self.batch_first:
+            x = x.transpose(1, 0, 2)
+        seq, batch, feat = x.shape
+        if feat != self.input_size:
+            raise ValueError(
+                f"input has {feat} features (shape {input.shape if hasattr(input, 'shape') else ''})"
+                f"; this {self.kind} has input_size = {self.input_size}"
+            )
+        dirs = 2 if self.bidirectional else 1
+        total = self.num_layers * dirs
+        zeros = np.zeros((total, batch, self.hidden_size), dtype=F32)
+        if self.kind == "LSTM":
+            if hx is None:
+                h0, c0 = zeros, zeros
+            else:
+                if not (isinstance(hx, tuple) and len(hx) == 2):
+                    raise TypeError("hx for an LSTM must be a tuple (h_0, c_0)")
+                h0 = self._check_state(hx[0], "h_0", batch, unbatched)
+                c0 = self._check_state(hx[1], "c_0", batch, unbatched)
+        else:
+            h0 = zeros if hx is None else self._check_state(hx, "h_0", batch, unbatched)
+            c0 = None
+        h_n = np.empty_like(zeros)
+        c_n = np.empty_like(zeros) if self.kind == "LSTM" else None
+        layer_in = np.ascontiguousarray(x)
+        for layer, row in enumerate(self.cells):
+            outs = []
+            for d, cell in enumerate(row):
+                idx = layer * dirs + d
+                xp = cell.project_input(layer_in.reshape(seq * batch, -1), self.granularity)
+                xp = xp.reshape(seq, batch, -1)
+                h = np.ascontiguousarray(h0[idx])
+                c = np.ascontiguousarray(c0[idx]) if c0 is not None else None
+                out = np.empty((seq, batch, self.hidden_size), dtype=F32)
+                steps = range(seq - 1, -1, -1) if d else range(seq)
+                for t in steps:
+                    h, c = cell.step(xp[t], h, c, self.granularity)
+                    out[t] = h
+                h_n[idx] = h
+                if c_n is not None and c is not None:
+                    c_n[idx] = c
+                outs.append(out)
+            layer_in = np.concatenate(outs, axis=2) if dirs == 2 else outs[0]
+        output = layer_in
+        if unbatched:
+            output = output[:, 0, :]
+            h_n = h_n[:, 0, :]
+            c_n = c_n[:, 0, :] if c_n is not None else None
+        elif self.batch_first:
+            output = output.transpose(1, 0, 2)
+        output = np.ascontiguousarray(output)
+        if self.kind == "LSTM":
+            return output, (h_n, c_n)
+        return output, h_n
+
+    forward = __call__
+
+    def to_bytes(self) -> bytes:
+        config = {
+            "num_layers": self.num_layers,
+            "bidirectional": self.bidirectional,
+            "batch_first": self.batch_first,
+            "granularity": self.granularity,
+        }
+        blobs: dict[str, _container.Blob] = {}
+        for layer, row in enumerate(self.cells):
+            for d, cell in enumerate(row):
+                blobs.update(cell.blobs(f"l{layer}{'_reverse' if d else ''}."))
+        return _container.pack(self.kind, config, blobs)
+
+    @classmethod
+    def from_bytes(cls, data: Any) -> Any:
+        config, blobs = _container.unpack(data, cls.kind)
+        params: dict[str, Any] = {}
+        try:
+            for name, blob in blobs.items():
+                prefix, _, field = name.partition(".")
+                layer, _, rev = prefix[1:].partition("_")
+                sfx = f"_l{int(layer)}" + ("_reverse" if rev else "")
+                params[f"{field}{sfx}"] = (
+                    PackedWeight.from_bytes(blob) if isinstance(blob, bytes) else blob
+                )
+            return cls(
+                params,
+                num_layers=int(config["num_layers"]),
+                bidirectional=bool(config["bidirectional"]),
+                batch_first=bool(config["batch_first"]),
+                granularity=str(config["granularity"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{cls.kind} bytes: {e}") from None
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (type(self).from_bytes, (self.to_bytes(),))
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.kind}(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"num_layers={self.num_layers}, bidirectional={self.bidirectional}, "
+            f"batch_first={self.batch_first}, per_channel={self.cells[0][0].w_ih.per_channel}, "
+            f"granularity={self.granularity!r})"
+        )
+
+
+class LSTM(_Recurrent):
+    """Multi-layer, optionally bidirectional LSTM with int8 input and hidden projections.
+
+    Parameters
+    ----------
+    params : mapping of str -> array
+        PyTorch names and shapes: ``weight_ih_l{k}`` (4*hidden, in), ``weight_hh_l{k}``
+        (4*hidden, hidden), optional ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4*hidden,), plus the
+        ``_reverse`` variants when bidirectional. Gate order i, f, g, o.
+    num_layers, bidirectional, batch_first : as in ``torch.nn.LSTM``
+    input_size, hidden_size : int, optional
+        Checked against the weights when given.
+    per_channel : bool
+        Per-output-channel weight scales (default).
+    granularity : {"row", "tensor"}
+        Activation scales per row (default) or per call.
+
+    Calling it on ``input`` of shape (seq, batch, input_size) (or (batch, seq, input_size) with
+    ``batch_first``, or (seq, input_size) unbatched) with optional ``hx = (h_0, c_0)`` of shape
+    (num_layers * directions, batch, hidden_size) returns ``(output, (h_n, c_n))`` like PyTorch.
+    Dropout between layers is a training feature and is not applied.
+    """
+
+    kind = "LSTM"
+
+
+class GRU(_Recurrent):
+    """Multi-layer, optionally bidirectional GRU with int8 input and hidden projections.
+
+    Same parameters as :class:`LSTM`, with 3 gates (r, z, n) instead of 4; calling it returns
+    ``(output, h_n)`` like ``torch.nn.GRU``.
+    """
+
+    kind = "GRU"
+
+
+class _Cell:
+    kind = "LSTM"
+
+    def __init__(
+        self,
+        weight_ih: Any,
+        weight_hh: Any,
+        bias_ih: Any = None,
+        bias_hh: Any = None,
+        *,
+        per_channel: bool = True,
+        granularity: str = "row",
+    ) -> None:
+        _check_granularity(granularity)
+        self.granularity = granularity
+        self.cell = _CellWeights(
+            self.kind,
+            weight_ih,
+            weight_hh,
+            bias_ih,
+            bias_hh,
+            input_size=None,
+            hidden_size=None,
+            per_channel=per_channel,
+            where="",
+        )
+
+    @classmethod
+    def from_torch(cls, module: Any, *, per_channel: bool = True, granularity: str = "row") -> Any:
+        """Build from a ``torch.nn.LSTMCell`` / ``torch.nn.GRUCell``."""
+        p = {k: v.detach().cpu().float().numpy() for k, v in module.named_parameters()}
+        return cls(
+            p["weight_ih"],
+            p["weight_hh"],
+            p.get("bias_ih"),
+            p.get("bias_hh"),
+            per_channel=per_channel,
+            granularity=granularity,
+        )
+
+    @property
+    def input_size(self) -> int:
+        return self.cell.input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cell.hidden_size
+
+    def _input(self, x: Any) -> tuple[np.ndarray, bool]:
+        a = _as_float32(x, "input")
+        if a.ndim not in (1, 2) or a.shape[-1] != self.input_size:
+            raise ValueError(
+                f"input must have shape (batch, {self.input_size}) or ({self.input_size},), "
+                f"got {a.shape}"
+            )
+        return (a[None, :], True) if a.ndim == 1 else (a, False)
+
+    def _state(self, h: Any, name: str, batch: int, unbatched: bool) -> np.ndarray:
+        if h is None:
+            return np.zeros((batch, self.hidden_size), dtype=F32)
+        a = _as_float32(h, name)
+        want = (self.hidden_size,) if unbatched else (batch, self.hidden_size)
+        if a.shape != want:
+            raise ValueError(f"{name} must have shape {want}, got {a.shape}")
+        return np.ascontiguousarray(a[None, :] if unbatched else a)
+
+    def to_bytes(self) -> bytes:
+        return _container.pack(
+            self.kind + "Cell", {"granularity": self.granularity}, self.cell.blobs("")
+        )
+
+    @classmethod
+    def from_bytes(cls, data: Any) -> Any:
+        config, blobs = _container.unpack(data, cls.kind + "Cell")
+        try:
+            return cls(
+                _load_packed(blobs, "weight_ih"),
+                _load_packed(blobs, "weight_hh"),
+                blobs.get("bias_ih"),
+                blobs.get("bias_hh"),
+                granularity=str(config["granularity"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{cls.kind}Cell bytes: {e}") from None
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (type(self).from_bytes, (self.to_bytes(),))
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.kind}Cell(input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"per_channel={self.cell.w_ih.per_channel}, granularity={self.granularity!r})"
+        )
+
+
+class LSTMCell(_Cell):
+    """One LSTM step: ``h', c' = cell(x, (h, c))``, PyTorch's ``LSTMCell`` in int8.
+
+    Parameters: ``weight_ih`` (4*hidden, input), ``weight_hh`` (4*hidden, hidden), optional
+    ``bias_ih``, ``bias_hh`` (4*hidden,), gate order i, f, g, o.
+    """
+
+    kind = "LSTM"
+
+    def __call__(self, input: Any, hx: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        x, unbatched = self._input(input)
+        h, c = (None, None) if hx is None else hx
+        h = self._state(h, "h", x.shape[0], unbatched)
+        c = self._state(c, "c", x.shape[0], unbatched)
+        xp = self.cell.project_input(x, self.granularity)
+        h2, c2 = self.cell.step(xp, h, c, self.granularity)
+        assert c2 is not None
+        return (h2[0], c2[0]) if unbatched else (h2, c2)
+
+
+class GRUCell(_Cell):
+    """One GRU step: ``h' = cell(x, h)``, PyTorch's ``GRUCell`` in int8 (gate order r, z, n)."""
+
+    kind = "GRU"
+
+    def __call__(self, input: Any, hx: Any = None) -> np.ndarray:
+        x, unbatched = self._input(input)
+        h = self._state(hx, "h", x.shape[0], unbatched)
+        xp = self.cell.project_input(x, self.granularity)
+        h2, _ = self.cell.step(xp, h, None, self.granularity)
+        return h2[0] if unbatched else h2
