@@ -64,9 +64,7 @@ class Linear:
     with the calibrated scale instead (for comparing static with dynamic quantization).
     """
 
-    def __init__(
-        self, weight: PackedWeight, bias: Any = None, *, granularity: str = "row"
-    ) -> None:
+    def __init__(self, weight: PackedWeight, bias: Any = None, *, granularity: str = "row") -> None:
         if not isinstance(weight, PackedWeight):
             raise TypeError(
                 "weight must be a PackedWeight (use Linear.from_float for float weights), got "
@@ -417,8 +415,8 @@ class _Recurrent:
         seq, batch, feat = x.shape
         if feat != self.input_size:
             raise ValueError(
-                f"input has {feat} features (shape {input.shape if hasattr(input, 'shape') else ''})"
-                f"; this {self.kind} has input_size = {self.input_size}"
+                f"input has {feat} features (shape {np.shape(input)}); this {self.kind} has "
+                f"input_size = {self.input_size}"
             )
         dirs = 2 if self.bidirectional else 1
         total = self.num_layers * dirs
