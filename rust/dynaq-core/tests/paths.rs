@@ -660,6 +660,182 @@ fn minmax_extremes_and_zeros() {
     }
 }
 
+/// Scales of the reciprocal fast path (`2^-100 <= |scale| <= 2^100`, see the x86-64 README) and
+/// just outside it, where the kernels must switch to the division for the whole call.
+fn tie_scales() -> Vec<f32> {
+    let lo = f32::from_bits(27 << 23); // 2^-100
+    let hi = f32::from_bits(227 << 23); // 2^100
+    vec![
+        1.0,
+        0.04,
+        1.0 / 255.0,
+        0.0117647,
+        5.0 / 255.0,
+        3.3e-3,
+        7.7,
+        -0.75,
+        1e-30,
+        1e30,
+        lo,
+        hi,
+        -lo,
+        lo.next_down(),
+        hi.next_up(),
+        0.1f32.next_up(),
+        (1.0f32 / 3.0).next_down(),
+    ]
+}
+
+/// Quotients within a few rounding errors of a half-integer, on both sides of the kernels' tie
+/// threshold (`2^-13` around each tie, flagged below `2^-12` of fraction), across the whole
+/// clamp range and past it. Each candidate sits alone in a 64-lane block of zeros (zeros are
+/// far from ties), in slices of 4 blocks, so that blocks with a flagged lane (recomputed by
+/// division) do not hide the others and the kernels never give up on the call.
+fn tie_candidates(scale: f32, lo: i32, hi: i32) -> Vec<f32> {
+    const OFFSETS: [f64; 15] = [
+        0.0, 1e-7, 1e-6, 1e-5, 3e-5, 6e-5, 1e-4, 1.2e-4, 1.25e-4, 1.3e-4, 2e-4, 2.44e-4, 2.5e-4,
+        3e-4, 1e-3,
+    ];
+    let mut v = Vec::new();
+    for h2 in 2 * lo - 3..=2 * hi + 3 {
+        let h = h2 as f64 / 2.0;
+        for off in OFFSETS {
+            for sign in [-1.0, 1.0] {
+                let q = h + sign * off;
+                let x = (q * scale as f64) as f32;
+                v.push(x);
+                // Neighbouring floats, whose quotients round differently.
+                v.push(x.next_up());
+                v.push(x.next_down());
+            }
+        }
+    }
+    v
+}
+
+/// Every kernel path on the tie candidates of [`tie_candidates`], against the reference.
+#[test]
+fn quantization_near_ties() {
+    for isa in paths() {
+        let q = quant_kernels(isa);
+        for scale in tie_scales() {
+            let zps: &[u8] = &[0, 1, 127, 128, 254, 255];
+            for &zp in zps {
+                let cands = tie_candidates(scale, -(zp as i32), 255 - zp as i32);
+                let mut x = vec![0f32; 256];
+                let (mut got, mut want) = (vec![0u8; 256], vec![0u8; 256]);
+                for (c, chunk) in cands.chunks(4).enumerate() {
+                    x.fill(0.0);
+                    for (b, &v) in chunk.iter().enumerate() {
+                        x[64 * b + (7 * c + 13 * b) % 64] = v;
+                    }
+                    q.quantize_u8(&x, scale, zp, &mut got);
+                    reference::quantize_u8(&x, scale, zp, &mut want);
+                    assert_eq!(
+                        got, want,
+                        "{isa:?} {} u8 near ties, scale {scale:e}, zp {zp}, candidates {chunk:?}",
+                        q.name_quantize
+                    );
+                }
+            }
+            let cands = tie_candidates(scale, -127, 127);
+            let mut x = vec![0f32; 256];
+            let (mut got, mut want) = (vec![0i8; 256], vec![0i8; 256]);
+            for (c, chunk) in cands.chunks(4).enumerate() {
+                x.fill(0.0);
+                for (b, &v) in chunk.iter().enumerate() {
+                    x[64 * b + (7 * c + 13 * b) % 64] = v;
+                }
+                q.quantize_i8(&x, scale, &mut got);
+                reference::quantize_i8(&x, scale, &mut want);
+                assert_eq!(
+                    got, want,
+                    "{isa:?} {} i8 near ties, scale {scale:e}, candidates {chunk:?}",
+                    q.name_quantize
+                );
+            }
+        }
+    }
+}
+
+/// Long slices full of exact ties (the kernels give up on the reciprocal path part way) and
+/// slices mixing ties, extremes and non-finite values with ordinary data, at many lengths.
+#[test]
+fn quantization_tie_heavy_and_mixed() {
+    let mut rng = Rng::new(10);
+    for isa in paths() {
+        let q = quant_kernels(isa);
+        for len in [64, 640, 1000, 4096 + 37] {
+            // Every quotient an integer or a half-integer for scale 0.5.
+            let ties: Vec<f32> = (0..len).map(|i| (i % 1100) as f32 * 0.25 - 140.0).collect();
+            let mixed: Vec<f32> = (0..len)
+                .map(|i| match rng.below(40) {
+                    0 => f32::NAN,
+                    1 => f32::INFINITY,
+                    2 => f32::NEG_INFINITY,
+                    3 => f32::MAX,
+                    4 => -f32::MAX,
+                    5 => (rng.below(600) as f32 - 300.0) * 0.5 * 0.04,
+                    _ => rng.unit() * 5.0 + (i % 3) as f32,
+                })
+                .collect();
+            for (x, scales) in [(&ties, [0.5f32, -0.5]), (&mixed, [0.04, 5.0 / 255.0])] {
+                for s in scales {
+                    for zp in [0u8, 3, 128, 255] {
+                        let (mut got, mut want) = (vec![0u8; len], vec![1u8; len]);
+                        q.quantize_u8(x, s, zp, &mut got);
+                        reference::quantize_u8(x, s, zp, &mut want);
+                        assert_eq!(got, want, "{isa:?} u8 len {len} scale {s} zp {zp}");
+                    }
+                    let (mut got, mut want) = (vec![0i8; len], vec![1i8; len]);
+                    q.quantize_i8(x, s, &mut got);
+                    reference::quantize_i8(x, s, &mut want);
+                    assert_eq!(got, want, "{isa:?} i8 len {len} scale {s}");
+                }
+            }
+        }
+    }
+}
+
+/// The integer min/max reductions (the bits of finite floats) on sign patterns that exercise
+/// every branch: all negative, all non-negative, mixed, signed zeros, subnormals, extremes, and
+/// non-finite values (the kernels then fall back to float comparisons).
+#[test]
+fn minmax_sign_patterns() {
+    let mut rng = Rng::new(11);
+    let pools: [&[f32]; 6] = [
+        &[-1.0, -0.5, -3e-39, -1e-45, -f32::MAX, -7.0],
+        &[0.0, 1e-45, 2.5, f32::MAX, 3e-39, 1.0],
+        &[-0.0, 0.0, -1e-45, 1e-45],
+        &[-0.0, -1e-45, -2.0],
+        &[0.0, -0.0],
+        &[
+            1.0,
+            -1.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -f32::NAN,
+        ],
+    ];
+    for isa in paths() {
+        let q = quant_kernels(isa);
+        for pool in pools {
+            for len in (1..=70).chain([127, 200, 1025]) {
+                let x: Vec<f32> = (0..len)
+                    .map(|_| pool[rng.below(pool.len() as u64) as usize])
+                    .collect();
+                let (got, want) = (q.minmax(&x), reference::minmax(&x));
+                assert!(
+                    got.min == want.min && got.max == want.max && got.nonfinite == want.nonfinite,
+                    "{isa:?} {} on {x:?}: {got:?} != {want:?}",
+                    q.name_minmax
+                );
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // (d) Property tests.
 // ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-//! AVX2 kernels: an exact `vpmaddwd` GEMM microkernel and 8-lane quantization kernels.
+//! AVX2 kernels: an exact `vpmaddwd` GEMM microkernel and the quantization kernels (min/max
+//! from the bits, reciprocal quantization with a tie test, the division kernels as fallback).
 //!
 //! GEMM: `vpmaddubsw` (u8 x s8) would be the obvious instruction, but it saturates the sum of
 //! each pair of products to i16 (`255 * 127 * 2 = 64770 > 32767`), so it is not exact on the
@@ -9,10 +10,12 @@
 //! adjacent i32 lanes (each at most `2 * 255 * 128` in magnitude: exact). They are accumulated
 //! with `vpaddd` and the adjacent pairs added at the end (`vphaddd`).
 //!
-//! Tile: up to [`MR`] rows x 1 panel, processed as two passes of 8 columns (2 column quads) so
-//! that the accumulators (`2 * MR`), the row broadcasts (`MR`) and the B registers (2) fit in the
-//! 16 ymm registers without spilling. See `README.md` in this folder for the measurements.
+//! Tile: up to [`MR`] = 6 rows x 1 panel, processed as two passes of 8 columns (2 column quads)
+//! so that the accumulators (`2 * MR` = 12), the B registers (2), one row broadcast and one
+//! product fit in the 16 ymm registers without spilling. See `README.md` in this folder for the
+//! measurements.
 
+use super::{has_fma, minmax_from_bits, Recip, TIE_MASK};
 use crate::dispatch::Isa;
 use crate::kernels::{AData, AFormat, GemmKernel, QuantKernels, Tile};
 use crate::pack::{GROUP_BYTES, PANEL};
@@ -20,7 +23,7 @@ use crate::reference::{self, MinMax};
 use core::arch::x86_64::*;
 
 /// Most rows of a tile.
-const MR: usize = 4;
+const MR: usize = 6;
 /// Most 16-column panels of a tile.
 const NP: usize = 1;
 /// Column quads (4 columns, 16 bytes of a group) per pass over K: 2 or 4.
@@ -28,7 +31,7 @@ const QN: usize = 2;
 
 /// GEMM kernel of this path.
 pub static GEMM: GemmKernel = GemmKernel {
-    name: "avx2_u8s8_i32_madd16_4x16",
+    name: "avx2_u8s8_i32_madd16_6x16",
     isa: Isa::Avx2,
     mr: MR,
     np: NP,
@@ -38,79 +41,74 @@ pub static GEMM: GemmKernel = GemmKernel {
 
 /// Quantization kernels of this path.
 pub static QUANT: QuantKernels = QuantKernels {
-    name_minmax: "avx2_minmax_f32x32",
-    name_quantize: "avx2_quantize_f32x32_div",
+    name_minmax: "avx2_minmax_f32x32_bits",
+    name_quantize: "avx2_quantize_f32x64_recip",
     isa: Isa::Avx2,
     minmax,
     quantize_u8,
     quantize_i8,
 };
 
-/// `R` rows x `Q` column quads of one panel over `k4` groups, written as `4 * Q` columns.
+/// K groups per block: both passes of a tile run over one block before the next, so that the
+/// block of A (`6 x 128 x 4` i16, 6 KiB) is read from L2 once and from L1 by the second pass,
+/// with the block of B (8 KiB).
+const KB: usize = 128;
+
+/// Raw accumulators of one pass: per row, `QN` vectors of adjacent-pair partial sums.
+type Acc = [[__m256i; QN]; MR];
+
+/// Adds `R` rows x `QN` column quads of one panel over `k4` groups to `acc`.
 ///
 /// # Safety
-/// The CPU must have AVX2. For `r < R`: `a + r * lda .. + 4 * k4` (i16) is readable and
-/// `c + r * ldc .. + 4 * Q` is writable; `b + 64 * g + 16 * q .. + 16` is readable for
-/// `g < k4`, `q < Q` (`b` points at the first quad of this pass inside a panel; it is not
-/// used when `k4 == 0`).
+/// The CPU must have AVX2. For `r < R`: `a + r * lda .. + 4 * k4` (i16) is readable;
+/// `b + 64 * g + 16 * q .. + 16` is readable for `g < k4`, `q < QN` (`b` points at the first
+/// quad of this pass inside a panel; it is not used when `k4 == 0`).
 #[target_feature(enable = "avx2")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn tile<const R: usize, const Q: usize>(
-    a: *const i16,
-    lda: usize,
-    b: *const i8,
-    k4: usize,
-    c: *mut i32,
-    ldc: usize,
-) {
+unsafe fn tile<const R: usize>(a: *const i16, lda: usize, b: *const i8, k4: usize, acc: &mut Acc) {
     let zero = _mm256_setzero_si256();
-    let mut acc = [[zero; Q]; R];
+    let mut s = [[zero; QN]; R];
+    s.copy_from_slice(&acc[..R]);
     for g in 0..k4 {
-        let mut av = [zero; R];
+        // The B quads first, then one row at a time (broadcast, `QN` products): `2 R` + `QN` + 2
+        // live registers, 16 for `R = 6`.
+        let mut bv = [zero; QN];
+        for (q, bq) in bv.iter_mut().enumerate() {
+            // SAFETY: group `g < k4`, quad `q < QN`: 16 readable bytes (contract above).
+            let raw = unsafe { _mm_loadu_si128(b.add(g * GROUP_BYTES + 16 * q).cast()) };
+            *bq = _mm256_cvtepi8_epi16(raw);
+        }
         for r in 0..R {
             // SAFETY: row `r`, elements `4 * g .. + 4` with `g < k4` (contract above).
             let word = unsafe { a.add(r * lda + 4 * g).cast::<i64>().read_unaligned() };
-            av[r] = _mm256_set1_epi64x(word);
-        }
-        for q in 0..Q {
-            // SAFETY: group `g < k4`, quad `q < Q`: 16 readable bytes (contract above).
-            let raw = unsafe { _mm_loadu_si128(b.add(g * GROUP_BYTES + 16 * q).cast()) };
-            let bv = _mm256_cvtepi8_epi16(raw);
-            for r in 0..R {
-                acc[r][q] = _mm256_add_epi32(acc[r][q], _mm256_madd_epi16(av[r], bv));
+            let av = _mm256_set1_epi64x(word);
+            for q in 0..QN {
+                s[r][q] = _mm256_add_epi32(s[r][q], _mm256_madd_epi16(av, bv[q]));
             }
         }
     }
-    for r in 0..R {
-        for h in 0..Q / 2 {
-            // Lanes of quad q: (c0, k01) (c0, k23) (c1, k01) ... (c3, k23). `vphaddd` sums the
-            // pairs within 128-bit halves: [c0 c1 c4 c5 | c2 c3 c6 c7]; the permute restores
-            // the column order.
-            let s = _mm256_hadd_epi32(acc[r][2 * h], acc[r][2 * h + 1]);
-            let s = _mm256_permute4x64_epi64::<0b11_01_10_00>(s);
-            // SAFETY: row `r`, columns `8 * h .. + 8` of this pass are writable (contract).
-            unsafe { _mm256_storeu_si256(c.add(r * ldc + 8 * h).cast(), s) };
-        }
-    }
+    acc[..R].copy_from_slice(&s);
 }
 
-type TileFn = unsafe fn(*const i16, usize, *const i8, usize, *mut i32, usize);
+type TileFn = unsafe fn(*const i16, usize, *const i8, usize, &mut Acc);
 
 /// The monomorphized tile for `rows` (`1..=MR`).
 fn tile_fn(rows: usize) -> TileFn {
     match rows {
-        1 => tile::<1, QN>,
-        2 => tile::<2, QN>,
-        3 => tile::<3, QN>,
-        4 => tile::<4, QN>,
+        1 => tile::<1>,
+        2 => tile::<2>,
+        3 => tile::<3>,
+        4 => tile::<4>,
+        5 => tile::<5>,
+        6 => tile::<6>,
         _ => unreachable!("tile rows out of range"),
     }
 }
 
 /// # Safety
-/// The CPU must have AVX2, and `t` must satisfy the bounds asserted by [`GemmKernel::run`] (the
-/// only caller).
-unsafe fn gemm_entry(t: &mut Tile<'_>) {
+/// The CPU must have AVX2, and `t` must satisfy the bounds asserted by [`GemmKernel::run`].
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_tile(t: &mut Tile<'_>) {
     let AData::I16(a) = t.a else {
         unreachable!("the avx2 kernel reads i16 activations")
     };
@@ -119,31 +117,59 @@ unsafe fn gemm_entry(t: &mut Tile<'_>) {
     debug_assert!(t.b.len() >= (t.panels - 1) * t.panel_stride + t.k4 * GROUP_BYTES);
     debug_assert!(t.c.len() >= (t.rows - 1) * t.ldc + t.panels * PANEL);
     let f = tile_fn(t.rows);
-    for p in 0..t.panels {
-        for pass in 0..4 / QN {
-            // The first quad of this pass in panel `p`. `wrapping_add`: with `k4 == 0` the
-            // panels may be empty, and the pointer is then never read.
-            let b =
-                t.b.as_ptr()
-                    .wrapping_add(p * t.panel_stride + 16 * QN * pass);
-            // SAFETY: `GemmKernel::run` asserted that the CPU supports `Isa::Avx2` and the bounds
-            // `tile` relies on: A rows at `r * lda` hold `4 * k4` values; panel `p` holds
-            // `64 * k4` bytes from `p * panel_stride`, of which this pass reads bytes
-            // `16 * QN * pass .. + 16 * QN` of each group; C row `r` holds `16 * panels` values
-            // from `r * ldc`, of which this pass writes `4 * QN` from `16 * p + 4 * QN * pass`
-            // (inside the row since `p < panels`).
-            unsafe {
-                f(
-                    a.as_ptr(),
-                    t.lda,
-                    b,
-                    t.k4,
-                    t.c.as_mut_ptr().add(p * PANEL + 4 * QN * pass),
-                    t.ldc,
-                )
+    let zero = _mm256_setzero_si256();
+    // Per panel and pass, the raw accumulators of the tile (kept in memory between K blocks).
+    let mut acc = [[[[zero; QN]; MR]; 4 / QN]; NP];
+    let mut g0 = 0;
+    while g0 < t.k4 {
+        let g = KB.min(t.k4 - g0);
+        for (p, acc) in acc.iter_mut().enumerate().take(t.panels) {
+            for (pass, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `GemmKernel::run` asserted the bounds `tile` relies on: A rows at
+                // `r * lda` hold `4 * k4` values, of which this block reads `4 * g0 .. + 4 * g`;
+                // panel `p < panels` holds `64 * k4` bytes from `p * panel_stride`, of which
+                // this block and pass read bytes `16 * QN * pass .. + 16 * QN` of groups
+                // `g0 .. g0 + g` (`g0 + g <= k4`).
+                unsafe {
+                    f(
+                        a.as_ptr().add(4 * g0),
+                        t.lda,
+                        t.b.as_ptr()
+                            .add(p * t.panel_stride + g0 * GROUP_BYTES + 16 * QN * pass),
+                        g,
+                        acc,
+                    )
+                }
+            }
+        }
+        g0 += g;
+    }
+    for (p, acc) in acc.iter().enumerate().take(t.panels) {
+        for (pass, acc) in acc.iter().enumerate() {
+            for (r, row) in acc.iter().enumerate().take(t.rows) {
+                for h in 0..QN / 2 {
+                    // Lanes of quad q: (c0, k01) (c0, k23) (c1, k01) ... (c3, k23). `vphaddd`
+                    // sums the pairs within 128-bit halves: [c0 c1 c4 c5 | c2 c3 c6 c7]; the
+                    // permute restores the column order.
+                    let s = _mm256_hadd_epi32(row[2 * h], row[2 * h + 1]);
+                    let s = _mm256_permute4x64_epi64::<0b11_01_10_00>(s);
+                    let col = p * PANEL + 4 * QN * pass + 8 * h;
+                    let at = r * t.ldc + col;
+                    // SAFETY: row `r < rows`, columns `col .. + 8 <= 16 * panels`: inside the C
+                    // tile (asserted by `GemmKernel::run`).
+                    unsafe { _mm256_storeu_si256(t.c.as_mut_ptr().add(at).cast(), s) };
+                }
             }
         }
     }
+}
+
+/// # Safety
+/// The CPU must have AVX2, and `t` must satisfy the bounds asserted by [`GemmKernel::run`] (the
+/// only caller).
+unsafe fn gemm_entry(t: &mut Tile<'_>) {
+    // SAFETY: `GemmKernel::run` asserted that the CPU supports `Isa::Avx2` and the bounds.
+    unsafe { gemm_tile(t) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -182,10 +208,15 @@ fn hmax(v: __m256) -> f32 {
     _mm_cvtss_f32(m)
 }
 
+/// Min/max with float comparisons (NaN ignored like the reference); used when
+/// [`minmax_bits`] finds a non-finite element.
+///
 /// # Safety
 /// The CPU must have AVX2.
+#[cold]
+#[inline(never)]
 #[target_feature(enable = "avx2")]
-unsafe fn minmax_impl(x: &[f32]) -> MinMax {
+unsafe fn minmax_float(x: &[f32]) -> MinMax {
     const W: usize = 8;
     let n = x.len();
     let p = x.as_ptr();
@@ -223,12 +254,85 @@ unsafe fn minmax_impl(x: &[f32]) -> MinMax {
     body.merge(reference::minmax(&x[i..]))
 }
 
+/// Min/max from integer reductions of the bits ([`minmax_from_bits`]): three integer ops per
+/// vector, which run on all four vector pipes, where `vminps`/`vmaxps` share two.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn minmax_bits(x: &[f32]) -> MinMax {
+    const W: usize = 8;
+    if x.is_empty() {
+        return MinMax::EMPTY;
+    }
+    let n = x.len();
+    let p = x.as_ptr();
+    let mut smax = [_mm256_set1_epi32(i32::MIN); 4];
+    let mut umin = [_mm256_set1_epi32(-1); 4];
+    let mut umax = [_mm256_setzero_si256(); 4];
+    let mut i = 0;
+    while i + 4 * W <= n {
+        for u in 0..4 {
+            // SAFETY: `i + 8 * u + 8 <= n`: inside `x`.
+            let v = _mm256_castps_si256(unsafe { _mm256_loadu_ps(p.add(i + W * u)) });
+            smax[u] = _mm256_max_epi32(smax[u], v);
+            umin[u] = _mm256_min_epu32(umin[u], v);
+            umax[u] = _mm256_max_epu32(umax[u], v);
+        }
+        i += 4 * W;
+    }
+    while i + W <= n {
+        // SAFETY: `i + 8 <= n`: inside `x`.
+        let v = _mm256_castps_si256(unsafe { _mm256_loadu_ps(p.add(i)) });
+        smax[1] = _mm256_max_epi32(smax[1], v);
+        umin[1] = _mm256_min_epu32(umin[1], v);
+        umax[1] = _mm256_max_epu32(umax[1], v);
+        i += W;
+    }
+    let smax = _mm256_max_epi32(
+        _mm256_max_epi32(smax[0], smax[1]),
+        _mm256_max_epi32(smax[2], smax[3]),
+    );
+    let umin = _mm256_min_epu32(
+        _mm256_min_epu32(umin[0], umin[1]),
+        _mm256_min_epu32(umin[2], umin[3]),
+    );
+    let umax = _mm256_max_epu32(
+        _mm256_max_epu32(umax[0], umax[1]),
+        _mm256_max_epu32(umax[2], umax[3]),
+    );
+    let (mut a, mut b, mut c) = ([0i32; W], [0u32; W], [0u32; W]);
+    // SAFETY: 32 writable bytes each.
+    unsafe {
+        _mm256_storeu_si256(a.as_mut_ptr().cast(), smax);
+        _mm256_storeu_si256(b.as_mut_ptr().cast(), umin);
+        _mm256_storeu_si256(c.as_mut_ptr().cast(), umax);
+    }
+    let (mut smax, mut umin, mut umax) = (a[0], b[0], c[0]);
+    for l in 1..W {
+        smax = smax.max(a[l]);
+        umin = umin.min(b[l]);
+        umax = umax.max(c[l]);
+    }
+    for &v in &x[i..] {
+        let bits = v.to_bits();
+        smax = smax.max(bits as i32);
+        umin = umin.min(bits);
+        umax = umax.max(bits);
+    }
+    match minmax_from_bits(smax, umin, umax) {
+        Some(mm) => mm,
+        // SAFETY: same CPU requirement as this function.
+        None => unsafe { minmax_float(x) },
+    }
+}
+
 /// # Safety
 /// The CPU must have AVX2 (checked by [`QuantKernels::minmax`]).
 unsafe fn minmax(x: &[f32]) -> MinMax {
     // SAFETY: `QuantKernels::minmax` asserted that `Isa::Avx2` is supported; the kernel reads
     // only inside `x`.
-    unsafe { minmax_impl(x) }
+    unsafe { minmax_bits(x) }
 }
 
 /// 8 lanes of `round_half_even(clamp(x / scale, lo, hi))` as i32, in the reference's order of
@@ -321,25 +425,160 @@ unsafe fn quantize_impl<const SIGNED: bool>(
     i
 }
 
+/// Lanes per block of the reciprocal kernel: two steps of four vectors, one tie check.
+const QBLOCK: usize = 64;
+
+/// The division kernel on all of `x` (vectors, then the scalar reference for the last `< 8`).
+///
+/// # Safety
+/// The CPU must have AVX2; `out.len() == x.len()`.
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_div<const SIGNED: bool>(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
+    let zpf = zp as f32;
+    let (lo, hi, zpi) = if SIGNED {
+        (-127.0, 127.0, 0)
+    } else {
+        (0.0 - zpf, 255.0 - zpf, zp as i32)
+    };
+    // SAFETY: the CPU has AVX2, the lengths match, and the clamp (plus `zp`) keeps every lane in
+    // the output type's range.
+    let done = unsafe { quantize_impl::<SIGNED>(x, out.as_mut_ptr(), scale, lo, hi, zpi) };
+    if SIGNED {
+        for (o, &v) in out[done..].iter_mut().zip(&x[done..]) {
+            *o = reference::quantize_i8_one(v, scale) as u8;
+        }
+    } else {
+        reference::quantize_u8(&x[done..], scale, zp, &mut out[done..]);
+    }
+}
+
+/// Recomputes one block with the division kernel (a lane of it is near a tie). Out of line so
+/// that its constants do not take registers from the hot loop.
+///
+/// # Safety
+/// The CPU must have AVX2; `out.len() == x.len()`.
+#[cold]
+#[inline(never)]
+#[target_feature(enable = "avx2")]
+unsafe fn redo_block<const SIGNED: bool>(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
+    // SAFETY: same requirements as this function.
+    unsafe { quantize_div::<SIGNED>(x, scale, zp, out) }
+}
+
+/// The reciprocal kernel (see [`Recip`] and `README.md`) on the whole blocks of `x`; returns how
+/// many elements it did (a multiple of [`QBLOCK`]; all whole blocks unless ties are frequent).
+///
+/// Per 8 lanes: `vfmadd` (with the load), `vcvttps2dq` (no clamp: see [`Recip`]), `vpminuw`
+/// into the block's word minimum, `vpshufb` (high words to one half of each 128-bit lane); per
+/// 32 lanes two `vpor`, `vpackuswb` (signed words to unsigned bytes: negative words, from
+/// quotients below the range, saturate to the lower bound 0, words above 255 to 255) and
+/// `vpermd`. A lane is near a tie when its fraction (low word) is below 16; the low words of the
+/// block's unsigned word minimum are the minima of the lanes' fractions, so one `vpand` with
+/// [`TIE_MASK`] and one `vpcmpeqd` per block find any such lane (the high words, minima of
+/// integer parts, are masked off).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `out.len() == x.len()`; `p` comes from [`Recip::new`] with
+/// `off = zp` (u8) or `off = 127` (i8).
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_recip<const SIGNED: bool>(
+    x: &[f32],
+    scale: f32,
+    zp: u8,
+    p: Recip,
+    out: &mut [u8],
+) -> usize {
+    let n = x.len() / QBLOCK * QBLOCK;
+    let (r, k) = (_mm256_set1_ps(p.r), _mm256_set1_ps(p.k));
+    let tie = _mm256_set1_epi32(TIE_MASK);
+    let bias = _mm256_set1_epi8(127);
+    let top_i8 = _mm256_set1_epi8(-2); // 254
+    let order = _mm256_setr_epi32(
+        PACK_ORDER[0],
+        PACK_ORDER[1],
+        PACK_ORDER[2],
+        PACK_ORDER[3],
+        PACK_ORDER[4],
+        PACK_ORDER[5],
+        PACK_ORDER[6],
+        PACK_ORDER[7],
+    );
+    // High words of the four dwords of each 128-bit lane to its bytes 0..8 (`lo`) or 8..16
+    // (`hi`), zeros elsewhere (index -1).
+    #[rustfmt::skip]
+    let (lo_half, hi_half) = (
+        _mm256_setr_epi8(
+            2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+            2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1,
+        ),
+        _mm256_setr_epi8(
+            -1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6, 7, 10, 11, 14, 15,
+            -1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6, 7, 10, 11, 14, 15,
+        ),
+    );
+    let mut redone = 0;
+    for (blk, (xb, ob)) in x[..n]
+        .chunks_exact(QBLOCK)
+        .zip(out[..n].chunks_exact_mut(QBLOCK))
+        .enumerate()
+    {
+        let xp = xb.as_ptr();
+        let mut acc = _mm256_set1_epi16(-1);
+        for h in 0..QBLOCK / 32 {
+            let mut t = [_mm256_setzero_si256(); 4];
+            for (u, tu) in t.iter_mut().enumerate() {
+                // SAFETY: `32 * h + 8 * u + 8 <= 64 = xb.len()`.
+                let v = unsafe { _mm256_loadu_ps(xp.add(32 * h + 8 * u)) };
+                *tu = _mm256_cvttps_epi32(_mm256_fmadd_ps(v, r, k));
+                acc = _mm256_min_epu16(acc, *tu);
+            }
+            // Words [t0 lane high words | t1 ...] per 128-bit lane, as `vpackssdw` would give.
+            let ab = _mm256_or_si256(
+                _mm256_shuffle_epi8(t[0], lo_half),
+                _mm256_shuffle_epi8(t[1], hi_half),
+            );
+            let cd = _mm256_or_si256(
+                _mm256_shuffle_epi8(t[2], lo_half),
+                _mm256_shuffle_epi8(t[3], hi_half),
+            );
+            let mut b = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(ab, cd), order);
+            if SIGNED {
+                // Integer parts saturated to 0..=255: 255 (a quotient of 127.5 or more, clamped
+                // to 127 by the reference) becomes 254, then 127 is taken off.
+                b = _mm256_sub_epi8(_mm256_min_epu8(b, top_i8), bias);
+            }
+            // SAFETY: bytes `32 * h .. + 32` of `ob` (64 bytes).
+            unsafe { _mm256_storeu_si256(ob.as_mut_ptr().add(32 * h).cast(), b) };
+        }
+        // All ones in the lanes whose fraction minimum is below 16.
+        let near = _mm256_cmpeq_epi32(_mm256_and_si256(acc, tie), _mm256_setzero_si256());
+        if _mm256_testz_si256(near, near) == 0 {
+            // SAFETY: same CPU requirement; equal lengths.
+            unsafe { redo_block::<SIGNED>(xb, scale, zp, ob) };
+            // Data with many quotients at ties (values on a grid of half steps) pays for both
+            // kernels: past a quarter of the blocks, leave the rest to the division kernel.
+            redone += 1;
+            if redone >= 8 && 4 * redone > blk {
+                return (blk + 1) * QBLOCK;
+            }
+        }
+    }
+    n
+}
+
 /// # Safety
 /// The CPU must have AVX2; `out.len() == x.len()` (both checked by
 /// [`QuantKernels::quantize_u8`]).
 unsafe fn quantize_u8(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
     assert_eq!(x.len(), out.len());
-    let zpf = zp as f32;
-    // SAFETY: `QuantKernels::quantize_u8` asserted that `Isa::Avx2` is supported; the lengths
-    // match (asserted above); the clamp to `[0 - zp, 255 - zp]` plus `zp` keeps lanes in u8.
-    let done = unsafe {
-        quantize_impl::<false>(
-            x,
-            out.as_mut_ptr(),
-            scale,
-            0.0 - zpf,
-            255.0 - zpf,
-            zp as i32,
-        )
+    let done = match Recip::new(scale, zp as f32) {
+        // SAFETY: `QuantKernels::quantize_u8` asserted that `Isa::Avx2` is supported, FMA is
+        // checked here, the lengths match, and `p` is the u8 one for this `zp`.
+        Some(p) if has_fma() => unsafe { quantize_recip::<false>(x, scale, zp, p, out) },
+        _ => 0,
     };
-    reference::quantize_u8(&x[done..], scale, zp, &mut out[done..]);
+    // SAFETY: AVX2 is supported (see above); equal lengths.
+    unsafe { quantize_div::<false>(&x[done..], scale, zp, &mut out[done..]) }
 }
 
 /// # Safety
@@ -347,9 +586,15 @@ unsafe fn quantize_u8(x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
 /// [`QuantKernels::quantize_i8`]).
 unsafe fn quantize_i8(x: &[f32], scale: f32, out: &mut [i8]) {
     assert_eq!(x.len(), out.len());
-    // SAFETY: `QuantKernels::quantize_i8` asserted that `Isa::Avx2` is supported; the lengths
-    // match (asserted above); the clamp to `[-127, 127]` keeps lanes in i8.
-    let done =
-        unsafe { quantize_impl::<true>(x, out.as_mut_ptr().cast(), scale, -127.0, 127.0, 0) };
-    reference::quantize_i8(&x[done..], scale, &mut out[done..]);
+    // SAFETY: `i8` and `u8` have the same layout; the same length as `out`, which is not used
+    // while this view lives.
+    let out = unsafe { core::slice::from_raw_parts_mut(out.as_mut_ptr().cast::<u8>(), out.len()) };
+    let done = match Recip::new(scale, 127.0) {
+        // SAFETY: `QuantKernels::quantize_i8` asserted that `Isa::Avx2` is supported, FMA is
+        // checked here, the lengths match, and `p` is the i8 one.
+        Some(p) if has_fma() => unsafe { quantize_recip::<true>(x, scale, 0, p, out) },
+        _ => 0,
+    };
+    // SAFETY: AVX2 is supported (see above); equal lengths.
+    unsafe { quantize_div::<true>(&x[done..], scale, 0, &mut out[done..]) }
 }
