@@ -1,4 +1,5 @@
-"""Command line: ``python -m dynaq info`` and ``python -m dynaq bench``."""
+"""Command line: ``python -m dynaq info``, ``python -m dynaq bench`` and
+``python -m dynaq quantize``."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     int
         Exit status.
     """
-    from dynaq import _bench
+    from dynaq import _bench, _quantize_cli
 
     parser = argparse.ArgumentParser(prog="python -m dynaq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +38,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         "counts, and activation quantization; prints GOP/s and ratios.",
     )
     _bench.add_arguments(bench)
+    quantize = sub.add_parser(
+        "quantize",
+        help="int8-quantize the 2-D float tensors of a safetensors file",
+        description=_quantize_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _quantize_cli.add_arguments(quantize)
     raw = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(raw)
 
@@ -49,6 +57,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if args.command == "bench":
         return _bench.run_cli(args, bench, raw if argv is None else None)
+    if args.command == "quantize":
+        return _quantize_cli.run(args)
     return 2  # pragma: no cover - argparse enforces a command
 
 

@@ -230,11 +230,25 @@ class _CellWeights:
         self.w_ih = _pack(w_ih, f"{where}weight_ih", per_channel)
         self.w_hh = _pack(w_hh, f"{where}weight_hh", per_channel)
         g_h, inp = self.w_ih.shape
-        hidden = hidden_size if hidden_size is not None else g_h // gates
-        if g_h != gates * hidden or g_h % gates:
+        # weight_hh is (gates * hidden, hidden): when the two weights agree with each other but
+        # not with this kind's gate count, say so (e.g. GRU weights given to an LSTM).
+        h_cols = self.w_hh.shape[1]
+        other = _GATES["GRU" if kind == "LSTM" else "LSTM"]
+        if hidden_size is None and h_cols and g_h == self.w_hh.shape[0] == other * h_cols:
             raise ValueError(
-                f"{where}weight_ih has shape {self.w_ih.shape}: a {kind} needs {gates} gates of "
-                f"hidden_size = {hidden} rows ({gates * hidden}) (wrong gate count?)"
+                f"{where}weight_ih has shape {self.w_ih.shape}: {other} gates of hidden_size = "
+                f"{h_cols}, but a {kind} has {gates} gates (wrong gate count)"
+            )
+        if g_h % gates:
+            raise ValueError(
+                f"{where}weight_ih has shape {self.w_ih.shape}: {g_h} rows is not a whole number "
+                f"of the {gates} gates of a {kind} (wrong gate count?)"
+            )
+        hidden = hidden_size if hidden_size is not None else g_h // gates
+        if g_h != gates * hidden:
+            raise ValueError(
+                f"{where}weight_ih has shape {self.w_ih.shape}; a {kind} of hidden_size = "
+                f"{hidden} needs {gates} gates x {hidden} = {gates * hidden} rows"
             )
         if input_size is not None and inp != input_size:
             raise ValueError(
@@ -413,6 +427,8 @@ class _Recurrent:
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
         seq, batch, feat = x.shape
+        if seq == 0:
+            raise ValueError(f"input has a sequence length of 0 (shape {np.shape(input)})")
         if feat != self.input_size:
             raise ValueError(
                 f"input has {feat} features (shape {np.shape(input)}); this {self.kind} has "
@@ -439,8 +455,9 @@ class _Recurrent:
             outs = []
             for d, cell in enumerate(row):
                 idx = layer * dirs + d
-                xp = cell.project_input(layer_in.reshape(seq * batch, -1), self.granularity)
-                xp = xp.reshape(seq, batch, -1)
+                flat = layer_in.reshape(seq * batch, layer_in.shape[2])
+                xp = cell.project_input(flat, self.granularity)
+                xp = xp.reshape(seq, batch, cell.w_ih.out_features)
                 h = np.ascontiguousarray(h0[idx])
                 c = np.ascontiguousarray(c0[idx]) if c0 is not None else None
                 out = np.empty((seq, batch, self.hidden_size), dtype=F32)
