@@ -139,10 +139,17 @@ const B_GROUP_BYTES: usize = 512 << 10;
 const PARALLEL_MIN_MACS: usize = 4 << 20;
 
 impl Plan {
-    fn new(m_tiles: usize, n_tiles: usize, mr: usize, k: usize, threads: usize) -> Plan {
+    /// `macs` is the GEMM's real work, `m * n * k`.
+    fn new(
+        m_tiles: usize,
+        n_tiles: usize,
+        mr: usize,
+        k: usize,
+        macs: usize,
+        threads: usize,
+    ) -> Plan {
         let rows_per_block = (A_BLOCK_BYTES / k.max(1)).max(mr);
         let mut mt_per = (rows_per_block / mr).clamp(1, m_tiles.max(1));
-        let macs = (m_tiles * mr * n_tiles * PANEL).saturating_mul(k.max(1));
         let threads = if macs < PARALLEL_MIN_MACS {
             1
         } else {
@@ -197,7 +204,15 @@ pub fn gemm<E: Epilogue>(kernel: &GemmKernel, a: &QuantizedA, b: &PackedB, epi: 
     let (mr, np) = (kernel.mr.min(MAX_MR), kernel.np.min(MAX_NR / PANEL));
     let n_tiles = b.panels().div_ceil(np);
     let m_tiles = m.div_ceil(mr);
-    let plan = Plan::new(m_tiles, n_tiles, mr, a.k, crate::threads::num_threads());
+    let macs = m.saturating_mul(n).saturating_mul(a.k.max(1));
+    let plan = Plan::new(
+        m_tiles,
+        n_tiles,
+        mr,
+        a.k,
+        macs,
+        crate::threads::num_threads(),
+    );
     let lda = a.lda;
     let item = |idx: usize| -> Result<()> {
         let (mts, nts) = plan.item(idx);
@@ -380,7 +395,8 @@ mod tests {
             (3, 2, 100_000, 8),
             (200, 5, 64, 16),
         ] {
-            let plan = Plan::new(m_tiles, n_tiles, 8, k, threads);
+            let macs = m_tiles * 8 * n_tiles * 48 * k;
+            let plan = Plan::new(m_tiles, n_tiles, 8, k, macs, threads);
             let mut seen = vec![0u8; m_tiles * n_tiles];
             for i in 0..plan.items() {
                 let (ms, ns) = plan.item(i);
