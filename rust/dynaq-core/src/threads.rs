@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Logical CPUs this process may run on, divided by the SMT width of cpu0 (Linux; elsewhere the
@@ -103,6 +103,13 @@ pub fn set_num_threads(n: usize) -> Result<()> {
 /// Runs `f(i)` for every `i < count`, on the calling thread and on up to `max_helpers` pool
 /// workers, each taking the next index as it becomes free (so a late-waking worker only takes
 /// what is left). Returns the first error (the other indices may or may not have run).
+///
+/// The caller never waits for a worker that has not started: an idle worker takes 20-35 us to
+/// wake on the development machine (`examples/wake_latency.rs`), longer than many calls, and a
+/// scope that waited for it made 2-thread calls of ~100 us slower than 1-thread ones. Workers
+/// join through a [`Gate`] instead: once the caller has run out of work it closes the gate,
+/// waits only for the workers inside (each finishing the index it holds), and returns; a worker
+/// that arrives later finds the gate closed and touches nothing.
 pub fn for_each_index<E: Send>(
     count: usize,
     max_helpers: usize,
@@ -126,24 +133,115 @@ pub fn for_each_index<E: Send>(
         }
     };
     let pool = pool().ok();
-    let helpers = match pool.as_ref().and_then(|p| p.workers.as_ref()) {
-        Some(w) => max_helpers
+    let workers = pool.as_ref().and_then(|p| p.workers.as_ref());
+    let helpers = workers.map_or(0, |w| {
+        max_helpers
             .min(w.current_num_threads())
-            .min(count.saturating_sub(1)),
-        None => 0,
-    };
-    match pool.as_ref().and_then(|p| p.workers.as_ref()) {
-        Some(workers) if helpers > 0 => workers.in_place_scope(|s| {
+            .min(count.saturating_sub(1))
+    });
+    match workers {
+        Some(workers) if helpers > 0 => {
+            let work_ref: &(dyn Fn() + Sync) = &work;
+            // SAFETY: only the lifetime is erased. The pointer is dereferenced only by workers
+            // that entered the gate before it closed, and `_closer` (dropped before `work` and
+            // before this function returns or unwinds) closes the gate and waits until every
+            // such worker has left.
+            let erased: *const (dyn Fn() + Sync + 'static) = unsafe {
+                std::mem::transmute::<*const (dyn Fn() + Sync + '_), *const (dyn Fn() + Sync)>(
+                    work_ref,
+                )
+            };
+            let gate = Arc::new(Gate {
+                state: AtomicUsize::new(0),
+                work: erased,
+                panicked: AtomicBool::new(false),
+            });
+            let closer = CloseOnDrop(&gate);
             for _ in 0..helpers {
-                s.spawn(|_| work());
+                let g = Arc::clone(&gate);
+                workers.spawn(move || g.run());
             }
             work();
-        }),
+            drop(closer);
+            if gate.panicked.load(Ordering::Acquire) {
+                panic!("a dynaq worker thread panicked");
+            }
+        }
         _ => work(),
     }
     match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Admission of late-starting workers to one call's work (see [`for_each_index`]).
+///
+/// `state` holds [`CLOSED`] and the number of workers inside.
+struct Gate {
+    state: AtomicUsize,
+    work: *const (dyn Fn() + Sync),
+    panicked: AtomicBool,
+}
+
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
+// SAFETY: `work` points to a `Sync` closure and is only called by workers admitted while the
+// calling thread keeps it alive (the gate protocol); everything else is atomic.
+unsafe impl Send for Gate {}
+// SAFETY: as above.
+unsafe impl Sync for Gate {}
+
+impl Gate {
+    /// A worker's part: enter unless closed, run the shared loop, leave.
+    fn run(&self) {
+        let mut s = self.state.load(Ordering::Acquire);
+        loop {
+            if s & CLOSED != 0 {
+                return;
+            }
+            match self
+                .state
+                .compare_exchange_weak(s, s + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => s = now,
+            }
+        }
+        let _leave = LeaveOnDrop(self);
+        // SAFETY: this worker entered before the gate closed, so the caller is still inside
+        // `for_each_index`, waiting for it to leave: the closure is alive.
+        let work = unsafe { &*self.work };
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+            self.panicked.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Leaves the gate when a worker is done (also when its work panicked).
+struct LeaveOnDrop<'a>(&'a Gate);
+
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.state.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Closes the gate and waits for the workers inside; runs on return and on unwinding alike.
+struct CloseOnDrop<'a>(&'a Gate);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        let mut spins = 0u32;
+        while self.0.state.fetch_or(CLOSED, Ordering::AcqRel) & !CLOSED != 0 {
+            // Workers inside are finishing one work item each (microseconds).
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
     }
 }
 
