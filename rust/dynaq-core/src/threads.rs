@@ -288,6 +288,30 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_callers_each_get_every_index_once() {
+        // Several threads share the pool; late workers must never touch a finished call.
+        let callers: Vec<_> = (0..6)
+            .map(|c| {
+                std::thread::spawn(move || {
+                    for round in 0..200 {
+                        let n = 1 + (c * 7 + round) % 40;
+                        let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                        for_each_index::<()>(n, 4, |i| {
+                            hits[i].fetch_add(1, Ordering::Relaxed);
+                            Ok(())
+                        })
+                        .unwrap();
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                    }
+                })
+            })
+            .collect();
+        for c in callers {
+            c.join().unwrap();
+        }
+    }
+
+    #[test]
     fn cpu_lists() {
         assert_eq!(count_cpu_list("0"), 1);
         assert_eq!(count_cpu_list("0,4"), 2);
