@@ -135,8 +135,9 @@ const A_BLOCK_BYTES: usize = 256 << 10;
 /// Weight bytes of one group of N tiles (LOOP 2): half of a 1 MiB L2, the other half for the
 /// block of activations.
 const B_GROUP_BYTES: usize = 512 << 10;
-/// Below this many multiply-adds (about 10 us on one core), a GEMM runs on one thread.
-const PARALLEL_MIN_MACS: usize = 4 << 20;
+/// Below this many multiply-adds (about 2.5 us on one core), a GEMM runs on one thread: a
+/// spinning worker joins within ~2 us, a sleeping one too late to matter (and is not waited for).
+const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 impl Plan {
     /// `macs` is the GEMM's real work, `m * n * k`.
