@@ -67,9 +67,10 @@ DEFAULT_MIN_REPS = 3
 DEFAULT_MIN_TIME = 0.25
 DEFAULT_MAX_REPS = 10_000
 QUANT_SHAPES = ((512, 4096), (1, 4096))
-# Idle time before timing a library after a multi-threaded measurement: OpenBLAS' worker threads
-# keep spinning for tens of milliseconds after their last call and would slow the next library.
-SETTLE_S = 0.1
+# Idle time before timing a library next to a multi-threaded measurement: OpenBLAS', OpenMP's and
+# ONNX Runtime's worker threads keep spinning for tens of milliseconds after their last call and
+# would slow whichever library runs next.
+SETTLE_S = 0.2
 # Per-row int8 activations and per-channel (dynaq) or per-tensor (torch, ORT) int8 weights stay
 # within a few percent of the float result on this data; 5% separates "quantized" from "wrong".
 MAX_REL_ERROR = 5e-2
@@ -678,7 +679,10 @@ def _run_gemm(
                         if lib.name in failed:
                             results[lib.name] = {"valid": False, "error": failed[lib.name]}
                             continue
-                        if last_threads > 1:
+                        if last_threads > 1 or t > 1:
+                            # Every library gets the same quiet start: the previous library's
+                            # workers (OpenBLAS, OpenMP, ONNX Runtime) spin for a while after
+                            # their last call and would take the core a multi-threaded run needs.
                             time.sleep(SETTLE_S)
                         results[lib.name] = _time_lib(lib, x, t, ref, ops, cfg)
                         last_threads = t
