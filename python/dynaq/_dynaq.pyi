@@ -43,9 +43,7 @@ class PackedWeight:
     """A float weight quantized to symmetric int8 and packed for this CPU's kernels."""
 
     @staticmethod
-    def _from_float(
-        weight: npt.NDArray[np.float32], per_channel: bool, check_finite: bool
-    ) -> PackedWeight: ...
+    def _from_float(weight: npt.NDArray[np.float32], per_channel: bool) -> PackedWeight: ...
     @staticmethod
     def from_quantized(values: npt.ArrayLike, scales: npt.ArrayLike) -> PackedWeight: ...
     @staticmethod

@@ -44,7 +44,9 @@ def _as_float32(x: Any, name: str) -> np.ndarray:
                 f"{name} must be a floating-point array (float32; float64 and float16 are "
                 f"converted), got dtype {a.dtype}"
             )
-        a = a.astype(np.float32)
+        # Values beyond float32's range become infinities, refused later by the finiteness check.
+        with np.errstate(over="ignore"):
+            a = a.astype(np.float32)
     # np.ascontiguousarray would turn a 0-d array into a 1-d one.
     return a if a.flags.c_contiguous else a.copy(order="C")
 
@@ -209,9 +211,11 @@ def pack_weight(
         The ``torch.nn.Linear`` convention. float64 and float16 are converted.
     per_channel : bool
         One scale per output channel (default, more accurate) or one for the whole tensor.
-    check_finite : bool
-        Raise ``ValueError`` naming the row on NaN or infinity (default; a non-finite weight is
-        refused either way).
+
+    Raises
+    ------
+    ValueError
+        When the weight holds NaN or infinity (always checked: it would poison every call).
 
     Returns
     -------
@@ -220,7 +224,7 @@ def pack_weight(
     w = _as_float32(weight, "weight")
     if w.ndim != 2:
         raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {w.shape}")
-    return PackedWeight._from_float(w, bool(per_channel), bool(check_finite))
+    return PackedWeight._from_float(w, bool(per_channel))
 
 
 def _prepare_quantized_weight(values: Any, scales: Any) -> tuple[np.ndarray, np.ndarray, bool]:

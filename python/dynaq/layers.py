@@ -36,7 +36,10 @@ def _pack(weight: Any, name: str, per_channel: bool) -> PackedWeight:
     w = _as_float32(weight, name)
     if w.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got shape {w.shape}")
-    return pack_weight(w, per_channel=per_channel)
+    try:
+        return pack_weight(w, per_channel=per_channel)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
 
 
 def _bias(bias: Any, name: str, n: int) -> Optional[np.ndarray]:
@@ -426,6 +429,8 @@ class _Recurrent:
             x = x[:, None, :]
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
+        if not np.isfinite(x).all():
+            raise ValueError("input contains NaN or infinity; their quantization is meaningless")
         seq, batch, feat = x.shape
         if seq == 0:
             raise ValueError(f"input has a sequence length of 0 (shape {np.shape(input)})")
@@ -622,6 +627,8 @@ class _Cell:
                 f"input must have shape (batch, {self.input_size}) or ({self.input_size},), "
                 f"got {a.shape}"
             )
+        if not np.isfinite(a).all():
+            raise ValueError("input contains NaN or infinity; their quantization is meaningless")
         return (a[None, :], True) if a.ndim == 1 else (a, False)
 
     def _state(self, h: Any, name: str, batch: int, unbatched: bool) -> np.ndarray:

@@ -38,16 +38,9 @@ pub struct PackedWeight {
 
 impl PackedWeight {
     /// Quantizes a float weight (`n x k`, row-major): symmetric int8 in `[-127, 127]`, one scale
-    /// per output channel or one in total. Without `check_finite`, a NaN or infinity still
-    /// fails (its scale is not finite) but without naming the row.
-    pub fn from_float(
-        isa: Isa,
-        w: &[f32],
-        n: usize,
-        k: usize,
-        per_channel: bool,
-        check_finite: bool,
-    ) -> Result<Self> {
+    /// per output channel or one in total. A NaN or infinity is always refused (the check runs
+    /// once, offline, and a non-finite weight would poison every later call).
+    pub fn from_float(isa: Isa, w: &[f32], n: usize, k: usize, per_channel: bool) -> Result<Self> {
         if n.checked_mul(k) != Some(w.len()) {
             return Err(Error::Shape(format!(
                 "weight of {} elements does not have shape ({n}, {k})",
@@ -62,17 +55,7 @@ impl PackedWeight {
         } else {
             Granularity::Tensor
         };
-        quantize_i8_rows(
-            isa,
-            w,
-            n,
-            k,
-            gran,
-            check_finite,
-            "weight",
-            &mut q,
-            &mut scales,
-        )?;
+        quantize_i8_rows(isa, w, n, k, gran, true, "weight", &mut q, &mut scales)?;
         Self::from_quantized(&q, &scales, n, k, per_channel)
     }
 

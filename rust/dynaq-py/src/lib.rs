@@ -153,13 +153,12 @@ impl PyPackedWeight {
         py: Python<'_>,
         weight: PyReadonlyArray2<'_, f32>,
         per_channel: bool,
-        check_finite: bool,
     ) -> PyResult<Self> {
         let (n, k) = (weight.shape()[0], weight.shape()[1]);
         let ws = contiguous(weight.as_slice(), "weight")?;
         let isa = dispatch::active_isa();
         let inner = py
-            .detach(|| PackedWeight::from_float(isa, ws, n, k, per_channel, check_finite))
+            .detach(|| PackedWeight::from_float(isa, ws, n, k, per_channel))
             .map_err(to_py)?;
         Ok(PyPackedWeight { inner })
     }
@@ -465,11 +464,25 @@ fn overlaps(a: &std::ops::Range<usize>, b: &std::ops::Range<usize>) -> bool {
     a.start < b.end && b.start < a.end && !a.is_empty() && !b.is_empty()
 }
 
+/// Outputs larger than this are left to the Python path: numpy reports a failed allocation as
+/// `MemoryError` there, while rust-numpy's constructor would panic.
+const FAST_ALLOC_MAX_BYTES: usize = 256 << 20;
+
+/// Whether an output of `shape` is small enough for the fast paths to allocate.
+fn fast_alloc_ok<T>(shape: &[usize]) -> bool {
+    shape
+        .iter()
+        .try_fold(std::mem::size_of::<T>(), |acc, &d| acc.checked_mul(d))
+        .is_some_and(|bytes| bytes <= FAST_ALLOC_MAX_BYTES)
+}
+
 /// A fresh C-contiguous array whose every element the caller writes before Python sees it.
 ///
 /// # Safety
-/// The caller must initialize every element (or drop the array unseen, as on an error).
+/// The caller must initialize every element (or drop the array unseen, as on an error), and
+/// `shape` must pass [`fast_alloc_ok`].
 unsafe fn uninit<'py, T: Element>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<T>> {
+    debug_assert!(fast_alloc_ok::<T>(shape));
     // SAFETY: forwarded to the caller (numpy allocates; the contents are uninitialized).
     unsafe { PyArrayDyn::<T>::new(py, shape, false) }
 }
@@ -514,6 +527,9 @@ fn linear_fast<'py>(
     };
     let mut out_shape = lead.to_vec();
     out_shape.push(n);
+    if !fast_alloc_ok::<f32>(&out_shape) {
+        return Ok(None);
+    }
     let out = if out.is_none() {
         // SAFETY: `ops::linear` writes every element of its output (the bias alone when
         // k == 0); on an error the array is dropped without reaching Python.
@@ -585,6 +601,9 @@ fn quantize_fast<'py>(
         },
         _ => return Ok(None),
     };
+    if !fast_alloc_ok::<f32>(&shape) {
+        return Ok(None);
+    }
     let per_row = granularity == "row";
     let groups = if per_row { rows } else { 1 };
     let Ok(xr) = x.try_readonly() else {
@@ -651,7 +670,11 @@ fn dql_fast<'py>(
     let Some(x) = f32_array(x) else {
         return Ok(None);
     };
-    // SAFETY: the quantizer writes every element; on an error the array is dropped unseen.
+    if !fast_alloc_ok::<f32>(x.shape()) {
+        return Ok(None);
+    }
+    // SAFETY: the quantizer writes every element (the size passed `fast_alloc_ok`); on an error
+    // the array is dropped unseen.
     let y = unsafe { uninit::<u8>(py, x.shape()) };
     let Ok(xr) = x.try_readonly() else {
         return Ok(None);
