@@ -636,3 +636,133 @@ def test_example_quantize_torch_model_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SQNR" in proc.stdout and "reloaded outputs identical: True" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# Sharing torch's OpenMP threads
+# --------------------------------------------------------------------------------------------
+
+_OPENMP = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+needs_openmp = pytest.mark.skipif(not _OPENMP, reason="torch does not run on OpenMP here")
+
+
+@pytest.fixture
+def shared_two_threads():
+    """Two dynaq threads on torch's OpenMP team; restores the previous settings."""
+    threads, torch_threads = dynaq.get_num_threads(), torch.get_num_threads()
+    dynaq.set_num_threads(2)
+    torch.set_num_threads(2)
+    assert dt.share_torch_threads(True)
+    yield
+    dynaq.set_num_threads(threads)
+    torch.set_num_threads(torch_threads)
+    dt.share_torch_threads(True)
+
+
+def _big_linear_case(seed: int = 0):
+    # 256 x 512 x 384 = 50M multiply-adds: above the 16M from which the team is used.
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((256, 384)).astype(np.float32)
+    pw = dynaq.pack_weight(rng.standard_normal((512, 384)).astype(np.float32))
+    b = rng.standard_normal(512).astype(np.float32)
+    return x, pw, b
+
+
+@needs_openmp
+def test_importing_dynaq_torch_shares_torch_openmp_threads():
+    assert dynaq._dynaq.sharing_openmp_team()
+    path = dt._torch_openmp_library()
+    assert path is not None and os.path.basename(path).startswith(("libgomp", "libiomp", "libomp"))
+
+
+@needs_openmp
+def test_shared_team_results_are_bit_identical(shared_two_threads):
+    x, pw, b = _big_linear_case()
+    xq = np.clip(x * 20 + 128, 0, 255).astype(np.uint8)
+    wq = np.ascontiguousarray(pw.unpack()[0].T)
+    shared = [dynaq.linear(x, pw, b), dynaq.matmul_integer(xq, wq)]
+    dt.share_torch_threads(False)
+    assert not dynaq._dynaq.sharing_openmp_team()
+    own = [dynaq.linear(x, pw, b), dynaq.matmul_integer(xq, wq)]
+    for a, o in zip(shared, own):
+        np.testing.assert_array_equal(a, o, strict=True)
+    with dynaq.use_isa("scalar"):
+        np.testing.assert_array_equal(dynaq.linear(x, pw, b), own[0], strict=True)
+
+
+def test_share_openmp_team_rejects_a_library_that_is_not_loaded():
+    before = dynaq._dynaq.sharing_openmp_team()
+    with pytest.raises(OSError, match="not loaded"):
+        dynaq._dynaq.share_openmp_team("/nonexistent/libgomp.so.1")
+    assert dynaq._dynaq.sharing_openmp_team() == before
+
+
+@needs_openmp
+def test_shared_team_with_many_python_threads(shared_two_threads):
+    import threading
+
+    cases = [_big_linear_case(s) for s in range(3)]
+    want = [dynaq.linear(*c) for c in cases]
+    bad: list[str] = []
+
+    def worker(i: int) -> None:
+        for r in range(4):
+            k = (i + r) % 3
+            if not np.array_equal(dynaq.linear(*cases[k]), want[k]):
+                bad.append(f"thread {i} round {r}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish"
+    assert not bad, bad
+
+
+_FORK_CHILD = """
+import sys, numpy as np, torch, dynaq, dynaq.torch, multiprocessing as mp
+rng = np.random.default_rng(0)
+x = rng.standard_normal((256, 384)).astype(np.float32)
+pw = dynaq.pack_weight(rng.standard_normal((512, 384)).astype(np.float32))
+dynaq.set_num_threads(2); torch.set_num_threads(2)
+assert dynaq._dynaq.sharing_openmp_team()
+want = dynaq.linear(x, pw)  # the OpenMP team now exists in the parent
+
+def child(conn):
+    conn.send((dynaq._dynaq.sharing_openmp_team(), dynaq.linear(x, pw)))
+
+ctx = mp.get_context("fork")
+a, b = ctx.Pipe(duplex=False)
+p = ctx.Process(target=child, args=(b,))
+p.start()
+assert a.poll(60), "forked child gave no result"
+shared_in_child, got = a.recv()
+p.join(60)
+assert p.exitcode == 0
+assert not shared_in_child, "the child must not use the parent's OpenMP team"
+assert np.array_equal(got, want)
+assert np.array_equal(dynaq.linear(x, pw), want)
+print("fork ok")
+"""
+
+
+@needs_openmp
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_fork_after_sharing_torch_threads():
+    # In a fresh interpreter: a fork of this multi-threaded test process proves nothing more.
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_CHILD], capture_output=True, text=True, timeout=180
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "fork ok" in out.stdout
+
+
+@needs_openmp
+def test_dynaq_torch_threads_env_opt_out():
+    code = "import dynaq, dynaq.torch; print(dynaq._dynaq.sharing_openmp_team())"
+    env = dict(os.environ, DYNAQ_TORCH_THREADS="0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

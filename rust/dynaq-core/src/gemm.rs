@@ -242,8 +242,13 @@ pub fn gemm<E: Epilogue>(kernel: &GemmKernel, a: &QuantizedA, b: &PackedB, epi: 
             }),
         }
     };
-    crate::threads::for_each_index(plan.items(), plan.threads - 1, item)
+    crate::threads::for_each_index_on(plan.items(), plan.threads - 1, macs >= TEAM_MIN_MACS, item)
 }
+
+/// From this many multiply-adds (about 40 us on one core), a multi-threaded GEMM may run on a
+/// shared OpenMP team ([`crate::threads::share_openmp_team`]), whose closing barrier waits for
+/// every team thread, also one that has to wake first (~30 us).
+const TEAM_MIN_MACS: usize = 1 << 24;
 
 thread_local! {
     /// Per-thread buffer of activations widened to i16 for [`AFormat::I16`] kernels, reused

@@ -6,7 +6,8 @@
 
 use crate::error::{Error, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::ffi::{c_uint, c_void};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Logical CPUs this process may run on, divided by the SMT width of cpu0 (Linux; elsewhere the
@@ -115,6 +116,18 @@ pub fn for_each_index<E: Send>(
     max_helpers: usize,
     f: impl Fn(usize) -> std::result::Result<(), E> + Sync,
 ) -> std::result::Result<(), E> {
+    for_each_index_on(count, max_helpers, false, f)
+}
+
+/// [`for_each_index`], run on a shared OpenMP team instead when `on_team` is set and one is
+/// registered ([`share_openmp_team`]); for work long enough (tens of microseconds) that waiting
+/// at the team's closing barrier for a sleeping thread costs little.
+pub fn for_each_index_on<E: Send>(
+    count: usize,
+    max_helpers: usize,
+    on_team: bool,
+    f: impl Fn(usize) -> std::result::Result<(), E> + Sync,
+) -> std::result::Result<(), E> {
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<E>> = Mutex::new(None);
     let work = || loop {
@@ -139,6 +152,15 @@ pub fn for_each_index<E: Send>(
             .min(w.current_num_threads())
             .min(count.saturating_sub(1))
     });
+    if helpers > 0 && on_team {
+        if let Some(parallel) = openmp_parallel() {
+            run_on_openmp_team(parallel, helpers + 1, &work);
+            return match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
+        }
+    }
     match workers {
         Some(workers) if helpers > 0 => {
             let work_ref: &(dyn Fn() + Sync) = &work;
@@ -172,6 +194,88 @@ pub fn for_each_index<E: Send>(
     match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// `GOMP_parallel(fn, data, num_threads, flags)`: runs `fn(data)` on a team of `num_threads`
+/// (the caller is thread 0) and returns when all have finished. The GNU OpenMP entry point
+/// (GCC >= 4.9); Intel's and LLVM's OpenMP runtimes export it too.
+type GompParallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
+
+/// The registered `GOMP_parallel` (0: none) and the process that registered it.
+static OPENMP_PARALLEL: AtomicUsize = AtomicUsize::new(0);
+static OPENMP_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Runs dynaq's multi-threaded GEMMs on the OpenMP team of a runtime already loaded in the
+/// process (PyTorch's), or stops doing so (`None`).
+///
+/// Why: two thread pools on the same cores fight. After each parallel operation an OpenMP team
+/// keeps its threads spinning for a while (GNU OpenMP's default), exactly when a model that
+/// mixes PyTorch operations with dynaq layers calls dynaq; dynaq's worker then shares a core
+/// with a spinning thread. A BERT-base-sized encoder on 2 cores ran 15% slower than on one
+/// pool. On the team, the spinning thread does dynaq's work instead.
+///
+/// Only the registering process uses the team: after `fork` the child falls back to the rayon
+/// pool (GNU OpenMP does not support use of a team across `fork`).
+///
+/// # Safety
+/// `addr` must be the address of `GOMP_parallel` (the signature of [`GompParallel`]) of an
+/// OpenMP runtime that stays loaded for the rest of the process.
+pub unsafe fn share_openmp_team(addr: Option<usize>) {
+    OPENMP_PID.store(std::process::id(), Ordering::Release);
+    OPENMP_PARALLEL.store(addr.unwrap_or(0), Ordering::Release);
+}
+
+/// Whether multi-threaded GEMMs run on a shared OpenMP team in this process.
+pub fn sharing_openmp_team() -> bool {
+    openmp_parallel().is_some()
+}
+
+fn openmp_parallel() -> Option<GompParallel> {
+    let addr = OPENMP_PARALLEL.load(Ordering::Acquire);
+    if addr == 0 || OPENMP_PID.load(Ordering::Acquire) != std::process::id() {
+        return None;
+    }
+    // SAFETY: a non-zero address was registered through `share_openmp_team`, whose contract is
+    // that it is `GOMP_parallel` of a runtime that stays loaded.
+    Some(unsafe { std::mem::transmute::<usize, GompParallel>(addr) })
+}
+
+/// What each team thread runs: the shared work loop, with panics caught (they must not unwind
+/// into C).
+struct TeamJob<'a> {
+    work: &'a (dyn Fn() + Sync),
+    panicked: AtomicBool,
+}
+
+extern "C" fn team_entry(data: *mut c_void) {
+    // SAFETY: `data` is the `TeamJob` that `run_on_openmp_team` keeps alive until
+    // `GOMP_parallel` has returned, i.e. until every team thread has left this function.
+    let job = unsafe { &*(data as *const TeamJob<'_>) };
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job.work)).is_err() {
+        job.panicked.store(true, Ordering::Release);
+    }
+}
+
+fn run_on_openmp_team(parallel: GompParallel, threads: usize, work: &(dyn Fn() + Sync)) {
+    let job = TeamJob {
+        work,
+        panicked: AtomicBool::new(false),
+    };
+    let threads = c_uint::try_from(threads).unwrap_or(c_uint::MAX);
+    // SAFETY: `parallel` is `GOMP_parallel` (registration contract). It calls `team_entry`
+    // with `data` on each team thread and returns only when all of them have finished, so
+    // `job` outlives every use; `team_entry` never unwinds. Flags 0: default binding.
+    unsafe {
+        parallel(
+            team_entry,
+            &job as *const TeamJob<'_> as *mut c_void,
+            threads,
+            0,
+        )
+    };
+    if job.panicked.load(Ordering::Acquire) {
+        panic!("a dynaq thread panicked");
     }
 }
 
@@ -309,6 +413,52 @@ mod tests {
         for c in callers {
             c.join().unwrap();
         }
+    }
+
+    /// A stand-in for `GOMP_parallel`: `fn(data)` on the caller and `n - 1` scoped threads.
+    extern "C" fn fake_gomp_parallel(
+        f: extern "C" fn(*mut c_void),
+        data: *mut c_void,
+        n: c_uint,
+        _flags: c_uint,
+    ) {
+        let data = data as usize;
+        std::thread::scope(|s| {
+            for _ in 1..n {
+                s.spawn(move || f(data as *mut c_void));
+            }
+            f(data as *mut c_void);
+        });
+    }
+
+    #[test]
+    fn a_shared_team_runs_every_index_once_and_reports_panics() {
+        set_num_threads(4).unwrap();
+        let parallel: GompParallel = fake_gomp_parallel;
+        // SAFETY: the address is a function with the `GOMP_parallel` signature and contract.
+        unsafe { share_openmp_team(Some(parallel as usize)) };
+        assert!(sharing_openmp_team());
+        for n in [2usize, 3, 17, 1000] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            for_each_index_on::<()>(n, 3, true, |i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            })
+            .unwrap();
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+        let r = for_each_index_on(100, 3, true, |i| if i == 37 { Err(i) } else { Ok(()) });
+        assert_eq!(r, Err(37));
+        let panicked = std::panic::catch_unwind(|| {
+            for_each_index_on::<()>(64, 3, true, |i| {
+                assert!(i != 5, "boom");
+                Ok(())
+            })
+        });
+        assert!(panicked.is_err());
+        // SAFETY: unregistering uses no address.
+        unsafe { share_openmp_team(None) };
+        assert!(!sharing_openmp_team());
     }
 
     #[test]

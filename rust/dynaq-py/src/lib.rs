@@ -777,6 +777,58 @@ fn physical_cores() -> usize {
     threads::physical_cores()
 }
 
+/// Runs multi-threaded GEMMs on the OpenMP team of the runtime at `path`, a library already
+/// loaded in this process (PyTorch's `libgomp`), or on dynaq's own pool again (`None`).
+/// Raises OSError when `path` is not loaded or exports no `GOMP_parallel`.
+#[pyfunction]
+#[pyo3(signature = (path))]
+fn share_openmp_team(path: Option<&str>) -> PyResult<()> {
+    let Some(path) = path else {
+        // SAFETY: `None` unregisters; no address is used.
+        unsafe { threads::share_openmp_team(None) };
+        return Ok(());
+    };
+    #[cfg(unix)]
+    {
+        let addr = openmp_symbol(path).map_err(pyo3::exceptions::PyOSError::new_err)?;
+        // SAFETY: `addr` is `GOMP_parallel` of a library that was already loaded; the handle
+        // from `dlopen` is never closed, so the library stays loaded for the process.
+        unsafe { threads::share_openmp_team(Some(addr)) };
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        Err(pyo3::exceptions::PyOSError::new_err(format!(
+            "sharing an OpenMP team is not supported on this platform ({path})"
+        )))
+    }
+}
+
+/// `GOMP_parallel` of the already loaded library `path` (never loads one).
+#[cfg(unix)]
+fn openmp_symbol(path: &str) -> Result<usize, String> {
+    let c_path = std::ffi::CString::new(path).map_err(|_| format!("bad library path {path:?}"))?;
+    // SAFETY: `c_path` is a NUL-terminated string; RTLD_NOLOAD only returns a handle to a
+    // library already in the process (no initializers run), and the handle is deliberately
+    // never closed.
+    let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+    if handle.is_null() {
+        return Err(format!("{path} is not loaded in this process"));
+    }
+    // SAFETY: `handle` is a valid handle and the symbol name is NUL-terminated.
+    let sym = unsafe { libc::dlsym(handle, c"GOMP_parallel".as_ptr()) };
+    if sym.is_null() {
+        return Err(format!("{path} has no GOMP_parallel"));
+    }
+    Ok(sym as usize)
+}
+
+/// Whether multi-threaded GEMMs run on a shared OpenMP team.
+#[pyfunction]
+fn sharing_openmp_team() -> bool {
+    threads::sharing_openmp_team()
+}
+
 #[pymodule]
 fn _dynaq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPackedWeight>()?;
@@ -801,6 +853,8 @@ fn _dynaq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(physical_cores, m)?)?;
+    m.add_function(wrap_pyfunction!(share_openmp_team, m)?)?;
+    m.add_function(wrap_pyfunction!(sharing_openmp_team, m)?)?;
     m.add("ARCH", std::env::consts::ARCH)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("FORMAT_VERSION", dynaq_core::weight::FORMAT_VERSION)?;
