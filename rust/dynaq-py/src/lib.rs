@@ -306,6 +306,24 @@ impl PyPackedWeight {
     }
 }
 
+/// Rows of `x`, and `x`, `bias`, `out` as slices (each C-contiguous, or a ValueError naming it).
+type LinearOperands<'a> = (usize, &'a [f32], Option<&'a [f32]>, &'a mut [f32]);
+
+fn linear_operands<'a>(
+    x: &'a PyReadonlyArray2<'_, f32>,
+    bias: &'a Option<PyReadonlyArray1<'_, f32>>,
+    out: &'a mut PyReadwriteArray2<'_, f32>,
+) -> PyResult<LinearOperands<'a>> {
+    let bs = match bias {
+        Some(b) => Some(contiguous(b.as_slice(), "bias")?),
+        None => None,
+    };
+    let os = out
+        .as_slice_mut()
+        .map_err(|_| PyValueError::new_err("out must be C-contiguous"))?;
+    Ok((x.shape()[0], contiguous(x.as_slice(), "x")?, bs, os))
+}
+
 /// The fused dynamic-quantization linear layer on C-contiguous 2-D arrays.
 #[pyfunction]
 fn linear(
@@ -317,15 +335,7 @@ fn linear(
     check_finite: bool,
     mut out: PyReadwriteArray2<'_, f32>,
 ) -> PyResult<()> {
-    let m = x.shape()[0];
-    let xs = contiguous(x.as_slice(), "x")?;
-    let bs = match &bias {
-        Some(b) => Some(contiguous(b.as_slice(), "bias")?),
-        None => None,
-    };
-    let os = out
-        .as_slice_mut()
-        .map_err(|_| PyValueError::new_err("out must be C-contiguous"))?;
+    let (m, xs, bs, os) = linear_operands(&x, &bias, &mut out)?;
     let w = &weight.get().inner;
     let isa = dispatch::active_isa();
     py.detach(|| ops::linear(isa, xs, m, w, bs, granularity(per_row), check_finite, os))
@@ -345,15 +355,7 @@ fn linear_static(
     check_finite: bool,
     mut out: PyReadwriteArray2<'_, f32>,
 ) -> PyResult<()> {
-    let m = x.shape()[0];
-    let xs = contiguous(x.as_slice(), "x")?;
-    let bs = match &bias {
-        Some(b) => Some(contiguous(b.as_slice(), "bias")?),
-        None => None,
-    };
-    let os = out
-        .as_slice_mut()
-        .map_err(|_| PyValueError::new_err("out must be C-contiguous"))?;
+    let (m, xs, bs, os) = linear_operands(&x, &bias, &mut out)?;
     let w = &weight.get().inner;
     let isa = dispatch::active_isa();
     py.detach(|| ops::linear_static(isa, xs, m, w, bs, scale, zero_point, check_finite, os))
