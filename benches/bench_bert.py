@@ -15,12 +15,13 @@ This is a benchmark, not a test::
 Needs torch and transformers (``pip install "dynaq[torch]" transformers``).
 
 Thread pools: torch's OpenMP workers busy-wait for a while after each parallel op (libgomp's
-default), and in the dynaq model every ``Linear`` runs on dynaq's own pool right after such ops,
-so on 2+ threads the two pools compete for the cores. ``OMP_WAIT_POLICY=PASSIVE`` (set before
-torch loads) makes idle OpenMP workers sleep. By default the script measures in two fresh
-processes: the environment as it is for every thread count, and ``OMP_WAIT_POLICY=PASSIVE``
-again for counts above 1 (it changes nothing on 1 thread); the policy applies to all three
-models alike and the table names it (``--omp-wait-policy default|passive`` for one of them).
+default). ``import dynaq.torch`` makes dynaq's GEMMs run on those same OpenMP threads
+(``dynaq.torch.share_torch_threads``), so the dynaq model has one set of threads, like the other
+two; ``DYNAQ_TORCH_THREADS=0`` measures dynaq on its own pool instead. By default the script
+measures in two fresh processes: the environment as it is for every thread count, and
+``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP workers sleep; set before torch loads) again for counts
+above 1 (it changes nothing on 1 thread); the policy applies to all three models alike and the
+table names it (``--omp-wait-policy default|passive`` for one of them).
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def measure(args: argparse.Namespace, threads: list[int]) -> dict[str, Any]:
         f"{platform.processor() or platform.machine()}, {info['physical_cores']} physical cores; "
         f"dynaq {dynaq.__version__} ({info['kernels']['gemm']}), torch {torch.__version__} "
         f"(quantized engine {torch.backends.quantized.engine}), "
-        f"transformers {transformers.__version__}"
+        f"transformers {transformers.__version__}; dynaq threads: "
+        f"{'shared with torch (OpenMP)' if dynaq._dynaq.sharing_openmp_team() else 'own pool'}"
     )
     policy = os.environ.get("OMP_WAIT_POLICY", "unset")
     rows = []
