@@ -19,6 +19,7 @@ cache=$repo/target/aarch64-cache
 triple=aarch64-unknown-linux-gnu
 export CARGO_TERM_COLOR=never
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+mkdir -p "$cache"
 
 step() { printf '\n=== aarch64: %s ===\n' "$*"; }
 elapsed() { echo "$(($(date +%s) - start))s"; }
@@ -58,7 +59,7 @@ qemu() {
 }
 
 step "cross-build the kernel crate's tests"
-cargo test -p dynaq-core --target $triple --no-run --message-format=json 2>/dev/null >"$cache.json.tmp" ||
+cargo test -p dynaq-core --target $triple --no-run --message-format=json 2>/dev/null >"$cache/tests.json" ||
   { cargo test -p dynaq-core --target $triple --no-run; exit 1; }
 cargo build -q -p dynaq-core --target $triple --example isas
 declare -A bins
@@ -68,8 +69,7 @@ for line in open(sys.argv[1]):
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["target"]["name"], m["executable"])
-' "$cache.json.tmp")
-rm -f "$cache.json.tmp"
+' "$cache/tests.json")
 isas_bin=$CARGO_TARGET_DIR/$triple/debug/examples/isas
 for t in dynaq_core dispatch paths; do
   [ -n "${bins[$t]:-}" ] || { echo "test binary $t not found"; exit 1; }
@@ -107,6 +107,17 @@ active_under() {
     sed -n 's/^DYNAQ_MAX_ISA=.*: active path //p'
 }
 
+step "clippy for aarch64"
+# Needs rustup's aarch64 std (clippy ships with rustup's toolchain, not with rustc-web); skipped
+# when that cannot be had, since the build and tests above do not depend on it.
+if command -v rustup >/dev/null && rustup target add $triple >/dev/null 2>&1; then
+  env -u RUSTC CARGO_TARGET_DIR="$repo/target/aarch64-clippy" \
+    cargo clippy -q --workspace --all-targets --target $triple -- -D warnings
+  echo "clippy -D warnings: clean for $triple"
+else
+  echo "skipped: rustup cannot add the $triple standard library here"
+fi
+
 step "kernel tests under qemu-aarch64 -cpu max (one path per run)"
 detected=$(qemu max "$isas_bin")
 echo "paths detected: $detected"
@@ -137,8 +148,13 @@ rm -rf "$cache/dist" "$cache/wheel"
 mkdir -p "$cache"
 # abi3 needs no target interpreter: PyO3 builds against the stable ABI without
 # PYO3_CROSS_LIB_DIR. `--compatibility manylinux_2_36` because this is Debian 12's glibc.
-maturin build --release --target $triple --out "$cache/dist" --compatibility manylinux_2_36 2>&1 |
-  grep -E 'Built wheel|warning|error' || true
+if ! maturin build --release --target $triple --out "$cache/dist" --compatibility manylinux_2_36 \
+  >"$cache/maturin.log" 2>&1; then
+  tail -40 "$cache/maturin.log"
+  echo "FAILED: maturin build for $triple"
+  exit 1
+fi
+grep -E 'Built wheel|warning' "$cache/maturin.log" || true
 wheel=$(ls "$cache"/dist/dynaq-*aarch64*.whl)
 echo "wheel: $(basename "$wheel")"
 case $(basename "$wheel") in *-abi3-*) ;; *) echo "not an abi3 wheel"; exit 1 ;; esac
@@ -155,7 +171,7 @@ pyroot=$cache/python-root
 site=$cache/numpy-site
 if [ ! -x "$pyroot/usr/bin/python3.11" ]; then
   mkdir -p "$cache/debs"
-  (cd "$cache/debs" && apt-get download python3.11-minimal:arm64 libpython3.11-minimal:arm64 \
+  (cd "$cache/debs" && apt-get -qq download python3.11-minimal:arm64 libpython3.11-minimal:arm64 \
     libpython3.11-stdlib:arm64 zlib1g:arm64 libexpat1:arm64 libffi8:arm64 libbz2-1.0:arm64 \
     liblzma5:arm64 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
   rm -rf "$pyroot" && mkdir -p "$pyroot"

@@ -15,7 +15,7 @@
 
 use crate::dispatch::Isa;
 use crate::kernels::{AData, AFormat, GemmKernel, QuantKernels, Tile};
-use crate::pack::{GROUP_BYTES, PANEL};
+use crate::pack::GROUP_BYTES;
 use crate::reference::{self, MinMax};
 use core::arch::aarch64::*;
 
@@ -124,7 +124,6 @@ unsafe fn gemm_entry(t: &mut Tile<'_>) {
             t.ldc,
         )
     }
-    debug_assert!(PANEL == 16);
 }
 
 // ---------------------------------------------------------------------------------------------
