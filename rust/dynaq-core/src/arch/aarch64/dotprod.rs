@@ -21,7 +21,8 @@
 //! saturates.
 //!
 //! Tile: [`MR`] = 4 rows x 16 columns: 16 row accumulators, 4 column-sum accumulators, 4 B
-//! vectors, the ones and 0x80 constants and one broadcast row = 27 of 32 vector registers.
+//! vectors, 4 rows of A (16 bytes = 4 groups each, used by element) and the ones vector = 29 of
+//! 32 vector registers.
 
 use crate::dispatch::Isa;
 use crate::kernels::{AData, AFormat, GemmKernel, QuantKernels, Tile};
@@ -71,7 +72,30 @@ macro_rules! sdot {
     }};
 }
 
+/// `acc + sdot(x, y[LANE])`: `y`'s 32-bit element `LANE` (4 bytes) against each lane of `x`.
+macro_rules! sdot_lane {
+    ($acc:expr, $x:expr, $y:expr, $lane:literal) => {{
+        let mut acc: int32x4_t = $acc;
+        // SAFETY: as for `sdot!`; `$lane < 4` is checked by the assembler.
+        unsafe {
+            asm!(
+                "sdot {acc:v}.4s, {x:v}.16b, {y:v}.4b[{lane}]",
+                acc = inout(vreg) acc,
+                x = in(vreg) $x,
+                y = in(vreg) $y,
+                lane = const $lane,
+                options(pure, nomem, nostack, preserves_flags)
+            )
+        };
+        acc
+    }};
+}
+
 /// Computes `R` rows x 16 columns over `k4` groups and stores them to `c`.
+///
+/// Blocks of 4 groups load 16 bytes of each row at once (flipped with one `eor`) and take each
+/// group's 4 bytes by element (`sdot .4b[j]`); the last `k4 % 4` groups broadcast the row's 4
+/// bytes instead.
 ///
 /// # Safety
 /// The CPU must have dotprod. For `r < R`: `a + r * lda .. + 4 * k4` is readable and
@@ -86,23 +110,53 @@ unsafe fn tile<const R: usize>(
     ldc: usize,
 ) {
     let ones = vdupq_n_s8(1);
-    let flip = vdupq_n_u32(0x8080_8080);
+    let flip = vdupq_n_u8(0x80);
     let mut acc = [[vdupq_n_s32(0); 4]; R];
     let mut colsum = [vdupq_n_s32(0); 4];
-    for g in 0..k4 {
-        let mut bq = [vdupq_n_s8(0); 4];
-        for (q, v) in bq.iter_mut().enumerate() {
-            // SAFETY: group `g < k4`, quad `q < 4`: 16 readable bytes (contract above).
-            *v = unsafe { vld1q_s8(b.add(g * GROUP_BYTES + 16 * q)) };
+    // The 4 column quads of group `g`, with their column sums added to `colsum`.
+    macro_rules! load_b {
+        ($g:expr) => {{
+            let mut bq = [vdupq_n_s8(0); 4];
+            for (q, v) in bq.iter_mut().enumerate() {
+                // SAFETY: group `$g < k4`, quad `q < 4`: 16 readable bytes (contract above).
+                *v = unsafe { vld1q_s8(b.add($g * GROUP_BYTES + 16 * q)) };
+                colsum[q] = sdot!(colsum[q], *v, ones);
+            }
+            bq
+        }};
+    }
+    let blocks = k4 / 4;
+    for blk in 0..blocks {
+        let g0 = 4 * blk;
+        let mut av = [vdupq_n_s8(0); R];
+        for (r, av) in av.iter_mut().enumerate() {
+            // SAFETY: row `r < R`, bytes `4 g0 .. 4 g0 + 16` with `g0 + 4 <= k4`.
+            let raw = unsafe { vld1q_u8(a.add(r * lda + 4 * g0)) };
+            // The row's 16 activations minus 128, as s8.
+            *av = vreinterpretq_s8_u8(veorq_u8(raw, flip));
         }
-        for q in 0..4 {
-            colsum[q] = sdot!(colsum[q], bq[q], ones);
+        macro_rules! group {
+            ($j:literal) => {{
+                let bq = load_b!(g0 + $j);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    for q in 0..4 {
+                        acc[q] = sdot_lane!(acc[q], bq[q], av[r], $j);
+                    }
+                }
+            }};
         }
+        group!(0);
+        group!(1);
+        group!(2);
+        group!(3);
+    }
+    for g in 4 * blocks..k4 {
+        let bq = load_b!(g);
         for (r, acc) in acc.iter_mut().enumerate() {
             // SAFETY: row `r < R`, bytes `4 g .. 4 g + 4` with `g < k4` (contract above).
             let word = unsafe { a.add(r * lda + 4 * g).cast::<u32>().read_unaligned() };
             // The row's 4 activations in every lane, minus 128 as s8.
-            let av = vreinterpretq_s8_u32(veorq_u32(vdupq_n_u32(word), flip));
+            let av = vreinterpretq_s8_u8(veorq_u8(vreinterpretq_u8_u32(vdupq_n_u32(word)), flip));
             for q in 0..4 {
                 acc[q] = sdot!(acc[q], bq[q], av);
             }
