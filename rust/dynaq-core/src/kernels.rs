@@ -223,6 +223,12 @@ pub fn gemm_kernel(isa: Isa) -> &'static GemmKernel {
         Isa::Avx512Vnni => &crate::arch::x86_64::avx512vnni::GEMM,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => &crate::arch::x86_64::avx2::GEMM,
+        #[cfg(target_arch = "aarch64")]
+        Isa::I8mm => &crate::arch::aarch64::i8mm::GEMM,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Dotprod => &crate::arch::aarch64::dotprod::GEMM,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => &crate::arch::aarch64::neon::GEMM,
         _ => &SCALAR_GEMM,
     }
 }
@@ -234,6 +240,12 @@ pub fn quant_kernels(isa: Isa) -> &'static QuantKernels {
         Isa::Avx512Vnni => &crate::arch::x86_64::avx512vnni::QUANT,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => &crate::arch::x86_64::avx2::QUANT,
+        #[cfg(target_arch = "aarch64")]
+        Isa::I8mm => &crate::arch::aarch64::i8mm::QUANT,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Dotprod => &crate::arch::aarch64::dotprod::QUANT,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => &crate::arch::aarch64::neon::QUANT,
         _ => &SCALAR_QUANT,
     }
 }

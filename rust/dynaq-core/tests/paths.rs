@@ -24,15 +24,39 @@ use proptest::prelude::*;
 // Helpers.
 // ---------------------------------------------------------------------------------------------
 
-/// The paths to test: every detected one. Names the x86-64 paths this CPU lacks.
+/// The paths to test: every detected one, or those of them named in `DYNAQ_TEST_PATHS`
+/// (comma-separated; the aarch64 script tests one path per process, under QEMU). Names the
+/// paths of this architecture this CPU lacks.
 fn paths() -> Vec<Isa> {
-    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni] {
+    for &isa in Isa::of_this_arch() {
         if !detected().contains(&isa) {
             println!("skipping the {isa:?} path: this CPU does not support it");
         }
     }
-    detected().to_vec()
+    match std::env::var("DYNAQ_TEST_PATHS") {
+        Ok(v) if !v.trim().is_empty() => {
+            let wanted: Vec<Isa> = v
+                .split(',')
+                .map(|name| Isa::from_name(name).expect("DYNAQ_TEST_PATHS names paths"))
+                .collect();
+            detected()
+                .iter()
+                .copied()
+                .filter(|isa| wanted.contains(isa))
+                .collect()
+        }
+        _ => detected().to_vec(),
+    }
 }
+
+/// Under emulation (`DYNAQ_TEST_QUICK=1`, set by `scripts/test-aarch64.sh`) the tie-candidate
+/// sweep, the one test that takes minutes under QEMU, checks every `QUICK_STRIDE`-th group of
+/// candidates (a different phase per scale) and three zero points; every other test is whole.
+fn quick() -> bool {
+    std::env::var("DYNAQ_TEST_QUICK").is_ok_and(|v| v == "1")
+}
+
+const QUICK_STRIDE: usize = 4;
 
 /// A small deterministic generator (xorshift64*), so failures reproduce.
 struct Rng(u64);
@@ -716,15 +740,20 @@ fn tie_candidates(scale: f32, lo: i32, hi: i32) -> Vec<f32> {
 /// Every kernel path on the tie candidates of [`tie_candidates`], against the reference.
 #[test]
 fn quantization_near_ties() {
+    let (stride, zps): (usize, &[u8]) = if quick() {
+        (QUICK_STRIDE, &[0, 128, 255])
+    } else {
+        (1, &[0, 1, 127, 128, 254, 255])
+    };
     for isa in paths() {
         let q = quant_kernels(isa);
-        for scale in tie_scales() {
-            let zps: &[u8] = &[0, 1, 127, 128, 254, 255];
+        for (si, scale) in tie_scales().into_iter().enumerate() {
+            let phase = si % stride;
             for &zp in zps {
                 let cands = tie_candidates(scale, -(zp as i32), 255 - zp as i32);
                 let mut x = vec![0f32; 256];
                 let (mut got, mut want) = (vec![0u8; 256], vec![0u8; 256]);
-                for (c, chunk) in cands.chunks(4).enumerate() {
+                for (c, chunk) in cands.chunks(4).enumerate().skip(phase).step_by(stride) {
                     x.fill(0.0);
                     for (b, &v) in chunk.iter().enumerate() {
                         x[64 * b + (7 * c + 13 * b) % 64] = v;
@@ -741,7 +770,7 @@ fn quantization_near_ties() {
             let cands = tie_candidates(scale, -127, 127);
             let mut x = vec![0f32; 256];
             let (mut got, mut want) = (vec![0i8; 256], vec![0i8; 256]);
-            for (c, chunk) in cands.chunks(4).enumerate() {
+            for (c, chunk) in cands.chunks(4).enumerate().skip(phase).step_by(stride) {
                 x.fill(0.0);
                 for (b, &v) in chunk.iter().enumerate() {
                     x[64 * b + (7 * c + 13 * b) % 64] = v;
