@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 use std::ffi::{c_uint, c_void};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Logical CPUs this process may run on, divided by the SMT width of cpu0 (Linux; elsewhere the
@@ -130,20 +130,28 @@ pub fn for_each_index_on<E: Send>(
 ) -> std::result::Result<(), E> {
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<E>> = Mutex::new(None);
-    let work = || loop {
-        let i = next.fetch_add(1, Ordering::Relaxed);
-        if i >= count {
-            break;
+    // The shared loop; returns how many items this thread ran.
+    let run_items = || {
+        let mut ran = 0;
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= count {
+                break ran;
+            }
+            ran += 1;
+            if let Err(e) = f(i) {
+                // Stop handing out work and keep the first error.
+                next.store(count, Ordering::Relaxed);
+                failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(e);
+                break ran;
+            }
         }
-        if let Err(e) = f(i) {
-            // Stop handing out work and keep the first error.
-            next.store(count, Ordering::Relaxed);
-            failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_or_insert(e);
-            break;
-        }
+    };
+    let work = || {
+        run_items();
     };
     let pool = pool().ok();
     let workers = pool.as_ref().and_then(|p| p.workers.as_ref());
@@ -152,9 +160,9 @@ pub fn for_each_index_on<E: Send>(
             .min(w.current_num_threads())
             .min(count.saturating_sub(1))
     });
-    if helpers > 0 && on_team {
+    if helpers > 0 && on_team && team_not_backing_off() {
         if let Some(parallel) = openmp_parallel() {
-            run_on_openmp_team(parallel, helpers + 1, &work);
+            run_on_openmp_team(parallel, helpers + 1, count, &run_items);
             return match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
                 Some(e) => Err(e),
                 None => Ok(()),
@@ -241,26 +249,69 @@ fn openmp_parallel() -> Option<GompParallel> {
     Some(unsafe { std::mem::transmute::<usize, GompParallel>(addr) })
 }
 
+/// Calls left that skip the team after one that waited too long for it (see
+/// [`run_on_openmp_team`]).
+static TEAM_BACKOFF: AtomicU32 = AtomicU32::new(0);
+/// Calls that skip the team after a slow one.
+const TEAM_BACKOFF_CALLS: u32 = 64;
+
+fn team_not_backing_off() -> bool {
+    let left = TEAM_BACKOFF.load(Ordering::Relaxed);
+    if left == 0 {
+        return true;
+    }
+    // Racy by design: concurrent callers may skip a call more or less.
+    TEAM_BACKOFF.store(left - 1, Ordering::Relaxed);
+    false
+}
+
 /// What each team thread runs: the shared work loop, with panics caught (they must not unwind
 /// into C).
 struct TeamJob<'a> {
-    work: &'a (dyn Fn() + Sync),
+    run_items: &'a (dyn Fn() -> usize + Sync),
     panicked: AtomicBool,
+    caller: std::thread::ThreadId,
+    /// When the calling thread ran out of work (nanoseconds after `start`), and the items it ran.
+    caller_done_ns: AtomicU64,
+    caller_items: AtomicUsize,
+    start: std::time::Instant,
 }
 
 extern "C" fn team_entry(data: *mut c_void) {
     // SAFETY: `data` is the `TeamJob` that `run_on_openmp_team` keeps alive until
     // `GOMP_parallel` has returned, i.e. until every team thread has left this function.
     let job = unsafe { &*(data as *const TeamJob<'_>) };
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job.work)).is_err() {
-        job.panicked.store(true, Ordering::Release);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(job.run_items)) {
+        Ok(ran) if std::thread::current().id() == job.caller => {
+            let ns = job.start.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+            job.caller_done_ns.store(ns, Ordering::Relaxed);
+            job.caller_items.store(ran, Ordering::Relaxed);
+        }
+        Ok(_) => {}
+        Err(_) => job.panicked.store(true, Ordering::Release),
     }
 }
 
-fn run_on_openmp_team(parallel: GompParallel, threads: usize, work: &(dyn Fn() + Sync)) {
+/// Runs the `count` items on the team. Unlike dynaq's pool, an OpenMP team makes the caller wait
+/// until every team thread has run: when the cores are oversubscribed (another busy process), a
+/// descheduled team thread held a 40 us quantization for milliseconds and made 2-thread GEMMs
+/// 1.3-5x slower than one thread. So when a call took longer than 90% of what the caller alone
+/// would have needed at its own pace (`worked * count / caller_items`), and the wait was over
+/// 100 us, the next [`TEAM_BACKOFF_CALLS`] calls go to dynaq's own pool, which never waits for
+/// a thread that has not started; then the team is tried again.
+fn run_on_openmp_team(
+    parallel: GompParallel,
+    threads: usize,
+    count: usize,
+    run_items: &(dyn Fn() -> usize + Sync),
+) {
     let job = TeamJob {
-        work,
+        run_items,
         panicked: AtomicBool::new(false),
+        caller: std::thread::current().id(),
+        caller_done_ns: AtomicU64::new(0),
+        caller_items: AtomicUsize::new(0),
+        start: std::time::Instant::now(),
     };
     let threads = c_uint::try_from(threads).unwrap_or(c_uint::MAX);
     // SAFETY: `parallel` is `GOMP_parallel` (registration contract). It calls `team_entry`
@@ -274,6 +325,13 @@ fn run_on_openmp_team(parallel: GompParallel, threads: usize, work: &(dyn Fn() +
             0,
         )
     };
+    let total = job.start.elapsed().as_nanos() as f64;
+    let worked = job.caller_done_ns.load(Ordering::Relaxed) as f64;
+    let ran = job.caller_items.load(Ordering::Relaxed).max(1) as f64;
+    let alone = worked * count as f64 / ran;
+    if total - worked > 100e3 && total > 0.9 * alone {
+        TEAM_BACKOFF.store(TEAM_BACKOFF_CALLS, Ordering::Relaxed);
+    }
     if job.panicked.load(Ordering::Acquire) {
         panic!("a dynaq thread panicked");
     }
@@ -456,9 +514,53 @@ mod tests {
             })
         });
         assert!(panicked.is_err());
+
+        // A team thread that starts late (descheduled) makes the caller wait without helping:
+        // the next calls go to dynaq's own pool, and the team is tried again after them.
+        let slow: GompParallel = slow_gomp_parallel;
+        // SAFETY: as above.
+        unsafe { share_openmp_team(Some(slow as usize)) };
+        TEAM_BACKOFF.store(0, Ordering::Relaxed);
+        let calls = |n: usize| {
+            let before = SLOW_CALLS.load(Ordering::Relaxed);
+            for _ in 0..n {
+                for_each_index_on::<()>(8, 3, true, |_| Ok(())).unwrap();
+            }
+            SLOW_CALLS.load(Ordering::Relaxed) - before
+        };
+        assert_eq!(calls(1), 1);
+        assert_eq!(
+            calls(TEAM_BACKOFF_CALLS as usize),
+            0,
+            "the team was not backed off"
+        );
+        assert_eq!(calls(1), 1, "the team was not tried again");
         // SAFETY: unregistering uses no address.
         unsafe { share_openmp_team(None) };
         assert!(!sharing_openmp_team());
+        TEAM_BACKOFF.store(0, Ordering::Relaxed);
+    }
+
+    static SLOW_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+    /// `fake_gomp_parallel` whose other team threads start 2 ms late.
+    extern "C" fn slow_gomp_parallel(
+        f: extern "C" fn(*mut c_void),
+        data: *mut c_void,
+        n: c_uint,
+        _flags: c_uint,
+    ) {
+        SLOW_CALLS.fetch_add(1, Ordering::Relaxed);
+        let data = data as usize;
+        std::thread::scope(|s| {
+            for _ in 1..n {
+                s.spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    f(data as *mut c_void)
+                });
+            }
+            f(data as *mut c_void);
+        });
     }
 
     #[test]
