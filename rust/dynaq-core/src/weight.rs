@@ -9,7 +9,7 @@
 //! 8       4           version (u32) = 1
 //! 12      4           flags (u32): bit 0 = per-channel scales; other bits must be 0
 //! 16      8           n, out_features (u64)
-//! 24      8           k, in_features (u64)
+//! 24      8           k, in_features (u64); with k = 0, n is at most 2^24 (MAX_K)
 //! 32      4 * s       scales (f32), s = n when per-channel, else 1; finite and > 0
 //! ..      n * k       int8 values, row-major (n, k), each in [-127, 127]
 //! ..      4           CRC-32 (IEEE) of every byte before it
@@ -204,6 +204,14 @@ impl PackedWeight {
         }
         let per_channel = flags & 1 == 1;
         let (n, k) = (u64_at(16), u64_at(24));
+        if k == 0 && n > MAX_K as u64 {
+            // Every other shape is bounded by the bytes it needs; one with no values is not, and
+            // a 40-byte header could make the loader allocate (and zero) gigabytes.
+            return corrupt(format!(
+                "{n} out_features with in_features = 0 is implausible (at most {MAX_K} without \
+                 values)"
+            ));
+        }
         let ns = if per_channel { n } else { 1 };
         let expected = n
             .checked_mul(k)
@@ -280,24 +288,30 @@ mod tests {
         );
     }
 
-    /// Found by the guard-page tests (a flipped top bit of `n` with `k = 0`): the count of
-    /// per-channel scales times 4 overflowed u64 (a panic in debug builds, a wrapped length in
+    /// Found by the guard-page tests (a flipped top bit of `n`): the count of per-channel scales
+    /// times 4 overflowed u64 (a panic in debug builds, a wrapped length in
     /// release builds) instead of being refused.
     #[test]
     fn scale_count_overflow_is_corrupt() {
         for n in [(1u64 << 62) + 2, (1 << 63) + 2, u64::MAX] {
-            let r = PackedWeight::from_bytes(&blob(true, n, 0, &[1.0, 1.0], &[]));
+            let r = PackedWeight::from_bytes(&blob(true, n, 1, &[1.0, 1.0], &[]));
             assert!(matches!(r, Err(Error::Corrupt(_))), "n = {n}: {r:?}");
         }
     }
 
     /// Found while reviewing `from_bytes` against hostile headers: a 40-byte weight of
-    /// `2^40 x 0` (per tensor) aborted the process allocating one scale per output channel; it
-    /// must be an error (`Memory`, as every impossible allocation).
+    /// `2^40 x 0` (per tensor) aborted the process allocating one scale per output channel. It
+    /// is refused as corrupt now (more than `MAX_K` outputs without values), and the same shape
+    /// through the constructors is a `Memory` error, as every impossible allocation.
     #[test]
     fn huge_n_with_zero_k_is_an_error_not_an_abort() {
         let r = PackedWeight::from_bytes(&blob(false, 1 << 40, 0, &[1.0], &[]));
-        assert!(matches!(r, Err(Error::Memory(_))), "{r:?}");
+        assert!(matches!(r, Err(Error::Corrupt(_))), "{r:?}");
+        // The bound on a shape without values: 2^24 loads, one more does not.
+        let w = PackedWeight::from_bytes(&blob(false, MAX_K as u64, 0, &[1.0], &[])).unwrap();
+        assert_eq!((w.n(), w.k()), (MAX_K, 0));
+        let r = PackedWeight::from_bytes(&blob(false, MAX_K as u64 + 1, 0, &[1.0], &[]));
+        assert!(matches!(r, Err(Error::Corrupt(_))), "{r:?}");
         // Per channel, the scales themselves must be in the bytes: a length error.
         let r = PackedWeight::from_bytes(&blob(true, 1 << 40, 0, &[1.0], &[]));
         assert!(matches!(r, Err(Error::Corrupt(_))), "{r:?}");
