@@ -71,19 +71,19 @@ for line in open(sys.argv[1]):
         print(m["target"]["name"], m["executable"])
 ' "$cache/tests.json")
 isas_bin=$CARGO_TARGET_DIR/$triple/debug/examples/isas
-for t in dynaq_core dispatch paths; do
+for t in dynaq_core dispatch openmp_team paths guard_pages; do
   [ -n "${bins[$t]:-}" ] || { echo "test binary $t not found"; exit 1; }
 done
 file -b "${bins[paths]}" | grep -q 'ARM aarch64' || { echo "not an aarch64 binary"; exit 1; }
 echo "built in $(elapsed)"
 
-# Runs the three test binaries on one CPU model with one cap; prints what each ran.
+# Runs the test binaries on one CPU model with one cap; prints what each ran.
 #   run_tests CPU CAP TEST_PATHS
 run_tests() {
   local cpu=$1 cap=$2 test_paths=$3 t out summary
   echo "--- qemu-aarch64 -cpu $cpu, DYNAQ_MAX_ISA=$cap, paths tested: ${test_paths:-none}"
-  for t in dynaq_core dispatch paths; do
-    if [ "$t" = paths ] && [ -z "$test_paths" ]; then
+  for t in dynaq_core dispatch openmp_team paths guard_pages; do
+    if { [ "$t" = paths ] || [ "$t" = guard_pages ]; } && [ -z "$test_paths" ]; then
       continue
     fi
     if ! out=$(DYNAQ_MAX_ISA=$cap DYNAQ_TEST_PATHS=$test_paths DYNAQ_TEST_QUICK=1 \

@@ -395,3 +395,28 @@ def test_from_bytes_type_error_for_non_bytes():
 
 def test_paths_listed():
     assert AVAILABLE_ISAS[0] == "scalar"
+
+
+def test_huge_shape_without_data_is_an_error_not_an_abort():
+    """A 40-byte weight claiming 2^40 outputs of 0 inputs (per tensor) aborted the process while
+    allocating one scale per output. from_bytes refuses more than 2^24 outputs without values
+    (ValueError); the same shape through from_quantized and pack_weight is a MemoryError."""
+    import zlib
+
+    for n in (1 << 40, (1 << 24) + 1):
+        body = b"DYNAQPW\0" + struct.pack("<IIQQ", 1, 0, n, 0) + struct.pack("<f", 1.0)
+        with pytest.raises(ValueError, match="implausible"):
+            dynaq.PackedWeight.from_bytes(body + struct.pack("<I", zlib.crc32(body)))
+    body = b"DYNAQPW\0" + struct.pack("<IIQQ", 1, 0, 1 << 24, 0) + struct.pack("<f", 1.0)
+    assert dynaq.PackedWeight.from_bytes(body + struct.pack("<I", zlib.crc32(body))).shape == (
+        1 << 24,
+        0,
+    )
+    with pytest.raises(MemoryError):
+        dynaq.PackedWeight.from_quantized(np.empty((1 << 40, 0), np.int8), np.float32(1.0))
+    with pytest.raises(MemoryError):
+        dynaq.pack_weight(np.empty((1 << 40, 0), np.float32))
+    # A per-channel scale count whose byte size overflows u64 is a corrupt length.
+    body = b"DYNAQPW\0" + struct.pack("<IIQQ", 1, 1, (1 << 62) + 2, 1) + b"\0" * 8
+    with pytest.raises(ValueError, match="does not match|impossible"):
+        dynaq.PackedWeight.from_bytes(body + struct.pack("<I", zlib.crc32(body)))

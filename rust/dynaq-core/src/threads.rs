@@ -253,7 +253,7 @@ fn openmp_parallel() -> Option<GompParallel> {
 /// [`run_on_openmp_team`]).
 static TEAM_BACKOFF: AtomicU32 = AtomicU32::new(0);
 /// Calls that skip the team after a slow one.
-const TEAM_BACKOFF_CALLS: u32 = 64;
+pub const TEAM_BACKOFF_CALLS: u32 = 64;
 
 fn team_not_backing_off() -> bool {
     let left = TEAM_BACKOFF.load(Ordering::Relaxed);
@@ -471,96 +471,6 @@ mod tests {
         for c in callers {
             c.join().unwrap();
         }
-    }
-
-    /// A stand-in for `GOMP_parallel`: `fn(data)` on the caller and `n - 1` scoped threads.
-    extern "C" fn fake_gomp_parallel(
-        f: extern "C" fn(*mut c_void),
-        data: *mut c_void,
-        n: c_uint,
-        _flags: c_uint,
-    ) {
-        let data = data as usize;
-        std::thread::scope(|s| {
-            for _ in 1..n {
-                s.spawn(move || f(data as *mut c_void));
-            }
-            f(data as *mut c_void);
-        });
-    }
-
-    #[test]
-    fn a_shared_team_runs_every_index_once_and_reports_panics() {
-        set_num_threads(4).unwrap();
-        let parallel: GompParallel = fake_gomp_parallel;
-        // SAFETY: the address is a function with the `GOMP_parallel` signature and contract.
-        unsafe { share_openmp_team(Some(parallel as usize)) };
-        assert!(sharing_openmp_team());
-        for n in [2usize, 3, 17, 1000] {
-            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
-            for_each_index_on::<()>(n, 3, true, |i| {
-                hits[i].fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            })
-            .unwrap();
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
-        }
-        let r = for_each_index_on(100, 3, true, |i| if i == 37 { Err(i) } else { Ok(()) });
-        assert_eq!(r, Err(37));
-        let panicked = std::panic::catch_unwind(|| {
-            for_each_index_on::<()>(64, 3, true, |i| {
-                assert!(i != 5, "boom");
-                Ok(())
-            })
-        });
-        assert!(panicked.is_err());
-
-        // A team thread that starts late (descheduled) makes the caller wait without helping:
-        // the next calls go to dynaq's own pool, and the team is tried again after them.
-        let slow: GompParallel = slow_gomp_parallel;
-        // SAFETY: as above.
-        unsafe { share_openmp_team(Some(slow as usize)) };
-        TEAM_BACKOFF.store(0, Ordering::Relaxed);
-        let calls = |n: usize| {
-            let before = SLOW_CALLS.load(Ordering::Relaxed);
-            for _ in 0..n {
-                for_each_index_on::<()>(8, 3, true, |_| Ok(())).unwrap();
-            }
-            SLOW_CALLS.load(Ordering::Relaxed) - before
-        };
-        assert_eq!(calls(1), 1);
-        assert_eq!(
-            calls(TEAM_BACKOFF_CALLS as usize),
-            0,
-            "the team was not backed off"
-        );
-        assert_eq!(calls(1), 1, "the team was not tried again");
-        // SAFETY: unregistering uses no address.
-        unsafe { share_openmp_team(None) };
-        assert!(!sharing_openmp_team());
-        TEAM_BACKOFF.store(0, Ordering::Relaxed);
-    }
-
-    static SLOW_CALLS: AtomicUsize = AtomicUsize::new(0);
-
-    /// `fake_gomp_parallel` whose other team threads start 2 ms late.
-    extern "C" fn slow_gomp_parallel(
-        f: extern "C" fn(*mut c_void),
-        data: *mut c_void,
-        n: c_uint,
-        _flags: c_uint,
-    ) {
-        SLOW_CALLS.fetch_add(1, Ordering::Relaxed);
-        let data = data as usize;
-        std::thread::scope(|s| {
-            for _ in 1..n {
-                s.spawn(move || {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
-                    f(data as *mut c_void)
-                });
-            }
-            f(data as *mut c_void);
-        });
     }
 
     #[test]

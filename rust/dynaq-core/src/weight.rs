@@ -9,7 +9,7 @@
 //! 8       4           version (u32) = 1
 //! 12      4           flags (u32): bit 0 = per-channel scales; other bits must be 0
 //! 16      8           n, out_features (u64)
-//! 24      8           k, in_features (u64)
+//! 24      8           k, in_features (u64); with k = 0, n is at most 2^24 (MAX_K)
 //! 32      4 * s       scales (f32), s = n when per-channel, else 1; finite and > 0
 //! ..      n * k       int8 values, row-major (n, k), each in [-127, 127]
 //! ..      4           CRC-32 (IEEE) of every byte before it
@@ -49,7 +49,7 @@ impl PackedWeight {
         }
         check_k(k)?;
         let mut q: Vec<i8> = try_zeroed(w.len(), "quantized weight")?;
-        let mut scales = vec![0f32; if per_channel { n } else { 1 }];
+        let mut scales: Vec<f32> = try_zeroed(if per_channel { n } else { 1 }, "weight scales")?;
         let gran = if per_channel {
             Granularity::Row
         } else {
@@ -99,10 +99,14 @@ impl PackedWeight {
                 "scales must be finite and positive, found {s}"
             )));
         }
+        // `n` is not bounded by the input when `k = 0` (a 40-byte serialized weight can claim
+        // 2^40 output channels): the allocation must fail as an error, not abort.
         let scales_full = if per_channel {
             scales.to_vec()
         } else {
-            vec![scales[0]; n]
+            let mut full: Vec<f32> = try_zeroed(n, "weight scales")?;
+            full.fill(scales[0]);
+            full
         };
         Ok(PackedWeight {
             per_channel,
@@ -200,10 +204,18 @@ impl PackedWeight {
         }
         let per_channel = flags & 1 == 1;
         let (n, k) = (u64_at(16), u64_at(24));
+        if k == 0 && n > MAX_K as u64 {
+            // Every other shape is bounded by the bytes it needs; one with no values is not, and
+            // a 40-byte header could make the loader allocate (and zero) gigabytes.
+            return corrupt(format!(
+                "{n} out_features with in_features = 0 is implausible (at most {MAX_K} without \
+                 values)"
+            ));
+        }
         let ns = if per_channel { n } else { 1 };
         let expected = n
             .checked_mul(k)
-            .and_then(|nk| nk.checked_add(4 * ns))
+            .and_then(|nk| nk.checked_add(ns.checked_mul(4)?))
             .and_then(|v| v.checked_add((HEADER + 4) as u64));
         match expected {
             Some(e) if e == bytes.len() as u64 => {}
@@ -227,8 +239,10 @@ impl PackedWeight {
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
         let values: Vec<i8> = body[HEADER + 4 * ns..].iter().map(|&b| b as i8).collect();
-        Self::from_quantized(&values, &scales, n, k, per_channel)
-            .or_else(|e| corrupt(e.to_string()))
+        Self::from_quantized(&values, &scales, n, k, per_channel).map_err(|e| match e {
+            Error::Memory(_) => e,
+            e => Error::Corrupt(format!("PackedWeight bytes: {e}")),
+        })
     }
 }
 
@@ -239,4 +253,71 @@ fn check_k(k: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serialized bytes of a weight with the given header fields, scales and values, with a
+    /// valid checksum.
+    fn blob(per_channel: bool, n: u64, k: u64, scales: &[f32], values: &[i8]) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b.extend_from_slice(&(per_channel as u32).to_le_bytes());
+        b.extend_from_slice(&n.to_le_bytes());
+        b.extend_from_slice(&k.to_le_bytes());
+        for s in scales {
+            b.extend_from_slice(&s.to_le_bytes());
+        }
+        b.extend(values.iter().map(|&v| v as u8));
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn round_trip() {
+        let w = PackedWeight::from_quantized(&[1, -2, 3, 127, -127, 0], &[0.5, 2.0], 2, 3, true)
+            .unwrap();
+        assert_eq!(PackedWeight::from_bytes(&w.to_bytes()).unwrap(), w);
+        assert_eq!(
+            PackedWeight::from_bytes(&blob(true, 2, 3, &[0.5, 2.0], &[1, -2, 3, 127, -127, 0]))
+                .unwrap(),
+            w
+        );
+    }
+
+    /// Found by the guard-page tests (a flipped top bit of `n`): the count of per-channel scales
+    /// times 4 overflowed u64 (a panic in debug builds, a wrapped length in
+    /// release builds) instead of being refused.
+    #[test]
+    fn scale_count_overflow_is_corrupt() {
+        for n in [(1u64 << 62) + 2, (1 << 63) + 2, u64::MAX] {
+            let r = PackedWeight::from_bytes(&blob(true, n, 1, &[1.0, 1.0], &[]));
+            assert!(matches!(r, Err(Error::Corrupt(_))), "n = {n}: {r:?}");
+        }
+    }
+
+    /// Found while reviewing `from_bytes` against hostile headers: a 40-byte weight of
+    /// `2^40 x 0` (per tensor) aborted the process allocating one scale per output channel. It
+    /// is refused as corrupt now (more than `MAX_K` outputs without values), and the same shape
+    /// through the constructors is a `Memory` error, as every impossible allocation.
+    #[test]
+    fn huge_n_with_zero_k_is_an_error_not_an_abort() {
+        let r = PackedWeight::from_bytes(&blob(false, 1 << 40, 0, &[1.0], &[]));
+        assert!(matches!(r, Err(Error::Corrupt(_))), "{r:?}");
+        // The bound on a shape without values: 2^24 loads, one more does not.
+        let w = PackedWeight::from_bytes(&blob(false, MAX_K as u64, 0, &[1.0], &[])).unwrap();
+        assert_eq!((w.n(), w.k()), (MAX_K, 0));
+        let r = PackedWeight::from_bytes(&blob(false, MAX_K as u64 + 1, 0, &[1.0], &[]));
+        assert!(matches!(r, Err(Error::Corrupt(_))), "{r:?}");
+        // Per channel, the scales themselves must be in the bytes: a length error.
+        let r = PackedWeight::from_bytes(&blob(true, 1 << 40, 0, &[1.0], &[]));
+        assert!(matches!(r, Err(Error::Corrupt(_))), "{r:?}");
+        let r = PackedWeight::from_quantized(&[], &[1.0], 1 << 40, 0, false);
+        assert!(matches!(r, Err(Error::Memory(_))), "{r:?}");
+        let r = PackedWeight::from_float(Isa::Scalar, &[], 1 << 40, 0, true);
+        assert!(matches!(r, Err(Error::Memory(_))), "{r:?}");
+    }
 }

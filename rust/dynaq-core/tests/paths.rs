@@ -8,9 +8,13 @@
 //! * (d) property tests of random shapes and values through the GEMM on every path.
 //!
 //! Paths are passed explicitly (never through the process-global cap), so the tests may run in
-//! parallel.
+//! parallel. `DYNAQ_MAX_ISA` limits the paths tested; `DYNAQ_TEST_SCALE=small` shrinks the heavy
+//! tests for slow runs (valgrind) and `DYNAQ_TEST_SCALE=long` runs many more random cases (see
+//! `tests/common/mod.rs`).
 
-use dynaq_core::dispatch::detected;
+mod common;
+
+use common::{cases, paths, quick, scale, Rng, Scale};
 use dynaq_core::gemm::K_CHUNK;
 use dynaq_core::kernels::{gemm_kernel, quant_kernels, AData, AFormat, Tile};
 use dynaq_core::ops::{self, Int8Data, MatmulShape};
@@ -23,68 +27,6 @@ use proptest::prelude::*;
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------------------------
-
-/// The paths to test: every detected one, or those of them named in `DYNAQ_TEST_PATHS`
-/// (comma-separated; the aarch64 script tests one path per process, under QEMU). Names the
-/// paths of this architecture this CPU lacks.
-fn paths() -> Vec<Isa> {
-    for &isa in Isa::of_this_arch() {
-        if !detected().contains(&isa) {
-            println!("skipping the {isa:?} path: this CPU does not support it");
-        }
-    }
-    match std::env::var("DYNAQ_TEST_PATHS") {
-        Ok(v) if !v.trim().is_empty() => {
-            let wanted: Vec<Isa> = v
-                .split(',')
-                .map(|name| Isa::from_name(name).expect("DYNAQ_TEST_PATHS names paths"))
-                .collect();
-            detected()
-                .iter()
-                .copied()
-                .filter(|isa| wanted.contains(isa))
-                .collect()
-        }
-        _ => detected().to_vec(),
-    }
-}
-
-/// Under emulation (`DYNAQ_TEST_QUICK=1`, set by `scripts/test-aarch64.sh`) the tie-candidate
-/// sweep, the one test that takes minutes under QEMU, checks every `QUICK_STRIDE`-th group of
-/// candidates (a different phase per scale) and three zero points; every other test is whole.
-fn quick() -> bool {
-    std::env::var("DYNAQ_TEST_QUICK").is_ok_and(|v| v == "1")
-}
-
-const QUICK_STRIDE: usize = 4;
-
-/// A small deterministic generator (xorshift64*), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn u8(&mut self) -> u8 {
-        (self.next() >> 56) as u8
-    }
-    fn i8(&mut self) -> i8 {
-        (self.next() >> 56) as i8
-    }
-    /// Uniform in `[-1, 1)`.
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
 
 /// How operand values are filled.
 #[derive(Clone, Copy, Debug)]
@@ -138,6 +80,27 @@ const ALL_FILLS: [Fill; 4] = [Fill::Random, Fill::Extreme, Fill::Zero, Fill::Alt
 const DIMS: [usize; 18] = [
     1, 2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65,
 ];
+
+/// The `(m, n, k)` triples of the grid tests: all of `DIMS`^3, or at `DYNAQ_TEST_SCALE=small`
+/// every value of `DIMS` in each position against a few partners (216 triples instead of 5832).
+fn shape_grid() -> Vec<(usize, usize, usize)> {
+    if scale() != Scale::Small {
+        return DIMS
+            .iter()
+            .flat_map(|&m| {
+                DIMS.iter()
+                    .flat_map(move |&n| DIMS.iter().map(move |&k| (m, n, k)))
+            })
+            .collect();
+    }
+    let mut v = Vec::new();
+    for d in DIMS {
+        for (a, b) in [(1, 1), (7, 17), (17, 64), (65, 3)] {
+            v.extend([(d, a, b), (a, d, b), (a, b, d)]);
+        }
+    }
+    v
+}
 
 // ---------------------------------------------------------------------------------------------
 // (a) Microkernels.
@@ -204,6 +167,7 @@ fn check_tile(isa: Isa, rng: &mut Rng, rows: usize, panels: usize, k4: usize, fi
 #[test]
 fn microkernels_every_tile_shape() {
     let mut rng = Rng::new(1);
+    let small = scale() == Scale::Small;
     for isa in paths() {
         let kern = gemm_kernel(isa);
         assert_eq!(kern.isa, isa, "a detected path gets its own kernel");
@@ -217,10 +181,20 @@ fn microkernels_every_tile_shape() {
         );
         for rows in 1..=kern.mr {
             for panels in 1..=kern.np {
-                for k4 in [0, 1, 2, 3, 4, 5, 7, 8, 9, 16, 33] {
+                let k4s: &[usize] = if small {
+                    &[0, 1, 2, 3, 5, 16, 33]
+                } else {
+                    &[0, 1, 2, 3, 4, 5, 7, 8, 9, 16, 33]
+                };
+                for &k4 in k4s {
                     check_tile(isa, &mut rng, rows, panels, k4, Fill::Random);
                 }
-                for fill in [Fill::Extreme, Fill::Zero, Fill::Alternating] {
+                let fills: &[Fill] = if small {
+                    &[Fill::Extreme]
+                } else {
+                    &[Fill::Extreme, Fill::Zero, Fill::Alternating]
+                };
+                for &fill in fills {
                     check_tile(isa, &mut rng, rows, panels, 13, fill);
                 }
             }
@@ -233,10 +207,15 @@ fn microkernels_every_tile_shape() {
 #[test]
 fn microkernels_longest_chunk_extremes() {
     let mut rng = Rng::new(2);
+    let small = scale() == Scale::Small;
     for isa in paths() {
         let kern = gemm_kernel(isa);
         for (rows, panels) in [(kern.mr, kern.np), (1, 1)] {
             for fill in [Fill::Extreme, Fill::Alternating] {
+                // Small: the full tile at the largest products only.
+                if small && !(rows == kern.mr && matches!(fill, Fill::Extreme)) {
+                    continue;
+                }
                 check_tile(isa, &mut rng, rows, panels, K_CHUNK / 4, fill);
             }
         }
@@ -384,61 +363,58 @@ fn activations(rng: &mut Rng, len: usize, fill: Fill) -> Vec<f32> {
 #[test]
 fn linear_shape_grid() {
     let mut rng = Rng::new(3);
-    for m in DIMS {
-        for n in DIMS {
-            for k in DIMS {
-                let fill = ALL_FILLS[(m + 3 * n + 7 * k) % 4];
-                let x = activations(&mut rng, m * k, fill);
-                let wq = fill_i8(&mut rng, n * k, fill, -127);
-                let gran = if (m + n + k) % 2 == 0 {
-                    Granularity::Row
-                } else {
-                    Granularity::Tensor
-                };
-                check_linear(m, n, k, &x, &wq, gran);
-            }
-        }
+    for (m, n, k) in shape_grid() {
+        let fill = ALL_FILLS[(m + 3 * n + 7 * k) % 4];
+        let x = activations(&mut rng, m * k, fill);
+        let wq = fill_i8(&mut rng, n * k, fill, -127);
+        let gran = if (m + n + k) % 2 == 0 {
+            Granularity::Row
+        } else {
+            Granularity::Tensor
+        };
+        check_linear(m, n, k, &x, &wq, gran);
     }
 }
 
 #[test]
 fn matmul_integer_shape_grid() {
     let mut rng = Rng::new(4);
-    for m in DIMS {
-        for n in DIMS {
-            for k in DIMS {
-                let sel = m + 3 * n + 7 * k;
-                let fill = ALL_FILLS[sel % 4];
-                let a = if sel % 3 == 0 {
-                    Operand::I8(fill_i8(&mut rng, m * k, fill, -128))
-                } else {
-                    Operand::U8(fill_u8(&mut rng, m * k, fill))
-                };
-                let b = if sel % 5 < 2 {
-                    Operand::U8(fill_u8(&mut rng, k * n, fill))
-                } else {
-                    Operand::I8(fill_i8(&mut rng, k * n, fill, -128))
-                };
-                let (za, zb): (Vec<i32>, Vec<i32>) = match sel % 4 {
-                    0 => (vec![0], vec![0]),
-                    1 => (vec![rng.u8() as i32], vec![rng.i8() as i32]),
-                    2 => (
-                        (0..m).map(|_| rng.u8() as i32).collect(),
-                        (0..n).map(|_| rng.i8() as i32).collect(),
-                    ),
-                    _ => (vec![-7], (0..n).map(|_| rng.u8() as i32).collect()),
-                };
-                check_matmul(m, k, n, &a, &b, &za, &zb);
-            }
-        }
+    for (m, n, k) in shape_grid() {
+        let sel = m + 3 * n + 7 * k;
+        let fill = ALL_FILLS[sel % 4];
+        let a = if sel % 3 == 0 {
+            Operand::I8(fill_i8(&mut rng, m * k, fill, -128))
+        } else {
+            Operand::U8(fill_u8(&mut rng, m * k, fill))
+        };
+        let b = if sel % 5 < 2 {
+            Operand::U8(fill_u8(&mut rng, k * n, fill))
+        } else {
+            Operand::I8(fill_i8(&mut rng, k * n, fill, -128))
+        };
+        let (za, zb): (Vec<i32>, Vec<i32>) = match sel % 4 {
+            0 => (vec![0], vec![0]),
+            1 => (vec![rng.u8() as i32], vec![rng.i8() as i32]),
+            2 => (
+                (0..m).map(|_| rng.u8() as i32).collect(),
+                (0..n).map(|_| rng.i8() as i32).collect(),
+            ),
+            _ => (vec![-7], (0..n).map(|_| rng.u8() as i32).collect()),
+        };
+        check_matmul(m, k, n, &a, &b, &za, &zb);
     }
 }
 
 #[test]
 fn long_reductions() {
     let mut rng = Rng::new(5);
-    for (m, n, k) in [(1, 17, 5000), (9, 65, 5000), (3, 48, 4999)] {
-        for fill in ALL_FILLS {
+    let (shapes, fills): (&[(usize, usize, usize)], &[Fill]) = if scale() == Scale::Small {
+        (&[(3, 17, 4999)], &[Fill::Random, Fill::Extreme])
+    } else {
+        (&[(1, 17, 5000), (9, 65, 5000), (3, 48, 4999)], &ALL_FILLS)
+    };
+    for &(m, n, k) in shapes {
+        for &fill in fills {
             let x = activations(&mut rng, m * k, fill);
             let wq = fill_i8(&mut rng, n * k, fill, -127);
             check_linear(m, n, k, &x, &wq, Granularity::Row);
@@ -455,7 +431,13 @@ fn chunked_reductions_beyond_k_chunk() {
     let mut rng = Rng::new(6);
     let k = 70_000;
     assert!(k > K_CHUNK);
-    for (m, n) in [(2, 3), (9, 33)] {
+    // Kept at every scale (the one large K of a small run), on fewer shapes.
+    let shapes: &[(usize, usize)] = if scale() == Scale::Small {
+        &[(2, 3)]
+    } else {
+        &[(2, 3), (9, 33)]
+    };
+    for &(m, n) in shapes {
         // 255 x -127 per product: the sum (-2.27e9) does not fit in i32.
         let x = activations(&mut rng, m * k, Fill::Extreme);
         let wq = fill_i8(&mut rng, n * k, Fill::Extreme, -127);
@@ -630,7 +612,12 @@ fn check_quant_slice(isa: Isa, x: &[f32], what: &str) {
 fn quantization_kernels_every_tail_length() {
     let mut rng = Rng::new(8);
     for isa in paths() {
-        for len in (0..=70).chain([127, 128, 129, 1000, 4099]) {
+        let long: &[usize] = if scale() == Scale::Small {
+            &[127, 128, 129, 1000]
+        } else {
+            &[127, 128, 129, 1000, 4099]
+        };
+        for len in (0..=70).chain(long.iter().copied()) {
             for style in 0..6 {
                 let x = quant_input(&mut rng, len, style);
                 check_quant_slice(isa, &x, &format!("style {style}"));
@@ -740,15 +727,28 @@ fn tie_candidates(scale: f32, lo: i32, hi: i32) -> Vec<f32> {
 /// Every kernel path on the tie candidates of [`tie_candidates`], against the reference.
 #[test]
 fn quantization_near_ties() {
-    let (stride, zps): (usize, &[u8]) = if quick() {
-        (QUICK_STRIDE, &[0, 128, 255])
-    } else {
-        (1, &[0, 1, 127, 128, 254, 255])
-    };
+    // Under QEMU (`DYNAQ_TEST_QUICK=1`, set by `scripts/test-aarch64.sh`) the whole sweep took
+    // minutes: it runs the small set there, and every 4th group of candidates (a different
+    // phase per scale).
+    let small = scale() == Scale::Small || quick();
+    let stride = if quick() { 4 } else { 1 };
+    let mut scales = tie_scales();
+    if small {
+        // The ordinary scales, both ends of the fast path and just outside it.
+        scales = [0, 2, 7, 10, 11, 13, 14]
+            .iter()
+            .map(|&i| scales[i])
+            .collect();
+    }
     for isa in paths() {
         let q = quant_kernels(isa);
-        for (si, scale) in tie_scales().into_iter().enumerate() {
+        for (si, &scale) in scales.iter().enumerate() {
             let phase = si % stride;
+            let zps: &[u8] = if small {
+                &[0, 128, 255]
+            } else {
+                &[0, 1, 127, 128, 254, 255]
+            };
             for &zp in zps {
                 let cands = tie_candidates(scale, -(zp as i32), 255 - zp as i32);
                 let mut x = vec![0f32; 256];
@@ -794,7 +794,12 @@ fn quantization_tie_heavy_and_mixed() {
     let mut rng = Rng::new(10);
     for isa in paths() {
         let q = quant_kernels(isa);
-        for len in [64, 640, 1000, 4096 + 37] {
+        let lens: &[usize] = if scale() == Scale::Small {
+            &[64, 1000]
+        } else {
+            &[64, 640, 1000, 4096 + 37]
+        };
+        for &len in lens {
             // Every quotient an integer or a half-integer for scale 0.5.
             let ties: Vec<f32> = (0..len).map(|i| (i % 1100) as f32 * 0.25 - 140.0).collect();
             let mixed: Vec<f32> = (0..len)
@@ -871,7 +876,7 @@ fn minmax_sign_patterns() {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 48,
+        cases: cases(48),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
