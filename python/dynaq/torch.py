@@ -103,9 +103,12 @@ def share_torch_threads(enabled: bool = True) -> bool:
 
     With one set of threads for both libraries, the OpenMP threads that torch leaves spinning
     after each op do dynaq's next GEMM instead of competing with dynaq's workers for the cores.
-    Results are bit-identical either way. Only GEMMs of 16M multiply-adds or more move (smaller
-    ones stay where a sleeping thread is never waited for), only in this process (a forked child
-    uses dynaq's pool), and the thread count stays :func:`dynaq.get_num_threads`.
+    Results are bit-identical either way. GEMMs of 16M multiply-adds or more and quantizations
+    of 512K values or more run on the team; smaller ones on the calling thread alone (dynaq's
+    own workers stay asleep: a third busy thread is what sharing avoids). When the team keeps a
+    call waiting without helping (more threads than free cores), the next 64 calls run on the
+    calling thread alone. Only this process shares (a forked child uses dynaq's pool), and the
+    thread count stays :func:`dynaq.get_num_threads`.
 
     Returns whether the threads are now shared: ``False`` also when torch does not run on an
     OpenMP runtime that dynaq can find (for example off Linux).

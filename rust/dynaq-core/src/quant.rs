@@ -58,6 +58,11 @@ fn nonfinite(what: &str, row: Option<usize>) -> Error {
     ))
 }
 
+/// From this many elements (2 MiB, ~50 us on one core) the parallel loops may run on a shared
+/// OpenMP team ([`crate::threads::share_openmp_team`]), whose closing barrier waits for a
+/// sleeping thread to wake (~30 us).
+const TEAM_MIN: usize = 1 << 19;
+
 /// Worker threads to add for `len` elements (0 below [`PARALLEL_MIN`]).
 fn helpers_for(len: usize) -> usize {
     if len < PARALLEL_MIN {
@@ -80,10 +85,11 @@ pub fn minmax_all(q: &QuantKernels, x: &[f32]) -> MinMax {
     }
     let mut parts = vec![MinMax::EMPTY; x.len().div_ceil(CHUNK)];
     let items = x.chunks(CHUNK).zip(parts.iter_mut());
-    let r: std::result::Result<(), ()> = for_each_item(items, helpers, |_, (c, out)| {
-        *out = q.minmax(c);
-        Ok(())
-    });
+    let r: std::result::Result<(), ()> =
+        for_each_item(items, helpers, x.len() >= TEAM_MIN, |_, (c, out)| {
+            *out = q.minmax(c);
+            Ok(())
+        });
     debug_assert!(r.is_ok());
     parts.into_iter().fold(MinMax::EMPTY, MinMax::merge)
 }
@@ -130,32 +136,42 @@ pub fn quantize_u8_rows(
             scales[0] = s;
             zero_points[0] = z;
             let items = x_rows.zip(out_rows);
-            for_each_item(items, helpers, |_, (xs, os): (&[f32], &mut [u8])| {
-                for (xr, or) in xs.chunks(cols).zip(os.chunks_mut(out_stride)) {
-                    q.quantize_u8(xr, s, z, &mut or[..cols]);
-                }
-                Ok(())
-            })
+            for_each_item(
+                items,
+                helpers,
+                x.len() >= TEAM_MIN,
+                |_, (xs, os): (&[f32], &mut [u8])| {
+                    for (xr, or) in xs.chunks(cols).zip(os.chunks_mut(out_stride)) {
+                        q.quantize_u8(xr, s, z, &mut or[..cols]);
+                    }
+                    Ok(())
+                },
+            )
         }
         Granularity::Row => {
             assert!(scales.len() == rows && zero_points.len() == rows);
             let items = x_rows
                 .zip(out_rows)
                 .zip(scales.chunks_mut(rpi).zip(zero_points.chunks_mut(rpi)));
-            for_each_item(items, helpers, |item, ((xs, os), (ss, zs))| {
-                let rows = xs.chunks(cols).zip(os.chunks_mut(out_stride));
-                for (r, ((xr, or), (s, z))) in rows.zip(ss.iter_mut().zip(zs)).enumerate() {
-                    let mm = q.minmax(xr);
-                    if check_finite && mm.nonfinite {
-                        return Err(nonfinite(what, Some(item * rpi + r)));
+            for_each_item(
+                items,
+                helpers,
+                x.len() >= TEAM_MIN,
+                |item, ((xs, os), (ss, zs))| {
+                    let rows = xs.chunks(cols).zip(os.chunks_mut(out_stride));
+                    for (r, ((xr, or), (s, z))) in rows.zip(ss.iter_mut().zip(zs)).enumerate() {
+                        let mm = q.minmax(xr);
+                        if check_finite && mm.nonfinite {
+                            return Err(nonfinite(what, Some(item * rpi + r)));
+                        }
+                        let (sc, zp) = scheme.params(mm);
+                        *s = sc;
+                        *z = zp;
+                        q.quantize_u8(xr, sc, zp, &mut or[..cols]);
                     }
-                    let (sc, zp) = scheme.params(mm);
-                    *s = sc;
-                    *z = zp;
-                    q.quantize_u8(xr, sc, zp, &mut or[..cols]);
-                }
-                Ok(())
-            })
+                    Ok(())
+                },
+            )
         }
     }
 }
@@ -194,10 +210,15 @@ pub fn quantize_i8_rows(
             let s = reference::sym_scale(mm.absmax());
             scales[0] = s;
             let items = x.chunks(CHUNK).zip(out.chunks_mut(CHUNK));
-            for_each_item(items, helpers, |_, (xc, oc): (&[f32], &mut [i8])| {
-                q.quantize_i8(xc, s, oc);
-                Ok(())
-            })
+            for_each_item(
+                items,
+                helpers,
+                x.len() >= TEAM_MIN,
+                |_, (xc, oc): (&[f32], &mut [i8])| {
+                    q.quantize_i8(xc, s, oc);
+                    Ok(())
+                },
+            )
         }
         Granularity::Row => {
             assert_eq!(scales.len(), rows);
@@ -205,18 +226,23 @@ pub fn quantize_i8_rows(
                 .chunks(rpi * cols)
                 .zip(out.chunks_mut(rpi * cols))
                 .zip(scales.chunks_mut(rpi));
-            for_each_item(items, helpers, |item, ((xs, os), ss)| {
-                let rows = xs.chunks(cols).zip(os.chunks_mut(cols)).zip(ss.iter_mut());
-                for (r, ((xr, or), s)) in rows.enumerate() {
-                    let mm = q.minmax(xr);
-                    if check_finite && mm.nonfinite {
-                        return Err(nonfinite(what, Some(item * rpi + r)));
+            for_each_item(
+                items,
+                helpers,
+                x.len() >= TEAM_MIN,
+                |item, ((xs, os), ss)| {
+                    let rows = xs.chunks(cols).zip(os.chunks_mut(cols)).zip(ss.iter_mut());
+                    for (r, ((xr, or), s)) in rows.enumerate() {
+                        let mm = q.minmax(xr);
+                        if check_finite && mm.nonfinite {
+                            return Err(nonfinite(what, Some(item * rpi + r)));
+                        }
+                        *s = reference::sym_scale(mm.absmax());
+                        q.quantize_i8(xr, *s, or);
                     }
-                    *s = reference::sym_scale(mm.absmax());
-                    q.quantize_i8(xr, *s, or);
-                }
-                Ok(())
-            })
+                    Ok(())
+                },
+            )
         }
     }
 }

@@ -121,7 +121,8 @@ pub fn for_each_index<E: Send>(
 
 /// [`for_each_index`], run on a shared OpenMP team instead when `on_team` is set and one is
 /// registered ([`share_openmp_team`]); for work long enough (tens of microseconds) that waiting
-/// at the team's closing barrier for a sleeping thread costs little.
+/// at the team's closing barrier for a sleeping thread costs little. While a team is shared,
+/// a loop that does not go to it runs on the calling thread alone.
 pub fn for_each_index_on<E: Send>(
     count: usize,
     max_helpers: usize,
@@ -160,17 +161,18 @@ pub fn for_each_index_on<E: Send>(
             .min(w.current_num_threads())
             .min(count.saturating_sub(1))
     });
-    if helpers > 0 && on_team && team_not_backing_off() {
-        if let Some(parallel) = openmp_parallel() {
-            run_on_openmp_team(parallel, helpers + 1, count, &run_items);
-            return match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-                Some(e) => Err(e),
-                None => Ok(()),
-            };
+    let team = if helpers > 0 { openmp_parallel() } else { None };
+    match (team, workers) {
+        (Some(parallel), _) => {
+            if on_team && team_not_backing_off() {
+                run_on_openmp_team(parallel, helpers + 1, count, &run_items);
+            } else {
+                // With a shared team, dynaq's own workers stay asleep: a third busy thread on
+                // the cores is what sharing avoids. Short loops run on the caller alone.
+                work();
+            }
         }
-    }
-    match workers {
-        Some(workers) if helpers > 0 => {
+        (None, Some(workers)) if helpers > 0 => {
             let work_ref: &(dyn Fn() + Sync) = &work;
             // SAFETY: only the lifetime is erased. The pointer is dereferenced only by workers
             // that entered the gate before it closed, and `_closer` (dropped before `work` and
@@ -297,8 +299,8 @@ extern "C" fn team_entry(data: *mut c_void) {
 /// descheduled team thread held a 40 us quantization for milliseconds and made 2-thread GEMMs
 /// 1.3-5x slower than one thread. So when a call took longer than 90% of what the caller alone
 /// would have needed at its own pace (`worked * count / caller_items`), and the wait was over
-/// 100 us, the next [`TEAM_BACKOFF_CALLS`] calls go to dynaq's own pool, which never waits for
-/// a thread that has not started; then the team is tried again.
+/// 100 us, the next [`TEAM_BACKOFF_CALLS`] calls run on the calling thread alone (which never
+/// waits for anyone); then the team is tried again.
 fn run_on_openmp_team(
     parallel: GompParallel,
     threads: usize,
@@ -410,9 +412,11 @@ impl Drop for CloseOnDrop<'_> {
 /// Runs `f(i, item)` for every item of `items`, spread like [`for_each_index`]; the items are
 /// typically disjoint mutable chunks of the outputs. With no helpers it is a plain loop (no
 /// allocation, no synchronization).
+/// `on_team` as for [`for_each_index_on`].
 pub fn for_each_item<I: Send, E: Send>(
     items: impl IntoIterator<Item = I>,
     max_helpers: usize,
+    on_team: bool,
     f: impl Fn(usize, I) -> std::result::Result<(), E> + Sync,
 ) -> std::result::Result<(), E> {
     if max_helpers == 0 || num_threads() <= 1 {
@@ -422,7 +426,7 @@ pub fn for_each_item<I: Send, E: Send>(
             .try_for_each(|(i, it)| f(i, it));
     }
     let slots: Vec<Mutex<Option<I>>> = items.into_iter().map(|i| Mutex::new(Some(i))).collect();
-    for_each_index(slots.len(), max_helpers, |i| {
+    for_each_index_on(slots.len(), max_helpers, on_team, |i| {
         let item = slots[i]
             .lock()
             .unwrap_or_else(|p| p.into_inner())

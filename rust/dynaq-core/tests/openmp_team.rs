@@ -77,7 +77,7 @@ fn shared_team() {
     assert_eq!(CALLS.load(Ordering::Relaxed), before);
 
     // A team whose other threads start late (descheduled) makes the caller wait without helping:
-    // the next calls go to dynaq's own pool, then the team is tried again.
+    // the next calls run on the calling thread alone, then the team is tried again.
     register(fake_gomp_parallel::<5>);
     // Once any back-off left by the calls above has run out, a call goes to the slow team...
     let tries = (0..=TEAM_BACKOFF_CALLS)
