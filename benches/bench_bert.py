@@ -78,14 +78,19 @@ def forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Te
         return model(**inputs).last_hidden_state
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm up (first-call allocations, kernel selection)
-    times = []
+def median_seconds(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median time of each function, timed in interleaved rounds (one call of each per round), so
+    that a slow phase of a shared machine hits every model alike rather than the one that
+    happened to run during it."""
+    for fn in fns.values():
+        fn()  # warm up (first-call allocations, kernel selection)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def measure(args: argparse.Namespace, threads: list[int]) -> dict[str, Any]:
@@ -108,7 +113,7 @@ def measure(args: argparse.Namespace, threads: list[int]) -> dict[str, Any]:
     info = dynaq.cpu_info()
     header = (
         f"BERT encoder: {args.layers} layers, hidden 768, 12 heads, batch {args.batch} x seq "
-        f"{args.seq}; random weights; median of {args.repeats}\n"
+        f"{args.seq}; random weights; median of {args.repeats} interleaved rounds\n"
         f"{platform.processor() or platform.machine()}, {info['physical_cores']} physical cores; "
         f"dynaq {dynaq.__version__} ({info['kernels']['gemm']}), torch {torch.__version__} "
         f"(quantized engine {torch.backends.quantized.engine}), "
@@ -120,10 +125,8 @@ def measure(args: argparse.Namespace, threads: list[int]) -> dict[str, Any]:
     for t in threads:
         torch.set_num_threads(t)
         dynaq.set_num_threads(t)
-        ms = {
-            name: 1e3 * median_seconds(lambda m=m: forward(m, inputs), args.repeats)
-            for name, m in variants.items()
-        }
+        fns = {name: (lambda m=m: forward(m, inputs)) for name, m in variants.items()}
+        ms = {name: 1e3 * s for name, s in median_seconds(fns, args.repeats).items()}
         for name in variants:
             row = {"threads": t, "omp": policy, "model": name, "ms": ms[name]}
             row["vs_float"] = ms["float32"] / ms[name]
