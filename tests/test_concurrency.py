@@ -9,13 +9,18 @@
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 
 import dynaq
+import dynaq.layers
+import dynaq.safetensors
 import numpy as np
 import pytest
 from dynaq.layers import LSTM
@@ -161,6 +166,30 @@ _B = _rng.standard_normal(8).astype(F32)
 _A8 = _rng.integers(0, 256, (2, 16), dtype=np.uint8)
 _B8 = _rng.integers(-128, 128, (16, 8), dtype=np.int8)
 _OUT = np.empty((2, 8), F32)
+_LAYER = dynaq.layers.Linear.from_float(_W, _B)
+_STATIC = dynaq.layers.Linear.from_float(_W, _B)
+_STATIC.calibrate(_X)
+_LSTM = LSTM(
+    {
+        "weight_ih_l0": _rng.standard_normal((32, 16)).astype(F32),
+        "weight_hh_l0": _rng.standard_normal((32, 8)).astype(F32),
+        "bias_ih_l0": _rng.standard_normal(32).astype(F32),
+        "bias_hh_l0": _rng.standard_normal(32).astype(F32),
+    },
+    batch_first=True,
+)
+_SEQ = _rng.standard_normal((2, 3, 16)).astype(F32)
+_GRU_CELL = dynaq.layers.GRUCell(
+    _rng.standard_normal((24, 16)).astype(F32),
+    _rng.standard_normal((24, 8)).astype(F32),
+    _rng.standard_normal(24).astype(F32),
+    _rng.standard_normal(24).astype(F32),
+)
+_QDIR = tempfile.mkdtemp(prefix="dynaq-leak-")
+atexit.register(shutil.rmtree, _QDIR, True)
+dynaq.safetensors.write(os.path.join(_QDIR, "w.safetensors"), {"fc.weight": _W})
+_QFILE = os.path.join(_QDIR, "q.safetensors")
+dynaq.safetensors.quantize_file(os.path.join(_QDIR, "w.safetensors"), _QFILE)
 
 LEAK_CALLS = {
     "linear": lambda: dynaq.linear(_X, _PW, _B),
@@ -173,6 +202,12 @@ LEAK_CALLS = {
         dynaq.pack_weight(_W).to_bytes()
     ),
     "error-path": lambda: _swallow(lambda: dynaq.linear(np.full((2, 16), np.nan, F32), _PW)),
+    "unpack-dequantize": lambda: (_PW.unpack(), _PW.dequantize()),
+    "layers.Linear": lambda: _LAYER(_X),
+    "layers.Linear-static": lambda: _STATIC(_X),
+    "layers.LSTM": lambda: _LSTM(_SEQ),
+    "layers.GRUCell": lambda: _GRU_CELL(_X),
+    "safetensors.load_quantized": lambda: dynaq.safetensors.load_quantized(_QFILE),
 }
 N_CALLS = 100_000
 
