@@ -10,6 +10,43 @@
 //! The min/max and quantization kernels are the NEON ones on all three paths: the dot-product
 //! extensions add nothing to them.
 
+/// Defines a path's `gemm_entry`, the kernel-table function of its 4 x 16 tiles: it checks
+/// nothing more (`GemmKernel::run` asserted every bound) and calls the module's `tile::<R>` for
+/// the tile's `rows` (`1..=4`), on the tile's raw pointers.
+macro_rules! gemm_entry_4x16 {
+    ($path:literal) => {
+        /// # Safety
+        /// The CPU must have this path's features, and `t` must satisfy the bounds asserted by
+        /// [`GemmKernel::run`] (the only caller).
+        unsafe fn gemm_entry(t: &mut Tile<'_>) {
+            let AData::U8(a) = t.a else {
+                unreachable!(concat!("the ", $path, " kernel reads u8 activations"))
+            };
+            debug_assert!(t.rows >= 1 && t.rows <= MR && t.panels == 1);
+            let f: unsafe fn(*const u8, usize, *const i8, usize, *mut i32, usize) = match t.rows {
+                1 => tile::<1>,
+                2 => tile::<2>,
+                3 => tile::<3>,
+                4 => tile::<4>,
+                _ => unreachable!("tile rows out of range"),
+            };
+            // SAFETY: `GemmKernel::run` asserted that the CPU supports this path, that the
+            // `rows` rows of A hold `4 * k4` values from `r * lda`, that panel 0 holds `64 * k4`
+            // bytes and that C has `rows` rows of `16 * panels >= 16` columns at `r * ldc`.
+            unsafe {
+                f(
+                    a.as_ptr(),
+                    t.lda,
+                    t.b.as_ptr(),
+                    t.k4,
+                    t.c.as_mut_ptr(),
+                    t.ldc,
+                )
+            }
+        }
+    };
+}
+
 pub mod dotprod;
 pub mod i8mm;
 pub mod neon;

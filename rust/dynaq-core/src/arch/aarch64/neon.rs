@@ -89,42 +89,7 @@ unsafe fn tile<const R: usize>(
     }
 }
 
-type TileFn = unsafe fn(*const u8, usize, *const i8, usize, *mut i32, usize);
-
-/// The monomorphized tile for `rows` (`1..=MR`).
-fn tile_fn(rows: usize) -> TileFn {
-    match rows {
-        1 => tile::<1>,
-        2 => tile::<2>,
-        3 => tile::<3>,
-        4 => tile::<4>,
-        _ => unreachable!("tile rows out of range"),
-    }
-}
-
-/// # Safety
-/// The CPU must have NEON, and `t` must satisfy the bounds asserted by [`GemmKernel::run`] (the
-/// only caller).
-unsafe fn gemm_entry(t: &mut Tile<'_>) {
-    let AData::U8(a) = t.a else {
-        unreachable!("the neon kernel reads u8 activations")
-    };
-    debug_assert!(t.rows >= 1 && t.rows <= MR && t.panels == 1);
-    let f = tile_fn(t.rows);
-    // SAFETY: `GemmKernel::run` asserted that the CPU has NEON, that the `rows` rows of A hold
-    // `4 * k4` values from `r * lda`, that panel 0 holds `64 * k4` bytes and that C has `rows`
-    // rows of `16 * panels >= 16` columns at `r * ldc`.
-    unsafe {
-        f(
-            a.as_ptr(),
-            t.lda,
-            t.b.as_ptr(),
-            t.k4,
-            t.c.as_mut_ptr(),
-            t.ldc,
-        )
-    }
-}
+gemm_entry_4x16!("neon");
 
 // ---------------------------------------------------------------------------------------------
 // Quantization kernels (shared by the dotprod and i8mm paths).
