@@ -100,6 +100,23 @@ class Consumer:
 # ---------------------------------------------------------------------------------------------
 
 
+def same_on_every_path(compute: Callable[[], Any], what: str) -> Any:
+    """Runs ``compute`` under each of dynaq's kernel paths and returns its result; raises
+    AssertionError unless every path gives the same bytes."""
+    import dynaq
+
+    isas = dynaq.cpu_info()["isas"]
+    want = None
+    for isa in isas:
+        with dynaq.use_isa(isa):
+            got = compute()
+        if want is None:
+            want = got
+        elif got.tobytes() != want.tobytes():
+            raise AssertionError(f"{what} on {isa} differs from {isas[0]}")
+    return want
+
+
 def _corpus(dirs: list[str]) -> list[bytes]:
     seeds = []
     for d in dirs:

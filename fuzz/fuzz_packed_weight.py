@@ -16,15 +16,12 @@ import struct
 import sys
 import zlib
 
-from _harness import instrument, instrumented_imports, main
+from _harness import instrument, instrumented_imports, main, same_on_every_path
 
 with instrumented_imports():
     import dynaq
 
 import numpy as np
-
-ISAS = dynaq.cpu_info()["isas"]
-
 
 # Stages of from_bytes's checks, in order, by their messages: branching on them gives libFuzzer
 # coverage feedback from the (uninstrumented) native parser.
@@ -99,14 +96,7 @@ def test_one_input(data: bytes) -> None:
         return
     # Every path computes the same linear with it.
     x = np.linspace(-2.0, 3.0, 3 * k, dtype=np.float32).reshape(3, k)
-    want = None
-    for isa in ISAS:
-        with dynaq.use_isa(isa):
-            y = dynaq.linear(x, w)
-        if want is None:
-            want = y
-        elif y.tobytes() != want.tobytes():
-            raise AssertionError(f"linear on {isa} differs from {ISAS[0]}")
+    same_on_every_path(lambda: dynaq.linear(x, w), "linear")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from typing import Callable
 
-from _harness import instrumented_imports, main
+from _harness import instrumented_imports, main, same_on_every_path
 
 with instrumented_imports():
     import dynaq
@@ -26,7 +26,6 @@ with instrumented_imports():
 
 import numpy as np
 
-ISAS = dynaq.cpu_info()["isas"]
 _DIR = tempfile.mkdtemp(prefix="dynaq-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
 PATH = os.path.join(_DIR, "input.safetensors")
 
@@ -36,14 +35,7 @@ def _check_linear(w: dynaq.PackedWeight) -> None:
     if n * k > 1 << 16:
         return
     x = np.linspace(-1.0, 1.0, 2 * k, dtype=np.float32).reshape(2, k)
-    want = None
-    for isa in ISAS:
-        with dynaq.use_isa(isa):
-            y = dynaq.linear(x, w)
-        if want is None:
-            want = y
-        elif y.tobytes() != want.tobytes():
-            raise AssertionError(f"linear on {isa} differs from {ISAS[0]}")
+    same_on_every_path(lambda: dynaq.linear(x, w), "linear")
 
 
 def _accepts(fn: Callable[[str], object]) -> bool:
