@@ -22,7 +22,8 @@ def rand_int8(rng, shape, dtype):
 
 
 def check(a, b, za=None, zb=None, ort_ref=None):
-    """dynaq against the int64 reference, and against ONNX Runtime when given."""
+    """dynaq against the int64 reference, and against ONNX Runtime when given (and exact for
+    these operand types on this CPU: see ``OrtRef.matmul_integer_is_exact``)."""
     got = dynaq.matmul_integer(a, b, za, zb)
     want = matmul_integer_ref(a, b, za, zb)
     # 1-D @ 1-D gives a 0-d result: a 0-d array or a numpy int32 scalar (as np.matmul) will do.
@@ -30,7 +31,7 @@ def check(a, b, za=None, zb=None, ort_ref=None):
     assert got.dtype == np.int32
     assert got.shape == want.shape, (got.shape, want.shape)
     np.testing.assert_array_equal(got.astype(np.int64), want)
-    if ort_ref is not None:
+    if ort_ref is not None and ort_ref.matmul_integer_is_exact(a.dtype.name, b.dtype.name):
         np.testing.assert_array_equal(got, ort_ref.matmul_integer(a, b, za, zb))
     return got
 
@@ -52,6 +53,18 @@ MKN = [
     (17, 128, 48),
     (2, 3001, 5),
 ]
+
+
+def test_exact_where_onnxruntime_saturates(ort_ref):
+    """uint8 x int8 products at the extremes, where a ``vpmaddubsw`` kernel (ONNX Runtime's on
+    x86-64 CPUs without VNNI) saturates each pair to int16: dynaq is exact on every path."""
+    a = np.full((2, 64), 255, U8)
+    b = np.full((64, 3), -128, I8)
+    want = np.full((2, 3), 255 * -128 * 64, np.int32)
+    for isa, got in run_on_each_isa(lambda: dynaq.matmul_integer(a, b)).items():
+        np.testing.assert_array_equal(got, want, err_msg=isa)
+    ort = ort_ref.matmul_integer(a, b)
+    assert ort_ref.matmul_integer_is_exact("uint8", "int8") == bool(np.array_equal(ort, want))
 
 
 @pytest.mark.parametrize("dtypes", DTYPE_PAIRS, ids=PAIR_IDS)
