@@ -1,13 +1,18 @@
-//! The rayon pool the kernels run on.
+//! The threads the kernels run on: one process-wide rayon pool, or a shared OpenMP team.
 //!
-//! One process-wide pool, sized by [`set_num_threads`] or `DYNAQ_NUM_THREADS`, defaulting to the
-//! number of physical cores available to the process (SMT siblings share one core's int8 units,
-//! so they add little to a compute-bound GEMM).
+//! The pool is sized by [`set_num_threads`] or `DYNAQ_NUM_THREADS`, defaulting to the number of
+//! physical cores available to the process (SMT siblings share one core's int8 units, so they
+//! add little to a compute-bound GEMM). The calling thread always works too, and never waits
+//! for a worker that has not started ([`for_each_index`]). [`openmp`] holds the alternative:
+//! another library's OpenMP team, used only when the bindings register one.
+
+pub mod openmp;
+
+pub use openmp::{share_openmp_team, sharing_openmp_team};
 
 use crate::error::{Error, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
-use std::ffi::{c_uint, c_void};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Logical CPUs this process may run on, divided by the SMT width of cpu0 (Linux; elsewhere the
@@ -122,7 +127,8 @@ pub fn for_each_index<E: Send>(
 /// [`for_each_index`], run on a shared OpenMP team instead when `on_team` is set and one is
 /// registered ([`share_openmp_team`]); for work long enough (tens of microseconds) that waiting
 /// at the team's closing barrier for a sleeping thread costs little. While a team is shared,
-/// a loop that does not go to it runs on the calling thread alone.
+/// a loop that does not go to it (or that the back-off rule of [`openmp`] keeps off it) runs on
+/// the calling thread alone.
 pub fn for_each_index_on<E: Send>(
     count: usize,
     max_helpers: usize,
@@ -161,11 +167,11 @@ pub fn for_each_index_on<E: Send>(
             .min(w.current_num_threads())
             .min(count.saturating_sub(1))
     });
-    let team = if helpers > 0 { openmp_parallel() } else { None };
+    let team = if helpers > 0 { openmp::team() } else { None };
     match (team, workers) {
         (Some(parallel), _) => {
-            if on_team && team_not_backing_off() {
-                run_on_openmp_team(parallel, helpers + 1, count, &run_items);
+            if on_team && openmp::team_not_backing_off() {
+                openmp::run_on_team(parallel, helpers + 1, count, &run_items);
             } else {
                 // With a shared team, dynaq's own workers stay asleep: a third busy thread on
                 // the cores is what sharing avoids. Short loops run on the caller alone.
@@ -204,138 +210,6 @@ pub fn for_each_index_on<E: Send>(
     match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
-    }
-}
-
-/// `GOMP_parallel(fn, data, num_threads, flags)`: runs `fn(data)` on a team of `num_threads`
-/// (the caller is thread 0) and returns when all have finished. The GNU OpenMP entry point
-/// (GCC >= 4.9); Intel's and LLVM's OpenMP runtimes export it too.
-type GompParallel = unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint);
-
-/// The registered `GOMP_parallel` (0: none) and the process that registered it.
-static OPENMP_PARALLEL: AtomicUsize = AtomicUsize::new(0);
-static OPENMP_PID: AtomicU32 = AtomicU32::new(0);
-
-/// Runs dynaq's multi-threaded GEMMs on the OpenMP team of a runtime already loaded in the
-/// process (PyTorch's), or stops doing so (`None`).
-///
-/// Why: two thread pools on the same cores fight. After each parallel operation an OpenMP team
-/// keeps its threads spinning for a while (GNU OpenMP's default), exactly when a model that
-/// mixes PyTorch operations with dynaq layers calls dynaq; dynaq's worker then shares a core
-/// with a spinning thread. A BERT-base-sized encoder on 2 cores ran 15% slower than on one
-/// pool. On the team, the spinning thread does dynaq's work instead.
-///
-/// Only the registering process uses the team: after `fork` the child falls back to the rayon
-/// pool (GNU OpenMP does not support use of a team across `fork`).
-///
-/// # Safety
-/// `addr` must be the address of `GOMP_parallel` (the signature of [`GompParallel`]) of an
-/// OpenMP runtime that stays loaded for the rest of the process.
-pub unsafe fn share_openmp_team(addr: Option<usize>) {
-    OPENMP_PID.store(std::process::id(), Ordering::Release);
-    OPENMP_PARALLEL.store(addr.unwrap_or(0), Ordering::Release);
-}
-
-/// Whether multi-threaded GEMMs run on a shared OpenMP team in this process.
-pub fn sharing_openmp_team() -> bool {
-    openmp_parallel().is_some()
-}
-
-fn openmp_parallel() -> Option<GompParallel> {
-    let addr = OPENMP_PARALLEL.load(Ordering::Acquire);
-    if addr == 0 || OPENMP_PID.load(Ordering::Acquire) != std::process::id() {
-        return None;
-    }
-    // SAFETY: a non-zero address was registered through `share_openmp_team`, whose contract is
-    // that it is `GOMP_parallel` of a runtime that stays loaded.
-    Some(unsafe { std::mem::transmute::<usize, GompParallel>(addr) })
-}
-
-/// Calls left that skip the team after one that waited too long for it (see
-/// [`run_on_openmp_team`]).
-static TEAM_BACKOFF: AtomicU32 = AtomicU32::new(0);
-/// Calls that skip the team after a slow one.
-pub const TEAM_BACKOFF_CALLS: u32 = 64;
-
-fn team_not_backing_off() -> bool {
-    let left = TEAM_BACKOFF.load(Ordering::Relaxed);
-    if left == 0 {
-        return true;
-    }
-    // Racy by design: concurrent callers may skip a call more or less.
-    TEAM_BACKOFF.store(left - 1, Ordering::Relaxed);
-    false
-}
-
-/// What each team thread runs: the shared work loop, with panics caught (they must not unwind
-/// into C).
-struct TeamJob<'a> {
-    run_items: &'a (dyn Fn() -> usize + Sync),
-    panicked: AtomicBool,
-    caller: std::thread::ThreadId,
-    /// When the calling thread ran out of work (nanoseconds after `start`), and the items it ran.
-    caller_done_ns: AtomicU64,
-    caller_items: AtomicUsize,
-    start: std::time::Instant,
-}
-
-extern "C" fn team_entry(data: *mut c_void) {
-    // SAFETY: `data` is the `TeamJob` that `run_on_openmp_team` keeps alive until
-    // `GOMP_parallel` has returned, i.e. until every team thread has left this function.
-    let job = unsafe { &*(data as *const TeamJob<'_>) };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(job.run_items)) {
-        Ok(ran) if std::thread::current().id() == job.caller => {
-            let ns = job.start.elapsed().as_nanos().min(u64::MAX as u128) as u64;
-            job.caller_done_ns.store(ns, Ordering::Relaxed);
-            job.caller_items.store(ran, Ordering::Relaxed);
-        }
-        Ok(_) => {}
-        Err(_) => job.panicked.store(true, Ordering::Release),
-    }
-}
-
-/// Runs the `count` items on the team. Unlike dynaq's pool, an OpenMP team makes the caller wait
-/// until every team thread has run: when the cores are oversubscribed (another busy process), a
-/// descheduled team thread held a 40 us quantization for milliseconds and made 2-thread GEMMs
-/// 1.3-5x slower than one thread. So when a call took longer than 90% of what the caller alone
-/// would have needed at its own pace (`worked * count / caller_items`), and the wait was over
-/// 100 us, the next [`TEAM_BACKOFF_CALLS`] calls run on the calling thread alone (which never
-/// waits for anyone); then the team is tried again.
-fn run_on_openmp_team(
-    parallel: GompParallel,
-    threads: usize,
-    count: usize,
-    run_items: &(dyn Fn() -> usize + Sync),
-) {
-    let job = TeamJob {
-        run_items,
-        panicked: AtomicBool::new(false),
-        caller: std::thread::current().id(),
-        caller_done_ns: AtomicU64::new(0),
-        caller_items: AtomicUsize::new(0),
-        start: std::time::Instant::now(),
-    };
-    let threads = c_uint::try_from(threads).unwrap_or(c_uint::MAX);
-    // SAFETY: `parallel` is `GOMP_parallel` (registration contract). It calls `team_entry`
-    // with `data` on each team thread and returns only when all of them have finished, so
-    // `job` outlives every use; `team_entry` never unwinds. Flags 0: default binding.
-    unsafe {
-        parallel(
-            team_entry,
-            &job as *const TeamJob<'_> as *mut c_void,
-            threads,
-            0,
-        )
-    };
-    let total = job.start.elapsed().as_nanos() as f64;
-    let worked = job.caller_done_ns.load(Ordering::Relaxed) as f64;
-    let ran = job.caller_items.load(Ordering::Relaxed).max(1) as f64;
-    let alone = worked * count as f64 / ran;
-    if total - worked > 100e3 && total > 0.9 * alone {
-        TEAM_BACKOFF.store(TEAM_BACKOFF_CALLS, Ordering::Relaxed);
-    }
-    if job.panicked.load(Ordering::Acquire) {
-        panic!("a dynaq thread panicked");
     }
 }
 
