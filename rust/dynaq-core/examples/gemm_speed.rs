@@ -10,9 +10,10 @@
 //! `GEMM_SPEED_K` / `GEMM_SPEED_N` change K and N (default 3072), `GEMM_SPEED_SCALAR=1` adds the
 //! scalar path, `GEMM_SPEED_ISA=avx2` (a path name) times that path only.
 
-use dynaq_core::dispatch::detected;
+use dynaq_core::dispatch::gemm_kernel;
 use dynaq_core::gemm::{gemm, Epilogue};
-use dynaq_core::kernels::{gemm_kernel, AData, AFormat, Tile};
+use dynaq_core::isa::detected;
+use dynaq_core::kernel::{AData, AFormat, Tile};
 use dynaq_core::ops;
 use dynaq_core::pack::{PackedB, GROUP_BYTES, PANEL};
 use dynaq_core::quant::Granularity;

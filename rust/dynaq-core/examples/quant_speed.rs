@@ -13,8 +13,9 @@
 //! data whose quotients sit on (or within rounding of) half-integers, the worst case of the
 //! reciprocal kernels (every block is recomputed by division until they give up on the call).
 
-use dynaq_core::dispatch::detected;
-use dynaq_core::kernels::{quant_kernels, QuantKernels};
+use dynaq_core::dispatch::quant_kernels;
+use dynaq_core::isa::detected;
+use dynaq_core::kernel::QuantKernels;
 use dynaq_core::Isa;
 use std::hint::black_box;
 use std::time::Instant;

@@ -6,8 +6,9 @@
 //! * [`IntegerEpilogue`]: ONNX `MatMulInteger` zero-point corrections in i64, then a checked
 //!   conversion to i32 (an overflow is reported, never wrapped).
 
-use crate::arch::dequant::dequant_row;
+use crate::arch::dequant::{dequant_row, RowDequant};
 use crate::gemm::{Epilogue, SharedOut};
+use crate::kernel::GemmKernel;
 use crate::reference::linear_epilogue_one;
 use std::sync::Mutex;
 
@@ -26,8 +27,8 @@ pub struct LinearEpilogue<'a> {
     pub(crate) sw: &'a [f32],
     /// Bias per output column.
     pub(crate) bias: Option<&'a [f32]>,
-    /// The path whose vector width the dequantizing loop may use (supported by this CPU).
-    pub(crate) isa: crate::Isa,
+    /// The kernel computing the tiles: the dequantizing loop uses its path's vector width.
+    pub(crate) kernel: &'static GemmKernel,
 }
 
 impl Epilogue for LinearEpilogue<'_> {
@@ -40,7 +41,14 @@ impl Epilogue for LinearEpilogue<'_> {
             // out once here and dropped at the end of the iteration.
             let dst = unsafe { self.out.tile_row(m * self.n + n0, cols) };
             let accs = &acc[r * ldc..r * ldc + cols];
-            dequant_row(self.isa, accs, cs, sw, bias, self.zx[m], self.sx[m], dst);
+            let p = RowDequant {
+                colsum: cs,
+                sw,
+                bias,
+                zx: self.zx[m],
+                sx: self.sx[m],
+            };
+            dequant_row(self.kernel, accs, &p, dst);
         }
     }
 

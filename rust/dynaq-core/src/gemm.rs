@@ -14,7 +14,7 @@
 //! of magnitude at most `255 * 128`, and `65536 * 32640 = 2,139,095,040 < 2^31`.
 
 use crate::error::Result;
-use crate::kernels::{AData, AFormat, GemmKernel, Tile};
+use crate::kernel::{AData, AFormat, GemmKernel, Tile};
 use crate::pack::{PackedB, GROUP_BYTES, PANEL};
 use std::marker::PhantomData;
 

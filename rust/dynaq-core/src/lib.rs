@@ -25,13 +25,19 @@
 //! * [`epilogue`]: i32 tiles to float32 (`linear`) or to checked i32 (`matmul_integer`).
 //! * [`ops`]: the operations the Python package exposes, on plain slices.
 //! * [`weight`]: `PackedWeight` and its versioned, ISA-independent serialization.
-//! * [`dispatch`]: ISA detection, the `DYNAQ_MAX_ISA` cap, kernel selection.
-//! * `arch`: every `unsafe` SIMD kernel, one module per ISA.
+//! * [`threads`]: the rayon pool, and the optional shared OpenMP team ([`threads::openmp`]).
+//!
+//! The choice of kernels runs one way: [`isa`] (the paths, CPU detection, the `DYNAQ_MAX_ISA`
+//! cap) <- [`kernel`] (what a kernel is: a struct with a tile size and one `unsafe fn`) <- `arch`
+//! (every `unsafe` SIMD kernel, one module per ISA) <- [`dispatch`] (the kernel table of each
+//! path).
 
 pub mod dispatch;
 pub mod epilogue;
 pub mod error;
 pub mod gemm;
+pub mod isa;
+pub mod kernel;
 pub mod ops;
 pub mod pack;
 pub mod quant;
@@ -41,8 +47,7 @@ pub mod weight;
 
 mod arch;
 
-pub mod kernels;
-
-pub use dispatch::{Isa, KernelInfo};
+pub use dispatch::KernelInfo;
 pub use error::{Error, Result};
+pub use isa::Isa;
 pub use weight::PackedWeight;

@@ -4,10 +4,10 @@
 //! tests pass each detected path in turn). Shapes are checked here too, so the crate is safe to
 //! call directly.
 
+use crate::dispatch::gemm_kernel;
 use crate::epilogue::{IntegerEpilogue, LinearEpilogue};
 use crate::error::{try_zeroed, Error, Result};
 use crate::gemm::{gemm, QuantizedA, SharedOut};
-use crate::kernels::gemm_kernel;
 use crate::pack::{PackedB, MAX_K};
 use crate::quant::{quantize_u8_rows, Granularity, Scheme};
 use crate::weight::PackedWeight;
@@ -243,7 +243,7 @@ fn linear_with(
     quantize_into(s, isa, x, m, w.k(), gran, scheme, check_finite)?;
     let kernel = gemm_kernel(isa);
     let epi = LinearEpilogue {
-        isa: kernel.isa,
+        kernel,
         out: SharedOut::new(out),
         n: w.n(),
         zx: &s.zx,

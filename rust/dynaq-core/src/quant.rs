@@ -1,8 +1,9 @@
 //! The quantization front end: ranges, parameters and values, per tensor or per row, on the
 //! kernels of a chosen path, split over threads for large inputs.
 
+use crate::dispatch::quant_kernels;
 use crate::error::{Error, Result};
-use crate::kernels::{quant_kernels, QuantKernels};
+use crate::kernel::QuantKernels;
 use crate::reference::{self, MinMax};
 use crate::threads::for_each_item;
 use crate::Isa;

@@ -1,11 +1,11 @@
 //! The `DYNAQ_MAX_ISA` cap and the kernel table (the CI runs this under each cap).
 
-use dynaq_core::dispatch::{self, Isa};
-use dynaq_core::kernels::{gemm_kernel, quant_kernels};
+use dynaq_core::dispatch::{gemm_kernel, quant_kernels};
+use dynaq_core::isa::{self, Isa};
 
 #[test]
 fn environment_cap_is_respected() {
-    let active = dispatch::active_isa();
+    let active = isa::active_isa();
     match std::env::var("DYNAQ_MAX_ISA") {
         Ok(v) if !v.trim().is_empty() => {
             let cap = Isa::from_name(&v).expect("CI passes valid names");
@@ -16,11 +16,11 @@ fn environment_cap_is_respected() {
             }
             println!("DYNAQ_MAX_ISA={v}: active path {active}");
         }
-        _ => assert_eq!(Some(&active), dispatch::detected().last()),
+        _ => assert_eq!(Some(&active), isa::detected().last()),
     }
     assert_eq!(gemm_kernel(active).isa, active);
     assert_eq!(quant_kernels(active).isa, active);
-    assert!(dispatch::env_warning().is_none());
+    assert!(isa::env_warning().is_none());
 }
 
 #[test]
@@ -45,5 +45,5 @@ fn other_architectures_paths_are_refused() {
     } else {
         Isa::Avx2
     };
-    assert!(dispatch::set_max_isa(Some(foreign)).is_err());
+    assert!(isa::set_max_isa(Some(foreign)).is_err());
 }

@@ -14,8 +14,9 @@
 mod common;
 
 use common::{paths, scale, Rng, Scale};
+use dynaq_core::dispatch::{gemm_kernel, quant_kernels};
 use dynaq_core::gemm::K_CHUNK;
-use dynaq_core::kernels::{gemm_kernel, quant_kernels, AData, AFormat, Tile};
+use dynaq_core::kernel::{AData, AFormat, Tile};
 use dynaq_core::ops::{self, Int8Data, MatmulShape};
 use dynaq_core::pack::{PackedB, GROUP_BYTES, PANEL};
 use dynaq_core::quant::{quantize_i8_rows, quantize_u8_rows, Granularity, Scheme};

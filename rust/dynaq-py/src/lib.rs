@@ -5,7 +5,7 @@
 //! kernel runs inside `py.detach` (the GIL is released), and core errors map to Python
 //! exceptions: `Overflow` -> `OverflowError`, `Memory` -> `MemoryError`, the rest -> `ValueError`.
 
-use dynaq_core::dispatch::{self, Isa};
+use dynaq_core::isa::{self, Isa};
 use dynaq_core::ops::{self, Int8Data, MatmulShape};
 use dynaq_core::quant::{quantize_i8_rows, quantize_u8_rows, Granularity, Scheme};
 use dynaq_core::{threads, Error, PackedWeight};
@@ -50,7 +50,7 @@ fn dynamic_quantize_linear(
     let os = out
         .as_slice_mut()
         .map_err(|_| PyValueError::new_err("out must be C-contiguous"))?;
-    let isa = dispatch::active_isa();
+    let isa = isa::active_isa();
     py.detach(|| ops::dynamic_quantize_linear(isa, xs, os, check_finite))
         .map_err(to_py)
 }
@@ -74,7 +74,7 @@ fn quantize_u8<'py>(
 ) -> PyResult<U8Quant<'py>> {
     let (rows, cols) = (x.shape()[0], x.shape()[1]);
     let xs = contiguous(x.as_slice(), "x")?;
-    let isa = dispatch::active_isa();
+    let isa = isa::active_isa();
     let groups = if per_row { rows } else { 1 };
     let (v, s, z) = py
         .detach(|| -> dynaq_core::Result<_> {
@@ -111,7 +111,7 @@ fn quantize_i8<'py>(
 ) -> PyResult<I8Quant<'py>> {
     let (rows, cols) = (x.shape()[0], x.shape()[1]);
     let xs = contiguous(x.as_slice(), "x")?;
-    let isa = dispatch::active_isa();
+    let isa = isa::active_isa();
     let groups = if per_row { rows } else { 1 };
     let (v, s) = py
         .detach(|| -> dynaq_core::Result<_> {
@@ -156,7 +156,7 @@ impl PyPackedWeight {
     ) -> PyResult<Self> {
         let (n, k) = (weight.shape()[0], weight.shape()[1]);
         let ws = contiguous(weight.as_slice(), "weight")?;
-        let isa = dispatch::active_isa();
+        let isa = isa::active_isa();
         let inner = py
             .detach(|| PackedWeight::from_float(isa, ws, n, k, per_channel))
             .map_err(to_py)?;
@@ -337,7 +337,7 @@ fn linear(
 ) -> PyResult<()> {
     let (m, xs, bs, os) = linear_operands(&x, &bias, &mut out)?;
     let w = &weight.get().inner;
-    let isa = dispatch::active_isa();
+    let isa = isa::active_isa();
     py.detach(|| ops::linear(isa, xs, m, w, bs, granularity(per_row), check_finite, os))
         .map_err(to_py)
 }
@@ -357,7 +357,7 @@ fn linear_static(
 ) -> PyResult<()> {
     let (m, xs, bs, os) = linear_operands(&x, &bias, &mut out)?;
     let w = &weight.get().inner;
-    let isa = dispatch::active_isa();
+    let isa = isa::active_isa();
     py.detach(|| ops::linear_static(isa, xs, m, w, bs, scale, zero_point, check_finite, os))
         .map_err(to_py)
 }
@@ -436,7 +436,7 @@ fn matmul_integer(
     let os = out
         .as_slice_mut()
         .map_err(|_| PyValueError::new_err("out must be C-contiguous"))?;
-    let isa = dispatch::active_isa();
+    let isa = isa::active_isa();
     let shape = MatmulShape { batch, m, k, n };
     py.detach(|| ops::matmul_integer(isa, shape, a_data, &ai, b_data, &bi, za, zb, os))
         .map_err(to_py)
@@ -570,7 +570,7 @@ fn linear_fast<'py>(
         let os = or
             .as_slice_mut()
             .map_err(|_| PyValueError::new_err("out must be C-contiguous"))?;
-        let isa = dispatch::active_isa();
+        let isa = isa::active_isa();
         let gran = granularity_of(per_row);
         py.detach(|| ops::linear(isa, xs, m, w, bs, gran, check_finite, os))
             .map_err(to_py)?;
@@ -612,7 +612,7 @@ fn quantize_fast<'py>(
         return Ok(None);
     };
     let xs = contiguous(xr.as_slice(), "x")?;
-    let isa = dispatch::active_isa();
+    let isa = isa::active_isa();
     let gran = granularity_of(per_row);
     // SAFETY: the quantizer writes every scale; on an error the array is dropped unseen.
     let scale = unsafe { uninit::<f32>(py, &group_shape) };
@@ -685,7 +685,7 @@ fn dql_fast<'py>(
         let mut yw = y.readwrite();
         let xs = contiguous(xr.as_slice(), "x")?;
         let ys = slice_mut(&mut yw)?;
-        let isa = dispatch::active_isa();
+        let isa = isa::active_isa();
         py.detach(|| ops::dynamic_quantize_linear(isa, xs, ys, check_finite))
             .map_err(to_py)?
     };
@@ -704,13 +704,13 @@ fn granularity_of(per_row: bool) -> Granularity {
 /// CPU features this build checks, as (name, present) pairs.
 #[pyfunction]
 fn cpu_features() -> Vec<(&'static str, bool)> {
-    dispatch::cpu_features()
+    isa::cpu_features()
 }
 
 /// The kernel paths this CPU supports, in cap order.
 #[pyfunction]
 fn detected_isas() -> Vec<&'static str> {
-    dispatch::detected().iter().map(|i| i.name()).collect()
+    isa::detected().iter().map(|i| i.name()).collect()
 }
 
 /// Every path name of this architecture, supported or not.
@@ -728,13 +728,13 @@ fn all_isas() -> Vec<&'static str> {
 /// The path kernels run on now.
 #[pyfunction]
 fn active_isa() -> &'static str {
-    dispatch::active_isa().name()
+    isa::active_isa().name()
 }
 
 /// The cap in force.
 #[pyfunction]
 fn max_isa() -> &'static str {
-    dispatch::max_isa().name()
+    isa::max_isa().name()
 }
 
 /// Caps the path (`None` lifts the cap); returns the active path.
@@ -742,20 +742,20 @@ fn max_isa() -> &'static str {
 #[pyo3(signature = (name=None))]
 fn set_max_isa(name: Option<&str>) -> PyResult<&'static str> {
     let isa = name.map(Isa::from_name).transpose().map_err(to_py)?;
-    dispatch::set_max_isa(isa).map(|i| i.name()).map_err(to_py)
+    isa::set_max_isa(isa).map(|i| i.name()).map_err(to_py)
 }
 
 /// The warning from reading `DYNAQ_MAX_ISA`, if its value was unusable.
 #[pyfunction]
 fn env_warning() -> Option<String> {
-    dispatch::env_warning()
+    isa::env_warning()
 }
 
 /// Operation name -> kernel name on the active path.
 #[pyfunction]
 fn kernels<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    for k in dispatch::kernel_report() {
+    for k in dynaq_core::dispatch::kernel_report() {
         d.set_item(k.op, k.kernel)?;
     }
     Ok(d)

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use dynaq_core::dispatch::detected;
+use dynaq_core::isa::detected;
 use dynaq_core::Isa;
 
 /// The paths to test: every detected one up to the `DYNAQ_MAX_ISA` cap when it is set (so that

@@ -24,8 +24,8 @@
 //! vectors, 4 rows of A (16 bytes = 4 groups each, used by element) and the ones vector = 29 of
 //! 32 vector registers.
 
-use crate::dispatch::Isa;
-use crate::kernels::{AData, AFormat, GemmKernel, QuantKernels, Tile};
+use crate::isa::Isa;
+use crate::kernel::{AData, AFormat, GemmKernel, QuantKernels, Tile};
 use crate::pack::GROUP_BYTES;
 use core::arch::aarch64::*;
 use core::arch::asm;

@@ -23,8 +23,8 @@
 //! paper (31 registers) but the compiler then keeps 2 accumulators on the stack and its loop
 //! came out at 8.3 multiply-adds per instruction against 14.2 for 4 rows (`README.md`).
 
-use crate::dispatch::Isa;
-use crate::kernels::{AData, AFormat, GemmKernel, QuantKernels, Tile};
+use crate::isa::Isa;
+use crate::kernel::{AData, AFormat, GemmKernel, QuantKernels, Tile};
 use crate::pack::GROUP_BYTES;
 use core::arch::aarch64::*;
 use core::arch::asm;

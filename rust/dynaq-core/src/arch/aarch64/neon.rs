@@ -13,8 +13,8 @@
 //! Tile: [`MR`] = 4 rows x 16 columns: 16 accumulators + 8 widened B vectors + 1 row of A = 25
 //! of the 32 vector registers.
 
-use crate::dispatch::Isa;
-use crate::kernels::{AData, AFormat, GemmKernel, QuantKernels, Tile};
+use crate::isa::Isa;
+use crate::kernel::{AData, AFormat, GemmKernel, QuantKernels, Tile};
 use crate::pack::GROUP_BYTES;
 use crate::reference::{self, MinMax};
 use core::arch::aarch64::*;

@@ -16,8 +16,8 @@
 //! measurements.
 
 use super::{has_fma, minmax_from_bits, Recip, TIE_MASK};
-use crate::dispatch::Isa;
-use crate::kernels::{AData, AFormat, GemmKernel, QuantKernels, Tile};
+use crate::isa::Isa;
+use crate::kernel::{AData, AFormat, GemmKernel, QuantKernels, Tile};
 use crate::pack::{GROUP_BYTES, PANEL};
 use crate::reference::{self, MinMax};
 use core::arch::x86_64::*;

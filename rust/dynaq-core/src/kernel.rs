@@ -1,9 +1,9 @@
 //! Kernels as data: each is a small struct naming its path, its tile and the `unsafe fn` that runs
-//! it. Selection fills nothing per call: [`gemm_kernel`] and [`quant_kernels`] return a `'static`
-//! table for the best detected path not above the requested one, so holding one is the proof that
-//! the CPU has its features.
+//! it, with one safe door that checks the bounds the kernel relies on. Which kernel a path runs
+//! is [`crate::dispatch`]'s business; a kernel value is only ever handed out for a path the CPU
+//! supports, so holding one is the proof that the CPU has its features.
 
-use crate::dispatch::{best_up_to, Isa};
+use crate::isa::Isa;
 use crate::pack::{GROUP_BYTES, PANEL};
 use crate::reference::{self, MinMax};
 
@@ -62,7 +62,7 @@ pub struct Tile<'a> {
 pub struct GemmKernel {
     /// Name: path, operand types, accumulator, tile (`avx512vnni_u8s8_i32_8x48`).
     pub name: &'static str,
-    /// The path; the kernel may only run where it is detected.
+    /// The path. Only [`crate::dispatch`] hands out kernels, and only for detected paths.
     pub isa: Isa,
     /// Most rows per tile.
     pub mr: usize,
@@ -100,9 +100,10 @@ impl GemmKernel {
         assert!(t.b.len() >= (t.panels - 1) * t.panel_stride + t.k4 * GROUP_BYTES);
         assert!(t.ldc >= t.panels * PANEL);
         assert!(t.c.len() >= (t.rows - 1) * t.ldc + t.panels * PANEL);
-        assert!(self.isa.is_supported());
-        // SAFETY: the CPU supports `self.isa` (checked above; kernels are only built for
-        // detected paths), and the asserts above are exactly the bounds the kernels address.
+        debug_assert!(self.isa.is_supported());
+        // SAFETY: the CPU supports `self.isa` (a kernel is only handed out for a detected path,
+        // see `crate::dispatch`), and the asserts above are exactly the bounds the kernels
+        // address.
         unsafe { (self.func)(t) }
     }
 }
@@ -155,7 +156,7 @@ pub struct QuantKernels {
     pub name_minmax: &'static str,
     /// Name of the quantize kernel.
     pub name_quantize: &'static str,
-    /// The path.
+    /// The path. Only [`crate::dispatch`] hands out kernels, and only for detected paths.
     pub isa: Isa,
     /// # Safety: CPU must support `isa`.
     pub(crate) minmax: unsafe fn(&[f32]) -> MinMax,
@@ -168,24 +169,27 @@ pub struct QuantKernels {
 impl QuantKernels {
     /// Min, max and non-finite flag of `x`.
     pub fn minmax(&self, x: &[f32]) -> MinMax {
-        assert!(self.isa.is_supported());
-        // SAFETY: the path is supported (checked above); the kernel reads only `x`.
+        debug_assert!(self.isa.is_supported());
+        // SAFETY: the path is supported (holding the kernels proves it, see `crate::dispatch`);
+        // the kernel reads only `x`.
         unsafe { (self.minmax)(x) }
     }
 
     /// `out = clamp(round(x / scale) + zp, 0, 255)`, bit-identical to [`reference::quantize_u8`].
     pub fn quantize_u8(&self, x: &[f32], scale: f32, zp: u8, out: &mut [u8]) {
         assert_eq!(x.len(), out.len());
-        assert!(self.isa.is_supported());
-        // SAFETY: the path is supported and the lengths match (checked above).
+        debug_assert!(self.isa.is_supported());
+        // SAFETY: the path is supported (holding the kernels proves it) and the lengths match
+        // (checked above).
         unsafe { (self.quantize_u8)(x, scale, zp, out) }
     }
 
     /// `out = clamp(round(x / scale), -127, 127)`, bit-identical to [`reference::quantize_i8`].
     pub fn quantize_i8(&self, x: &[f32], scale: f32, out: &mut [i8]) {
         assert_eq!(x.len(), out.len());
-        assert!(self.isa.is_supported());
-        // SAFETY: the path is supported and the lengths match (checked above).
+        debug_assert!(self.isa.is_supported());
+        // SAFETY: the path is supported (holding the kernels proves it) and the lengths match
+        // (checked above).
         unsafe { (self.quantize_i8)(x, scale, out) }
     }
 }
@@ -215,37 +219,3 @@ pub static SCALAR_QUANT: QuantKernels = QuantKernels {
     quantize_u8: scalar_quantize_u8,
     quantize_i8: scalar_quantize_i8,
 };
-
-/// The GEMM kernel for the best supported path not above `isa`.
-pub fn gemm_kernel(isa: Isa) -> &'static GemmKernel {
-    match best_up_to(isa) {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => &crate::arch::x86_64::avx512vnni::GEMM,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => &crate::arch::x86_64::avx2::GEMM,
-        #[cfg(target_arch = "aarch64")]
-        Isa::I8mm => &crate::arch::aarch64::i8mm::GEMM,
-        #[cfg(target_arch = "aarch64")]
-        Isa::Dotprod => &crate::arch::aarch64::dotprod::GEMM,
-        #[cfg(target_arch = "aarch64")]
-        Isa::Neon => &crate::arch::aarch64::neon::GEMM,
-        _ => &SCALAR_GEMM,
-    }
-}
-
-/// The quantization kernels for the best supported path not above `isa`.
-pub fn quant_kernels(isa: Isa) -> &'static QuantKernels {
-    match best_up_to(isa) {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => &crate::arch::x86_64::avx512vnni::QUANT,
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => &crate::arch::x86_64::avx2::QUANT,
-        #[cfg(target_arch = "aarch64")]
-        Isa::I8mm => &crate::arch::aarch64::i8mm::QUANT,
-        #[cfg(target_arch = "aarch64")]
-        Isa::Dotprod => &crate::arch::aarch64::dotprod::QUANT,
-        #[cfg(target_arch = "aarch64")]
-        Isa::Neon => &crate::arch::aarch64::neon::QUANT,
-        _ => &SCALAR_QUANT,
-    }
-}
