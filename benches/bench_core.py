@@ -12,7 +12,7 @@ import sys
 if __name__ == "__main__":
     args = [
         sys.executable, "-m", "dynaq", "bench",
-        "--shapes", "3072x3072", "--threads", "1", "--no-quant",
+        "--shapes", "3072x3072", "--threads", "1", "--no-quant", "--no-overhead",
         "--libs", "dynaq,numpy",
     ]  # fmt: skip
     passed = sys.argv[1:]

@@ -15,8 +15,9 @@ import sys
 
 import dynaq
 import pytest
-from dynaq import _bench
+from dynaq import bench as _bench
 from dynaq.__main__ import main
+from dynaq._text import Progress
 
 TINY = _bench.quick_config(min_time=0.0, max_reps=5, quant_shapes=((16, 256), (1, 256)))
 
@@ -107,6 +108,16 @@ def _check_doc(d: dict, cfg: _bench.BenchConfig) -> None:
         assert r["gbps"] == pytest.approx(4 * r["rows"] * r["cols"] / r["median_s"] / 1e9)
         assert r["us_per_call"] == pytest.approx(r["median_s"] * 1e6)
 
+    o = d["overhead"]
+    assert d["config"]["overhead"] is cfg.overhead and (o is not None) == cfg.overhead
+    if o is not None:
+        assert o["threads"] == 1 and o["x_shape"] == [1, 64] and o["weight_shape"] == [64, 64]
+        assert [r["op"] for r in o["results"]] == list(_bench.OVERHEAD_OPS)
+        for r in o["results"]:
+            assert r["valid"], r
+            assert r["median_s"] > 0 and r["us_per_call"] == pytest.approx(r["median_s"] * 1e6)
+            assert r["reps"] >= cfg.min_reps and r["calls_per_rep"] >= 1
+
 
 def test_run_bench_structure(doc):
     _check_doc(doc, TINY)
@@ -137,10 +148,14 @@ def test_format_report(doc):
         assert f"{c['ratio_vs_numpy']:.2f}x" in row
     assert any(line.startswith("geometric mean of dynaq/best-peer") for line in lines)
     assert "Activation quantization" in text and "dynamic_quantize_linear" in text
+    assert "Call overhead" in text
+    for r in doc["overhead"]["results"]:
+        row = next(line for line in lines if line.startswith(r["op"] + " "))
+        assert f"{r['us_per_call']:.2f}" in row
 
 
 def test_wrong_library_is_flagged_not_timed():
-    class Wrong(_bench._Numpy):
+    class Wrong(_bench.peers.NumpyLib):
         def call(self, x, threads):
             w_t, b = self.w_t, self.b
             return lambda: 2 * (x @ w_t) + b
@@ -153,11 +168,11 @@ def test_wrong_library_is_flagged_not_timed():
     x = rng.standard_normal((4, 16), dtype=np.float32)
     lib = Wrong()
     lib.prepare(w, b, [1], "")
-    r = _bench._time_lib(lib, x, 1, _bench._Reference(x, w, b), 1.0, TINY)
+    r = _bench.sweep.time_lib(lib, x, 1, _bench.sweep.Reference(x, w, b), 1.0, TINY)
     assert r["valid"] is False and r["rel_error"] > _bench.MAX_REL_ERROR
     assert "median_s" not in r and "gops" not in r
     cell = {"results": {"dynaq": {"gops": 2.0}, "numpy": r}}
-    _bench._ratios(cell)
+    _bench.sweep.ratios(cell)
     assert cell["ratio_vs_numpy"] is None and cell["best_peer"] is None
 
 
@@ -219,6 +234,17 @@ def test_cli_quant_only(capsys):
     assert main(["bench", "--quick", "--quant-only", "--libs", "dynaq", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "Activation quantization" in text and "Linear layer" not in text
+    assert "Call overhead" not in text
+
+
+def test_cli_no_overhead(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    argv = ["bench", "--quick", "--no-quant", "--no-overhead", "--libs", "dynaq", "--m", "1"]
+    assert main([*argv, "--quiet", "--json", str(out)]) == 0
+    assert "Call overhead" not in capsys.readouterr().out
+    d = json.loads(out.read_text())
+    assert d["overhead"] is None and d["config"]["overhead"] is False
+    assert d["gemm"] and d["quant"] is None
 
 
 @pytest.mark.parametrize(
@@ -258,7 +284,7 @@ def test_cli_bad_shapes_subprocess():
 
 
 def test_missing_library_named(monkeypatch, capsys):
-    monkeypatch.setattr(_bench, "_lib_missing", lambda name: "not installed (test)")
+    monkeypatch.setattr(_bench.peers, "lib_missing", lambda name: "not installed (test)")
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--quick", "--quiet", "--libs", "torch"])
     assert exc.value.code == 2
@@ -270,7 +296,7 @@ def test_progress_modes():
 
     for mode, expect_cr in (("bar", True), ("lines", False), ("off", False)):
         stream = io.StringIO()
-        bar = _bench._Progress(3, mode, stream)
+        bar = Progress(3, mode, stream)
         bar.section("section one")
         for i in range(3):
             bar.step(f"step {i}")
@@ -295,7 +321,7 @@ def test_plot(doc, tmp_path):
 
 
 def test_plot_without_matplotlib(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(_bench, "matplotlib_missing", lambda: "--plot needs matplotlib (test)")
+    monkeypatch.setattr(_bench.plot, "matplotlib_missing", lambda: "--plot needs matplotlib (test)")
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--quick", "--quiet", "--plot", str(tmp_path / "p.png")])
     assert exc.value.code == 2

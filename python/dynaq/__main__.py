@@ -24,20 +24,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     int
         Exit status.
     """
-    from dynaq import _bench, _quantize_cli
+    from dynaq import _quantize_cli, bench
 
     parser = argparse.ArgumentParser(prog="python -m dynaq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="CPU features, kernel paths and the kernels in use")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
-    bench = sub.add_parser(
+    bench_parser = sub.add_parser(
         "bench",
         help="time dynaq against numpy, torch and onnxruntime",
         description="Times a fp32-in/fp32-out linear layer (dynaq.linear, numpy float32, "
         "torch and onnxruntime dynamic int8 quantization) over a sweep of M, K x N and thread "
-        "counts, and activation quantization; prints GOP/s and ratios.",
+        "counts, activation quantization and the per-call overhead; prints GOP/s and ratios.",
     )
-    _bench.add_arguments(bench)
+    bench.add_arguments(bench_parser)
     quantize = sub.add_parser(
         "quantize",
         help="int8-quantize the 2-D float tensors of a safetensors file",
@@ -56,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps(data, indent=2) if args.json else format_info(data))
         return 0
     if args.command == "bench":
-        return _bench.run_cli(args, bench, raw if argv is None else None)
+        return bench.run_cli(args, bench_parser, raw if argv is None else None)
     if args.command == "quantize":
         return _quantize_cli.run(args)
     return 2  # pragma: no cover - argparse enforces a command
