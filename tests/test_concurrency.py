@@ -73,6 +73,66 @@ def _run_threads(target, n, timeout=TIMEOUT):
         raise errors[0]
 
 
+_GIL_PROBE = """
+import threading, time
+import numpy as np
+import dynaq
+from dynaq import _dynaq
+from dynaq.layers import LSTMCell
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((4, 32), dtype=np.float32)
+w = rng.standard_normal((16, 32), dtype=np.float32)
+pw = dynaq.pack_weight(w)
+cell = LSTMCell(rng.standard_normal((64, 32), dtype=np.float32),
+                rng.standard_normal((64, 16), dtype=np.float32))
+ops = {
+    "linear": lambda: dynaq.linear(x, pw),
+    "linear-float-weight": lambda: dynaq.linear(x, w),
+    "quantize": lambda: dynaq.quantize(x, granularity="row"),
+    "quantize-symmetric": lambda: dynaq.quantize(x, symmetric=True),
+    "dynamic_quantize_linear": lambda: dynaq.dynamic_quantize_linear(x),
+    "matmul_integer": lambda: dynaq.matmul_integer(np.ones((3, 5), np.uint8),
+                                                   np.ones((5, 2), np.int8)),
+    "pack_weight": lambda: dynaq.pack_weight(w),
+    "from_quantized": lambda: dynaq.PackedWeight.from_quantized(*pw.unpack()),
+    "to_bytes": lambda: pw.to_bytes(),
+    "LSTMCell": lambda: cell(x),
+}
+for name, op in ops.items():
+    want = op()
+    got = []
+    _dynaq._hold_detached_calls(True)
+    t = threading.Thread(target=lambda: got.append(op()))
+    t.start()
+    # This loop runs only because the call released the GIL: the thread is inside the call,
+    # held where it computes without the GIL. Nothing here depends on timing.
+    while _dynaq._held_calls() == 0:
+        # A call that never releases the GIL is never held: it ends, and so does the thread.
+        assert t.is_alive(), f"{name} finished without releasing the GIL"
+        time.sleep(0)
+    assert not got, name
+    _dynaq._hold_detached_calls(False)
+    t.join()
+    assert len(got) == 1, name
+    print(name, "released the GIL")
+print("all released the GIL")
+"""
+
+
+def test_every_kernel_call_releases_the_gil():
+    """Each native call runs its kernel with the GIL released. A test seam of the native module
+    holds such calls at the point where they run without the GIL: a call started in a thread
+    waits there while the main thread keeps running Python code, which it could not do if the
+    call held the GIL. In a subprocess, so that a regression (a call that keeps the GIL, and
+    therefore blocks the main thread for good) fails on the timeout instead of hanging."""
+    r = subprocess.run(
+        [sys.executable, "-c", _GIL_PROBE], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all released the GIL" in r.stdout
+
+
 def test_threads_get_single_threaded_results(two_threads):
     pw, b, lstm = _weights()
     rng = np.random.default_rng(1)

@@ -1,6 +1,7 @@
-"""Type stubs of the native module (the PyO3 glue around dynaq-core)."""
+"""Type stubs of the native module, the one crossing between Python and dynaq-core: every
+public operation of ``dynaq`` is defined here (its docstring is the native function's)."""
 
-from typing import Optional, final
+from typing import Any, Optional, final
 
 import numpy as np
 import numpy.typing as npt
@@ -14,26 +15,27 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_K",
     "PackedWeight",
+    "QuantizedTensor",
     "__version__",
+    "_held_calls",
+    "_hold_detached_calls",
     "active_isa",
-    "all_isas",
     "arch_isas",
+    "as_float32",
+    "check_granularity",
     "cpu_features",
     "detected_isas",
-    "dql_fast",
     "dynamic_quantize_linear",
     "env_warning",
+    "get_max_isa",
     "get_num_threads",
     "kernels",
     "linear",
-    "linear_fast",
     "linear_static",
     "matmul_integer",
-    "max_isa",
+    "pack_weight",
     "physical_cores",
-    "quantize_fast",
-    "quantize_i8",
-    "quantize_u8",
+    "quantize",
     "set_max_isa",
     "set_num_threads",
     "share_openmp_team",
@@ -42,16 +44,8 @@ __all__ = [
 
 @final
 class PackedWeight:
-    """A float weight quantized to symmetric int8 and packed for this CPU's kernels."""
-
-    @staticmethod
-    def _from_float(weight: npt.NDArray[np.float32], per_channel: bool) -> PackedWeight: ...
     @staticmethod
     def from_quantized(values: npt.ArrayLike, scales: npt.ArrayLike) -> PackedWeight: ...
-    @staticmethod
-    def _from_quantized(
-        values: npt.NDArray[np.int8], scales: npt.NDArray[np.float32], per_channel: bool
-    ) -> PackedWeight: ...
     @staticmethod
     def from_bytes(data: bytes) -> PackedWeight: ...
     def to_bytes(self) -> bytes: ...
@@ -67,69 +61,69 @@ class PackedWeight:
     def scales(self) -> npt.NDArray[np.float32]: ...
     @property
     def nbytes(self) -> int: ...
-    @property
-    def layout(self) -> str: ...
     def unpack(self) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]: ...
     def dequantize(self) -> npt.NDArray[np.float32]: ...
     def __reduce__(self) -> tuple[object, tuple[bytes]]: ...
     def __eq__(self, other: object, /) -> bool: ...
 
-def dynamic_quantize_linear(
-    x: npt.NDArray[np.float32], out: npt.NDArray[np.uint8], check_finite: bool
-) -> tuple[float, int]: ...
-def quantize_u8(
-    x: npt.NDArray[np.float32], per_row: bool, check_finite: bool
-) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], npt.NDArray[np.uint8]]: ...
-def quantize_i8(
-    x: npt.NDArray[np.float32], per_row: bool, check_finite: bool
-) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.float32]]: ...
+@final
+class QuantizedTensor:
+    @property
+    def values(self) -> npt.NDArray[Any]: ...
+    @property
+    def scale(self) -> npt.NDArray[np.float32]: ...
+    @property
+    def zero_point(self) -> npt.NDArray[Any]: ...
+    @property
+    def granularity(self) -> str: ...
+    @property
+    def symmetric(self) -> bool: ...
+    def dequantize(self) -> npt.NDArray[np.float32]: ...
+
 def linear(
-    x: npt.NDArray[np.float32],
-    weight: PackedWeight,
-    bias: Optional[npt.NDArray[np.float32]],
-    per_row: bool,
-    check_finite: bool,
-    out: npt.NDArray[np.float32],
-) -> None: ...
-def matmul_integer(
-    a: npt.NDArray[np.generic],
-    a_index: npt.NDArray[np.int64],
-    b: npt.NDArray[np.generic],
-    b_index: npt.NDArray[np.int64],
-    a_zero_point: npt.NDArray[np.int32],
-    b_zero_point: npt.NDArray[np.int32],
-    out: npt.NDArray[np.int32],
-) -> None: ...
-def linear_fast(
-    x: object,
-    weight: object,
-    bias: object,
-    granularity: str,
-    out: object,
-    check_finite: bool,
-) -> Optional[npt.NDArray[np.float32]]: ...
-def quantize_fast(
-    x: object, granularity: str, symmetric: bool, check_finite: bool
-) -> Optional[tuple[npt.NDArray[np.generic], npt.NDArray[np.float32], npt.NDArray[np.generic]]]: ...
-def dql_fast(
-    x: object, check_finite: bool
-) -> Optional[tuple[npt.NDArray[np.uint8], float, int]]: ...
+    x: npt.ArrayLike,
+    weight: PackedWeight | npt.ArrayLike,
+    bias: Optional[npt.ArrayLike] = None,
+    *,
+    granularity: str = "row",
+    out: Optional[npt.NDArray[np.float32]] = None,
+    check_finite: bool = True,
+) -> npt.NDArray[np.float32]: ...
 def linear_static(
-    x: npt.NDArray[np.float32],
-    weight: PackedWeight,
-    bias: Optional[npt.NDArray[np.float32]],
+    x: npt.ArrayLike,
+    weight: PackedWeight | npt.ArrayLike,
+    bias: Optional[npt.ArrayLike],
     scale: float,
     zero_point: int,
-    check_finite: bool,
-    out: npt.NDArray[np.float32],
-) -> None: ...
+    *,
+    out: Optional[npt.NDArray[np.float32]] = None,
+    check_finite: bool = True,
+) -> npt.NDArray[np.float32]: ...
+def quantize(
+    x: npt.ArrayLike,
+    *,
+    granularity: str = "tensor",
+    symmetric: bool = False,
+    check_finite: bool = True,
+) -> QuantizedTensor: ...
+def dynamic_quantize_linear(
+    x: npt.ArrayLike, *, check_finite: bool = True
+) -> tuple[npt.NDArray[np.uint8], np.float32, np.uint8]: ...
+def matmul_integer(
+    a: npt.ArrayLike,
+    b: npt.ArrayLike,
+    a_zero_point: Optional[npt.ArrayLike] = None,
+    b_zero_point: Optional[npt.ArrayLike] = None,
+) -> npt.NDArray[np.int32]: ...
+def pack_weight(weight: npt.ArrayLike, *, per_channel: bool = True) -> PackedWeight: ...
+def as_float32(obj: object, name: str) -> npt.NDArray[np.float32]: ...
+def check_granularity(granularity: str) -> None: ...
 def cpu_features() -> list[tuple[str, bool]]: ...
 def detected_isas() -> list[str]: ...
 def arch_isas() -> list[str]: ...
-def all_isas() -> list[str]: ...
 def active_isa() -> str: ...
-def max_isa() -> str: ...
-def set_max_isa(name: Optional[str] = None) -> str: ...
+def get_max_isa() -> str: ...
+def set_max_isa(name: Optional[str]) -> str: ...
 def env_warning() -> Optional[str]: ...
 def kernels() -> dict[str, str]: ...
 def get_num_threads() -> int: ...
@@ -137,3 +131,5 @@ def set_num_threads(n: int) -> None: ...
 def physical_cores() -> int: ...
 def share_openmp_team(path: Optional[str]) -> None: ...
 def sharing_openmp_team() -> bool: ...
+def _hold_detached_calls(hold: bool) -> None: ...
+def _held_calls() -> int: ...

@@ -1,4 +1,6 @@
-"""Kernel paths, threads and CPU information."""
+"""What this machine offers and what dynaq runs: ``cpu_info()``, its text form, and
+``use_isa``. The settings themselves (``set_max_isa``, ``set_num_threads``, ...) are native
+functions."""
 
 from __future__ import annotations
 
@@ -9,32 +11,7 @@ from typing import Any, Optional
 
 from . import _dynaq
 
-__all__ = [
-    "cpu_info",
-    "get_max_isa",
-    "get_num_threads",
-    "set_max_isa",
-    "set_num_threads",
-    "use_isa",
-]
-
-
-def set_max_isa(name: Optional[str]) -> str:
-    """Cap the kernel path at ``name`` for the whole process; ``None`` lifts the cap.
-
-    Names on x86-64: ``"scalar"``, ``"avx2"``, ``"avx512vnni"``; on aarch64: ``"scalar"``,
-    ``"neon"``, ``"dotprod"``, ``"i8mm"``. A path this CPU lacks selects the best one below it.
-    Every path computes the same integers; the cap only changes speed. Returns the path now
-    active. Raises ``ValueError`` for an unknown name or one of another architecture.
-    """
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"name must be a str or None, got {type(name).__name__}")
-    return str(_dynaq.set_max_isa(name))
-
-
-def get_max_isa() -> str:
-    """The cap in force (the best path when nothing caps it)."""
-    return str(_dynaq.max_isa())
+__all__ = ["cpu_info", "format_info", "use_isa"]
 
 
 @contextlib.contextmanager
@@ -43,26 +20,12 @@ def use_isa(name: Optional[str]) -> Iterator[str]:
 
     The cap is process-wide, so other threads see it too while the block runs.
     """
-    previous = get_max_isa()
-    active = set_max_isa(name)
+    previous = _dynaq.get_max_isa()
+    active = _dynaq.set_max_isa(name)
     try:
         yield active
     finally:
         _dynaq.set_max_isa(previous)
-
-
-def set_num_threads(n: int) -> None:
-    """Number of threads the kernels use (default: ``DYNAQ_NUM_THREADS`` or the physical cores)."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    _dynaq.set_num_threads(n)
-
-
-def get_num_threads() -> int:
-    """Number of threads the kernels use."""
-    return int(_dynaq.get_num_threads())
 
 
 def cpu_info() -> dict[str, Any]:
@@ -84,7 +47,7 @@ def cpu_info() -> dict[str, Any]:
         "isas": list(_dynaq.detected_isas()),
         "arch_isas": list(_dynaq.arch_isas()),
         "active_isa": _dynaq.active_isa(),
-        "max_isa": _dynaq.max_isa(),
+        "max_isa": _dynaq.get_max_isa(),
         "kernels": dict(_dynaq.kernels()),
         "num_threads": _dynaq.get_num_threads(),
         "physical_cores": _dynaq.physical_cores(),

@@ -17,8 +17,10 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from . import _container
-from ._dynaq import PackedWeight
-from ._functional import _as_float32, _check_granularity, _linear_static, linear, pack_weight
+from ._dynaq import PackedWeight, linear, pack_weight
+from ._dynaq import as_float32 as _as_float32
+from ._dynaq import check_granularity as _check_granularity
+from ._dynaq import linear_static as _linear_static
 
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "Linear"]
 
@@ -131,7 +133,7 @@ class Linear:
             lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
         if lo > hi:
             lo = hi = 0.0
-        from ._functional import quantize
+        from ._dynaq import quantize
 
         q = quantize(np.array([lo, hi], dtype=F32))
         self.activation_scale = float(q.scale)
@@ -152,7 +154,7 @@ class Linear:
                 self.bias,
                 self.activation_scale,
                 int(self.activation_zero_point or 0),
-                out,
+                out=out,
             )
         return linear(x, self.weight, self.bias, granularity=self.granularity, out=out)
 

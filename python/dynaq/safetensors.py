@@ -837,7 +837,7 @@ def quantize_file(
         (exclude it); the message names the file and tensor. ``dst`` is then left untouched.
     """
     from . import __version__
-    from ._functional import pack_weight
+    from ._dynaq import pack_weight
 
     patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
     if not all(isinstance(p, str) for p in patterns):

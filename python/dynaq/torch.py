@@ -51,7 +51,7 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
 
 from . import _dynaq
 from . import layers as _layers
-from ._functional import _check_granularity
+from ._dynaq import check_granularity as _check_granularity
 
 __all__ = [
     "GRU",

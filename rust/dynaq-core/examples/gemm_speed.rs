@@ -16,7 +16,7 @@ use dynaq_core::isa::detected;
 use dynaq_core::kernel::{AData, AFormat, Tile};
 use dynaq_core::ops;
 use dynaq_core::pack::{PackedB, GROUP_BYTES, PANEL};
-use dynaq_core::quant::Granularity;
+use dynaq_core::quant::{Granularity, Matrix, Quantization};
 use dynaq_core::{Isa, PackedWeight};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -142,8 +142,14 @@ fn main() {
         }
         for &m in &ms {
             let x: Vec<f32> = (0..m * k).map(|_| rng.f32()).collect();
-            let quantize =
-                || ops::quantize_activations(isa, &x, m, k, Granularity::Row, true).expect("quant");
+            let quantize = || {
+                ops::quantize_activations(
+                    isa,
+                    Matrix::new(&x, m, k).unwrap(),
+                    Quantization::dynamic(Granularity::Row),
+                )
+                .expect("quant")
+            };
             let (qa, _, _) = quantize();
             let ops_count = 2.0 * (m * n * k) as f64;
             let t_gemm = best_time(budget, || gemm(kern, &qa, &pb, &Sink).expect("gemm"));
@@ -156,8 +162,15 @@ fn main() {
             });
             let mut out = vec![0f32; m * n];
             let t_lin = best_time(budget, || {
-                ops::linear(isa, &x, m, &w, None, Granularity::Row, true, &mut out)
-                    .expect("linear");
+                ops::linear(
+                    isa,
+                    Matrix::new(&x, m, w.k()).unwrap(),
+                    &w,
+                    None,
+                    Quantization::dynamic(Granularity::Row),
+                    &mut out,
+                )
+                .expect("linear");
                 black_box(&mut out);
             });
             let gops = |t: f64| ops_count / t / 1e9;

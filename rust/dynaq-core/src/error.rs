@@ -7,8 +7,12 @@ use std::fmt;
 pub enum Error {
     /// A shape or size argument is inconsistent (maps to `ValueError`).
     Shape(String),
-    /// An input contains NaN or +-infinity where finite values are required (`ValueError`).
-    NonFinite(String),
+    /// An input contains NaN or +-infinity where finite values are required (`ValueError`);
+    /// `row` is the first such row when the input is quantized per row.
+    NonFinite {
+        /// The first row holding one, when known.
+        row: Option<usize>,
+    },
     /// A value is outside the range an operation allows (`ValueError`).
     Value(String),
     /// An exact integer result does not fit the output type (`OverflowError`).
@@ -24,8 +28,11 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::NonFinite { row: None } => f.write_str("input contains NaN or infinity"),
+            Error::NonFinite { row: Some(r) } => {
+                write!(f, "input contains NaN or infinity (row {r})")
+            }
             Error::Shape(m)
-            | Error::NonFinite(m)
             | Error::Value(m)
             | Error::Overflow(m)
             | Error::Corrupt(m)

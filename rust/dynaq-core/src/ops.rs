@@ -1,15 +1,17 @@
 //! The operations of the Python package, on plain slices, for an explicit path.
 //!
-//! Every function takes the [`Isa`] to run on (the bindings pass [`crate::dispatch::active_isa`];
-//! tests pass each detected path in turn). Shapes are checked here too, so the crate is safe to
-//! call directly.
+//! Every function takes the [`Isa`] to run on (the bindings pass [`crate::isa::active_isa`];
+//! tests pass each detected path in turn). The shapes are checked here too (the crate's own
+//! safety checks: a mismatch is an [`Error::Shape`], never an out-of-bounds access), so the crate
+//! is safe to call directly; the bindings check their arguments first and name them in their
+//! errors.
 
 use crate::dispatch::gemm_kernel;
 use crate::epilogue::{IntegerEpilogue, LinearEpilogue};
-use crate::error::{try_zeroed, Error, Result};
+use crate::error::{Error, Result};
 use crate::gemm::{gemm, QuantizedA, SharedOut};
 use crate::pack::{PackedB, MAX_K};
-use crate::quant::{quantize_u8_rows, Granularity, Scheme};
+use crate::quant::{quantize_u8_rows, Granularity, Matrix, Quantization, Scheme, U8Out};
 use crate::weight::PackedWeight;
 use crate::Isa;
 use std::collections::HashMap;
@@ -32,20 +34,18 @@ pub fn dynamic_quantize_linear(
     }
     let (mut s, mut z) = ([0f32], [0u8]);
     let cols = x.len();
-    quantize_u8_rows(
-        isa,
-        x,
-        1,
-        cols,
-        Granularity::Tensor,
-        Scheme::Onnx,
+    let how = Quantization {
+        granularity: Granularity::Tensor,
+        scheme: Scheme::Onnx,
         check_finite,
-        "x",
-        out,
-        cols,
-        &mut s,
-        &mut z,
-    )?;
+    };
+    let dst = U8Out {
+        values: out,
+        stride: cols,
+        scales: &mut s,
+        zero_points: &mut z,
+    };
+    quantize_u8_rows(isa, Matrix::new(x, 1, cols)?, how, dst)?;
     if x.is_empty() {
         // ONNX Runtime's range of an empty tensor is [0, 0]: scale 1, zero point 0.
         return Ok((1.0, 0));
@@ -53,19 +53,15 @@ pub fn dynamic_quantize_linear(
     Ok((s[0], z[0]))
 }
 
-/// Activation quantization as `linear` does it, into a fresh buffer: per row or per tensor,
-/// with the robust asymmetric scheme. Returns the buffer, the scale per row and the zero point
-/// per row (replicated for `Tensor`).
+/// Activation quantization as `linear` does it, into a fresh buffer. Returns the buffer, the
+/// scale per row and the zero point per row (replicated when per tensor).
 pub fn quantize_activations(
     isa: Isa,
-    x: &[f32],
-    m: usize,
-    k: usize,
-    gran: Granularity,
-    check_finite: bool,
+    x: Matrix<'_, f32>,
+    how: Quantization,
 ) -> Result<(QuantizedA, Vec<f32>, Vec<i32>)> {
     let mut s = Scratch::default();
-    quantize_into(&mut s, isa, x, m, k, gran, Scheme::Robust, check_finite)?;
+    quantize_into(&mut s, isa, x, how)?;
     Ok((s.a, s.sx, s.zx))
 }
 
@@ -86,19 +82,10 @@ thread_local! {
     static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
 }
 
-#[allow(clippy::too_many_arguments)]
-fn quantize_into(
-    s: &mut Scratch,
-    isa: Isa,
-    x: &[f32],
-    m: usize,
-    k: usize,
-    gran: Granularity,
-    scheme: Scheme,
-    check_finite: bool,
-) -> Result<()> {
-    s.a.reshape(m, k)?;
-    let groups = match gran {
+fn quantize_into(s: &mut Scratch, isa: Isa, x: Matrix<'_, f32>, how: Quantization) -> Result<()> {
+    let m = x.rows();
+    s.a.reshape(m, x.cols())?;
+    let groups = match how.granularity {
         Granularity::Row => m,
         Granularity::Tensor => 1,
     };
@@ -107,22 +94,15 @@ fn quantize_into(
     s.zp.clear();
     s.zp.resize(groups, 0);
     let (buf, stride) = s.a.strided_mut();
-    quantize_u8_rows(
-        isa,
-        x,
-        m,
-        k,
-        gran,
-        scheme,
-        check_finite,
-        "x",
-        buf,
+    let dst = U8Out {
+        values: buf,
         stride,
-        &mut s.sx[..groups],
-        &mut s.zp,
-    )?;
+        scales: &mut s.sx[..groups],
+        zero_points: &mut s.zp,
+    };
+    quantize_u8_rows(isa, x, how, dst)?;
     s.sx.truncate(m);
-    if gran == Granularity::Tensor {
+    if how.granularity == Granularity::Tensor {
         let s0 = s.sx.first().copied().unwrap_or(1.0);
         s.sx.fill(s0);
     }
@@ -131,85 +111,43 @@ fn quantize_into(
     Ok(())
 }
 
-/// The fused dynamic-quantization linear layer: `out = dequant(quant(x) @ wq^T) + bias`, for
-/// `x` of shape `m x k` and `out` of shape `m x n`.
-#[allow(clippy::too_many_arguments)]
+/// The fused linear layer: `out = dequant(quant(x) @ wq^T) + bias` for `x` of `m x k` and `out`
+/// of `m x n`, the activations quantized as `how` says: dynamically from their own range
+/// ([`Quantization::dynamic`]), or with fixed parameters ([`Scheme::Fixed`], e.g. from
+/// calibration: static quantization).
 pub fn linear(
     isa: Isa,
-    x: &[f32],
-    m: usize,
+    x: Matrix<'_, f32>,
     w: &PackedWeight,
     bias: Option<&[f32]>,
-    gran: Granularity,
-    check_finite: bool,
+    how: Quantization,
     out: &mut [f32],
 ) -> Result<()> {
-    linear_scheme(isa, x, m, w, bias, gran, Scheme::Robust, check_finite, out)
-}
-
-/// `linear` with static activation quantization: every row of `x` is quantized with the given
-/// scale and zero point (e.g. from calibration), saturating outside their range.
-#[allow(clippy::too_many_arguments)]
-pub fn linear_static(
-    isa: Isa,
-    x: &[f32],
-    m: usize,
-    w: &PackedWeight,
-    bias: Option<&[f32]>,
-    scale: f32,
-    zero_point: u8,
-    check_finite: bool,
-    out: &mut [f32],
-) -> Result<()> {
-    if !(scale.is_finite() && scale > 0.0) {
-        return Err(Error::Value(format!(
-            "activation scale must be finite and positive, got {scale}"
-        )));
-    }
-    let scheme = Scheme::Fixed { scale, zero_point };
-    linear_scheme(
-        isa,
-        x,
-        m,
-        w,
-        bias,
-        Granularity::Tensor,
-        scheme,
-        check_finite,
-        out,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn linear_scheme(
-    isa: Isa,
-    x: &[f32],
-    m: usize,
-    w: &PackedWeight,
-    bias: Option<&[f32]>,
-    gran: Granularity,
-    scheme: Scheme,
-    check_finite: bool,
-    out: &mut [f32],
-) -> Result<()> {
-    let (k, n) = (w.k(), w.n());
-    if m.checked_mul(k) != Some(x.len()) {
+    let (m, k, n) = (x.rows(), w.k(), w.n());
+    if x.cols() != k {
         return Err(Error::Shape(format!(
-            "x has {} elements, not {m} rows of in_features = {k}",
-            x.len()
+            "the input has rows of {}, the weight in_features = {k}",
+            x.cols()
         )));
     }
     if m.checked_mul(n) != Some(out.len()) {
         return Err(Error::Shape(format!(
-            "out has {} elements, not {m} x {n}",
+            "the output has {} elements, not {m} x {n}",
             out.len()
         )));
     }
     if let Some(b) = bias {
         if b.len() != n {
             return Err(Error::Shape(format!(
-                "bias has {} elements; expected out_features = {n}",
+                "the bias has {} elements; expected out_features = {n}",
                 b.len()
+            )));
+        }
+    }
+    if let Scheme::Fixed { scale, .. } = how.scheme {
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(Error::Value(format!(
+                "activation scale must be finite and positive, got {scale}"
             )));
         }
     }
@@ -219,7 +157,7 @@ fn linear_scheme(
     SCRATCH.with(|cell| {
         // Taken out for the call (a nested call on this thread would find a fresh one).
         let mut s = cell.take();
-        let r = linear_with(&mut s, isa, x, m, w, bias, gran, scheme, check_finite, out);
+        let r = linear_with(&mut s, isa, x, w, bias, how, out);
         if s.a.capacity() <= SCRATCH_KEEP_BYTES {
             cell.set(s);
         }
@@ -227,20 +165,16 @@ fn linear_scheme(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn linear_with(
     s: &mut Scratch,
     isa: Isa,
-    x: &[f32],
-    m: usize,
+    x: Matrix<'_, f32>,
     w: &PackedWeight,
     bias: Option<&[f32]>,
-    gran: Granularity,
-    scheme: Scheme,
-    check_finite: bool,
+    how: Quantization,
     out: &mut [f32],
 ) -> Result<()> {
-    quantize_into(s, isa, x, m, w.k(), gran, scheme, check_finite)?;
+    quantize_into(s, isa, x, how)?;
     let kernel = gemm_kernel(isa);
     let epi = LinearEpilogue {
         kernel,
@@ -301,24 +235,39 @@ pub struct MatmulShape {
     pub n: usize,
 }
 
-/// ONNX `MatMulInteger`: `out[t] = (a[ai[t]] - za[t]) @ (b[bi[t]] - zb[t])` in exact int32, for
-/// `t < batch`. `a` holds stored matrices of `m x k`, `b` stored matrices of `k x n`;
-/// `a_index`/`b_index` say which stored matrix each output batch uses (numpy broadcasting
-/// reduced to indices). Zero points are one value, or one per row of each output batch's A
-/// (`batch * m`) / per column of its B (`batch * n`). A result outside int32 is an
-/// [`Error::Overflow`] naming the first such element.
-#[allow(clippy::too_many_arguments)]
+/// One operand of a batched `matmul_integer`: the stored matrices, which of them each output
+/// batch uses (numpy broadcasting reduced to indices), and the zero points: one value, or one per
+/// row of each output batch's A (`batch * m`) / per column of its B (`batch * n`).
+#[derive(Clone, Copy, Debug)]
+pub struct MatmulOperand<'a> {
+    /// The stored matrices, back to back (`m x k` each for A, `k x n` for B).
+    pub data: Int8Data<'a>,
+    /// The stored matrix of each output batch.
+    pub index: &'a [usize],
+    /// The zero points (widened to i32).
+    pub zero_point: &'a [i32],
+}
+
+/// ONNX `MatMulInteger`: `out[t] = (A[a.index[t]] - za) @ (B[b.index[t]] - zb)` in exact int32,
+/// for `t < batch`. A result outside int32 is an [`Error::Overflow`] naming the first such
+/// element.
 pub fn matmul_integer(
     isa: Isa,
     shape: MatmulShape,
-    a: Int8Data<'_>,
-    a_index: &[usize],
-    b: Int8Data<'_>,
-    b_index: &[usize],
-    a_zero_point: &[i32],
-    b_zero_point: &[i32],
+    a: MatmulOperand<'_>,
+    b: MatmulOperand<'_>,
     out: &mut [i32],
 ) -> Result<()> {
+    let MatmulOperand {
+        data: a,
+        index: a_index,
+        zero_point: a_zero_point,
+    } = a;
+    let MatmulOperand {
+        data: b,
+        index: b_index,
+        zero_point: b_zero_point,
+    } = b;
     let MatmulShape { batch, m, k, n } = shape;
     if k > MAX_K {
         return Err(Error::Shape(format!(
@@ -441,9 +390,4 @@ pub fn matmul_integer(
         }
     }
     Ok(())
-}
-
-/// Scratch allocation helper re-exported for the bindings' output buffers.
-pub fn zeroed<T: Clone + Default>(len: usize, what: &str) -> Result<Vec<T>> {
-    try_zeroed(len, what)
 }

@@ -51,12 +51,78 @@ const PARALLEL_MIN: usize = 1 << 18;
 /// Elements per work item when quantization is split over threads (256 KiB of floats).
 const CHUNK: usize = 1 << 16;
 
-fn nonfinite(what: &str, row: Option<usize>) -> Error {
-    let at = row.map_or(String::new(), |r| format!(" (row {r})"));
-    Error::NonFinite(format!(
-        "{what} contains NaN or infinity{at}; their quantization is meaningless (pass \
-         check_finite=False to skip this check at your own risk)"
-    ))
+/// How float values become uint8: per row or per tensor, which parameters, and whether NaN and
+/// infinity are refused first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quantization {
+    /// One scale and zero point per row, or one in all.
+    pub granularity: Granularity,
+    /// How the parameters are chosen.
+    pub scheme: Scheme,
+    /// Refuse NaN and infinity ([`Error::NonFinite`]); when false they give unspecified (but
+    /// memory-safe) values.
+    pub check_finite: bool,
+}
+
+impl Quantization {
+    /// Dynamic quantization as `linear` does it: the robust scheme, finiteness checked.
+    pub fn dynamic(granularity: Granularity) -> Self {
+        Quantization {
+            granularity,
+            scheme: Scheme::Robust,
+            check_finite: true,
+        }
+    }
+}
+
+/// A row-major matrix of `rows x cols` elements.
+#[derive(Clone, Copy, Debug)]
+pub struct Matrix<'a, T> {
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a, T> Matrix<'a, T> {
+    /// `data` as `rows x cols`; an [`Error::Shape`] when its length is not `rows * cols`.
+    pub fn new(data: &'a [T], rows: usize, cols: usize) -> Result<Self> {
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(Error::Shape(format!(
+                "{} elements are not {rows} rows of {cols}",
+                data.len()
+            )));
+        }
+        Ok(Matrix { data, rows, cols })
+    }
+    /// The elements, row after row.
+    pub fn data(&self) -> &'a [T] {
+        self.data
+    }
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Elements per row.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
+/// Where uint8 quantization writes: row `i` of the values at `i * stride` (`stride >= cols`; the
+/// rest of each stride is left alone), and one scale and zero point per row or in all.
+pub struct U8Out<'a> {
+    /// At least `rows * stride` values.
+    pub values: &'a mut [u8],
+    /// Elements from one row of `values` to the next.
+    pub stride: usize,
+    /// `rows` scales per row, 1 per tensor.
+    pub scales: &'a mut [f32],
+    /// As many zero points as scales.
+    pub zero_points: &'a mut [u8],
+}
+
+fn nonfinite(row: Option<usize>) -> Error {
+    Error::NonFinite { row }
 }
 
 /// From this many elements (2 MiB, ~50 us on one core) the parallel loops may run on a shared
@@ -95,25 +161,27 @@ pub fn minmax_all(q: &QuantKernels, x: &[f32]) -> MinMax {
     parts.into_iter().fold(MinMax::EMPTY, MinMax::merge)
 }
 
-/// Quantizes `x` (`rows x cols`, row-major) to uint8 into `out` (row `i` at `i * out_stride`,
-/// `out_stride >= cols`; the rest of each stride is left alone), writing one scale and zero
-/// point per row (`Row`) or one in total (`Tensor`).
-#[allow(clippy::too_many_arguments)]
+/// Quantizes the matrix `x` to uint8 into `out`, as `how` says: one scale and zero point per
+/// row or one in all.
 pub fn quantize_u8_rows(
     isa: Isa,
-    x: &[f32],
-    rows: usize,
-    cols: usize,
-    gran: Granularity,
-    scheme: Scheme,
-    check_finite: bool,
-    what: &str,
-    out: &mut [u8],
-    out_stride: usize,
-    scales: &mut [f32],
-    zero_points: &mut [u8],
+    x: Matrix<'_, f32>,
+    how: Quantization,
+    out: U8Out<'_>,
 ) -> Result<()> {
-    assert_eq!(x.len(), rows * cols);
+    let (rows, cols) = (x.rows, x.cols);
+    let x = x.data;
+    let Quantization {
+        granularity: gran,
+        scheme,
+        check_finite,
+    } = how;
+    let U8Out {
+        values: out,
+        stride: out_stride,
+        scales,
+        zero_points,
+    } = out;
     assert!(out_stride >= cols && out.len() >= rows * out_stride);
     if rows == 0 || cols == 0 {
         // Empty rows: the range [0, 0] gives scale 1 and zero point 0.
@@ -131,7 +199,7 @@ pub fn quantize_u8_rows(
             assert!(scales.len() == 1 && zero_points.len() == 1);
             let mm = minmax_all(q, x);
             if check_finite && mm.nonfinite {
-                return Err(nonfinite(what, None));
+                return Err(nonfinite(None));
             }
             let (s, z) = scheme.params(mm);
             scales[0] = s;
@@ -163,7 +231,7 @@ pub fn quantize_u8_rows(
                     for (r, ((xr, or), (s, z))) in rows.zip(ss.iter_mut().zip(zs)).enumerate() {
                         let mm = q.minmax(xr);
                         if check_finite && mm.nonfinite {
-                            return Err(nonfinite(what, Some(item * rpi + r)));
+                            return Err(nonfinite(Some(item * rpi + r)));
                         }
                         let (sc, zp) = scheme.params(mm);
                         *s = sc;
@@ -177,21 +245,19 @@ pub fn quantize_u8_rows(
     }
 }
 
-/// Symmetric int8 quantization (values in `[-127, 127]`, zero point 0) of `x` (`rows x cols`)
-/// into `out` (same shape), one scale per row or in total.
-#[allow(clippy::too_many_arguments)]
+/// Symmetric int8 quantization (values in `[-127, 127]`, zero point 0) of the matrix `x` into
+/// `out` (same shape), one scale per row or in all; NaN and infinity refused when
+/// `check_finite`.
 pub fn quantize_i8_rows(
     isa: Isa,
-    x: &[f32],
-    rows: usize,
-    cols: usize,
+    x: Matrix<'_, f32>,
     gran: Granularity,
     check_finite: bool,
-    what: &str,
     out: &mut [i8],
     scales: &mut [f32],
 ) -> Result<()> {
-    assert_eq!(x.len(), rows * cols);
+    let (rows, cols) = (x.rows, x.cols);
+    let x = x.data;
     assert_eq!(out.len(), rows * cols);
     if x.is_empty() {
         // No values: every group's range is empty, and its scale is 1 (as for all zeros).
@@ -206,7 +272,7 @@ pub fn quantize_i8_rows(
             assert_eq!(scales.len(), 1);
             let mm = minmax_all(q, x);
             if check_finite && mm.nonfinite {
-                return Err(nonfinite(what, None));
+                return Err(nonfinite(None));
             }
             let s = reference::sym_scale(mm.absmax());
             scales[0] = s;
@@ -236,7 +302,7 @@ pub fn quantize_i8_rows(
                     for (r, ((xr, or), s)) in rows.enumerate() {
                         let mm = q.minmax(xr);
                         if check_finite && mm.nonfinite {
-                            return Err(nonfinite(what, Some(item * rpi + r)));
+                            return Err(nonfinite(Some(item * rpi + r)));
                         }
                         *s = reference::sym_scale(mm.absmax());
                         q.quantize_i8(xr, *s, or);

@@ -15,11 +15,12 @@
 //! ..      4           CRC-32 (IEEE) of every byte before it
 //! ```
 //!
-//! The packed panels are not stored: loading packs for the CPU it lands on.
+//! The packed panels are not stored: loading packs the values again, into the one layout every
+//! path reads.
 
 use crate::error::{try_zeroed, Error, Result};
 use crate::pack::{PackedB, MAX_K};
-use crate::quant::{quantize_i8_rows, Granularity};
+use crate::quant::{quantize_i8_rows, Granularity, Matrix};
 use crate::Isa;
 
 const MAGIC: &[u8; 8] = b"DYNAQPW\0";
@@ -55,7 +56,7 @@ impl PackedWeight {
         } else {
             Granularity::Tensor
         };
-        quantize_i8_rows(isa, w, n, k, gran, true, "weight", &mut q, &mut scales)?;
+        quantize_i8_rows(isa, Matrix::new(w, n, k)?, gran, true, &mut q, &mut scales)?;
         Self::from_quantized(&q, &scales, n, k, per_channel)
     }
 
@@ -176,7 +177,7 @@ impl PackedWeight {
         out
     }
 
-    /// Reads the serialized form, checking every field, and packs for this CPU.
+    /// Reads the serialized form, checking every field, and packs the values.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let corrupt = |m: String| Err(Error::Corrupt(format!("PackedWeight bytes: {m}")));
         if bytes.len() < HEADER + 4 {

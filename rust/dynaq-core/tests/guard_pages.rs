@@ -17,9 +17,11 @@ use common::{paths, scale, Rng, Scale};
 use dynaq_core::dispatch::{gemm_kernel, quant_kernels};
 use dynaq_core::gemm::K_CHUNK;
 use dynaq_core::kernel::{AData, AFormat, Tile};
-use dynaq_core::ops::{self, Int8Data, MatmulShape};
+use dynaq_core::ops::{self, Int8Data, MatmulOperand, MatmulShape};
 use dynaq_core::pack::{PackedB, GROUP_BYTES, PANEL};
-use dynaq_core::quant::{quantize_i8_rows, quantize_u8_rows, Granularity, Scheme};
+use dynaq_core::quant::{
+    quantize_i8_rows, quantize_u8_rows, Granularity, Matrix, Quantization, Scheme, U8Out,
+};
 use dynaq_core::reference;
 use dynaq_core::{Error, Isa, PackedWeight};
 use std::ops::{Deref, DerefMut};
@@ -288,19 +290,21 @@ fn quantize_rows_against_guards() {
             for scheme in [Scheme::Robust, Scheme::Onnx] {
                 let mut want = vec![0u8; rows * cols];
                 let (mut ws, mut wz) = (vec![0f32; groups], vec![0u8; groups]);
+                let how = Quantization {
+                    granularity: gran,
+                    scheme,
+                    check_finite: true,
+                };
                 let wr = quantize_u8_rows(
                     Isa::Scalar,
-                    &x,
-                    rows,
-                    cols,
-                    gran,
-                    scheme,
-                    true,
-                    "x",
-                    &mut want,
-                    cols,
-                    &mut ws,
-                    &mut wz,
+                    Matrix::new(&x, rows, cols).unwrap(),
+                    how,
+                    U8Out {
+                        values: &mut want,
+                        stride: cols,
+                        scales: &mut ws,
+                        zero_points: &mut wz,
+                    },
                 );
                 for isa in paths() {
                     for place in PLACES {
@@ -309,8 +313,15 @@ fn quantize_rows_against_guards() {
                         let mut s = Guarded::filled(f32::NAN, groups, place);
                         let mut z = Guarded::filled(0x33u8, groups, place);
                         let r = quantize_u8_rows(
-                            isa, &gx, rows, cols, gran, scheme, true, "x", &mut out, cols, &mut s,
-                            &mut z,
+                            isa,
+                            Matrix::new(&gx, rows, cols).unwrap(),
+                            how,
+                            U8Out {
+                                values: &mut out,
+                                stride: cols,
+                                scales: &mut s,
+                                zero_points: &mut z,
+                            },
                         );
                         let what = format!("{isa:?} u8 rows {rows}x{cols} {gran:?} {place:?}");
                         assert_eq!(r, wr, "{what}");
@@ -324,24 +335,15 @@ fn quantize_rows_against_guards() {
             }
             let mut want = vec![0i8; rows * cols];
             let mut ws = vec![0f32; groups];
-            let wr = quantize_i8_rows(
-                Isa::Scalar,
-                &x,
-                rows,
-                cols,
-                gran,
-                true,
-                "w",
-                &mut want,
-                &mut ws,
-            );
+            let xm = Matrix::new(&x, rows, cols).unwrap();
+            let wr = quantize_i8_rows(Isa::Scalar, xm, gran, true, &mut want, &mut ws);
             for isa in paths() {
                 for place in PLACES {
                     let gx = Guarded::new(&x, place);
                     let mut out = Guarded::filled(0x5Ai8, rows * cols, place);
                     let mut s = Guarded::filled(f32::NAN, groups, place);
-                    let r =
-                        quantize_i8_rows(isa, &gx, rows, cols, gran, true, "w", &mut out, &mut s);
+                    let gm = Matrix::new(&gx, rows, cols).unwrap();
+                    let r = quantize_i8_rows(isa, gm, gran, true, &mut out, &mut s);
                     let what = format!("{isa:?} i8 rows {rows}x{cols} {gran:?} {place:?}");
                     assert_eq!(r, wr, "{what}");
                     if wr.is_ok() {
@@ -379,7 +381,7 @@ fn dynamic_quantize_linear_against_guards() {
                     }
                 }
                 if check && style == 3 && len > 2 {
-                    assert!(matches!(wr, Err(Error::NonFinite(_))));
+                    assert!(matches!(wr, Err(Error::NonFinite { .. })));
                 }
             }
         }
@@ -427,23 +429,42 @@ fn linear_against_guards() {
         };
         let ws = PackedWeight::from_float(Isa::Scalar, &w, n, k, per_channel).unwrap();
         let mut want = vec![0f32; m * n];
-        ops::linear(Isa::Scalar, &x, m, &ws, Some(&bias), gran, true, &mut want).unwrap();
-        let mut want_nb = vec![0f32; m * n];
-        ops::linear(Isa::Scalar, &x, m, &ws, None, gran, true, &mut want_nb).unwrap();
-        let mut want_static = vec![0f32; m * n];
-        ops::linear_static(
+        ops::linear(
             Isa::Scalar,
-            &x,
-            m,
+            Matrix::new(&x, m, ws.k()).unwrap(),
             &ws,
             Some(&bias),
-            0.02,
-            130,
-            true,
-            &mut want_static,
+            Quantization::dynamic(gran),
+            &mut want,
         )
         .unwrap();
-        let (wqa, wsx, wzx) = ops::quantize_activations(Isa::Scalar, &x, m, k, gran, true).unwrap();
+        let mut want_nb = vec![0f32; m * n];
+        ops::linear(
+            Isa::Scalar,
+            Matrix::new(&x, m, ws.k()).unwrap(),
+            &ws,
+            None,
+            Quantization::dynamic(gran),
+            &mut want_nb,
+        )
+        .unwrap();
+        let mut want_static = vec![0f32; m * n];
+        let fixed = Quantization {
+            granularity: Granularity::Tensor,
+            scheme: Scheme::Fixed {
+                scale: 0.02,
+                zero_point: 130,
+            },
+            check_finite: true,
+        };
+        let xm = Matrix::new(&x, m, k).unwrap();
+        ops::linear(Isa::Scalar, xm, &ws, Some(&bias), fixed, &mut want_static).unwrap();
+        let (wqa, wsx, wzx) = ops::quantize_activations(
+            Isa::Scalar,
+            Matrix::new(&x, m, k).unwrap(),
+            Quantization::dynamic(gran),
+        )
+        .unwrap();
         for isa in paths() {
             for place in PLACES {
                 let what = format!("{isa:?} linear {m}x{n}x{k} {gran:?} {place:?}");
@@ -453,15 +474,37 @@ fn linear_against_guards() {
                 let gx = Guarded::new(&x, place);
                 let gb = Guarded::new(&bias, place);
                 let mut out = Guarded::filled(f32::NAN, m * n, place);
-                ops::linear(isa, &gx, m, &pw, Some(&gb), gran, true, &mut out).unwrap();
+                ops::linear(
+                    isa,
+                    Matrix::new(&gx, m, pw.k()).unwrap(),
+                    &pw,
+                    Some(&gb),
+                    Quantization::dynamic(gran),
+                    &mut out,
+                )
+                .unwrap();
                 assert_eq!(bits(&out), bits(&want), "{what}");
                 let mut out = Guarded::filled(f32::NAN, m * n, place);
-                ops::linear(isa, &gx, m, &pw, None, gran, true, &mut out).unwrap();
+                ops::linear(
+                    isa,
+                    Matrix::new(&gx, m, pw.k()).unwrap(),
+                    &pw,
+                    None,
+                    Quantization::dynamic(gran),
+                    &mut out,
+                )
+                .unwrap();
                 assert_eq!(bits(&out), bits(&want_nb), "{what} without bias");
                 let mut out = Guarded::filled(f32::NAN, m * n, place);
-                ops::linear_static(isa, &gx, m, &pw, Some(&gb), 0.02, 130, true, &mut out).unwrap();
+                let gxm = Matrix::new(&gx, m, k).unwrap();
+                ops::linear(isa, gxm, &pw, Some(&gb), fixed, &mut out).unwrap();
                 assert_eq!(bits(&out), bits(&want_static), "{what} static");
-                let (qa, sx, zx) = ops::quantize_activations(isa, &gx, m, k, gran, true).unwrap();
+                let (qa, sx, zx) = ops::quantize_activations(
+                    isa,
+                    Matrix::new(&gx, m, k).unwrap(),
+                    Quantization::dynamic(gran),
+                )
+                .unwrap();
                 for i in 0..m {
                     assert_eq!(qa.row(i), wqa.row(i), "{what}: quantized row {i}");
                 }
@@ -488,19 +531,25 @@ fn linear_long_k_against_guards() {
     let mut want = vec![0f32; m * n];
     ops::linear(
         Isa::Scalar,
-        &x,
-        m,
+        Matrix::new(&x, m, w.k()).unwrap(),
         &w,
         None,
-        Granularity::Row,
-        true,
+        Quantization::dynamic(Granularity::Row),
         &mut want,
     )
     .unwrap();
     for isa in paths() {
         let gx = Guarded::new(&x, Place::Tail);
         let mut out = Guarded::filled(f32::NAN, m * n, Place::Tail);
-        ops::linear(isa, &gx, m, &w, None, Granularity::Row, true, &mut out).unwrap();
+        ops::linear(
+            isa,
+            Matrix::new(&gx, m, w.k()).unwrap(),
+            &w,
+            None,
+            Quantization::dynamic(Granularity::Row),
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(bits(&out), bits(&want), "{isa:?} linear K = {k}");
     }
 }
@@ -644,12 +693,16 @@ fn matmul_integer_against_guards() {
         let wr = ops::matmul_integer(
             Isa::Scalar,
             shape,
-            a.data(),
-            &a_index,
-            b.data(),
-            &b_index,
-            &za,
-            &zb,
+            MatmulOperand {
+                data: a.data(),
+                index: &a_index,
+                zero_point: &za,
+            },
+            MatmulOperand {
+                data: b.data(),
+                index: &b_index,
+                zero_point: &zb,
+            },
             &mut want,
         );
         for isa in paths() {
@@ -661,12 +714,16 @@ fn matmul_integer_against_guards() {
                 let r = ops::matmul_integer(
                     isa,
                     shape,
-                    ga.data(),
-                    &gai,
-                    gb.data(),
-                    &gbi,
-                    &gza,
-                    &gzb,
+                    MatmulOperand {
+                        data: ga.data(),
+                        index: &gai,
+                        zero_point: &gza,
+                    },
+                    MatmulOperand {
+                        data: gb.data(),
+                        index: &gbi,
+                        zero_point: &gzb,
+                    },
                     &mut out,
                 );
                 let what = format!("{isa:?} matmul_integer {batch}x{m}x{k}x{n} {place:?}");

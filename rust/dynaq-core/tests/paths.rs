@@ -18,9 +18,9 @@ use common::{cases, paths, quick, scale, Rng, Scale};
 use dynaq_core::dispatch::{gemm_kernel, quant_kernels};
 use dynaq_core::gemm::K_CHUNK;
 use dynaq_core::kernel::{AData, AFormat, Tile};
-use dynaq_core::ops::{self, Int8Data, MatmulShape};
+use dynaq_core::ops::{self, Int8Data, MatmulOperand, MatmulShape};
 use dynaq_core::pack::{PackedB, GROUP_BYTES, PANEL};
-use dynaq_core::quant::Granularity;
+use dynaq_core::quant::{Granularity, Matrix, Quantization};
 use dynaq_core::reference;
 use dynaq_core::{Error, Isa, PackedWeight};
 use proptest::prelude::*;
@@ -238,7 +238,12 @@ fn check_linear(m: usize, n: usize, k: usize, x: &[f32], wq: &[i8], gran: Granul
     assert_eq!(w.packed().colsums(), &colsum[..]);
     let mut first_q: Option<Vec<u8>> = None;
     for isa in paths() {
-        let (qa, sx, zx) = ops::quantize_activations(isa, x, m, k, gran, true).unwrap();
+        let (qa, sx, zx) = ops::quantize_activations(
+            isa,
+            Matrix::new(x, m, k).unwrap(),
+            Quantization::dynamic(gran),
+        )
+        .unwrap();
         let xq: Vec<u8> = (0..m).flat_map(|i| qa.row(i).to_vec()).collect();
         // Every path quantizes the activations identically.
         match &first_q {
@@ -247,7 +252,15 @@ fn check_linear(m: usize, n: usize, k: usize, x: &[f32], wq: &[i8], gran: Granul
         }
         let acc = reference::gemm_u8s8(&xq, wq, m, n, k);
         let mut out = vec![f32::NAN; m * n];
-        ops::linear(isa, x, m, &w, Some(&bias), gran, true, &mut out).unwrap();
+        ops::linear(
+            isa,
+            Matrix::new(x, m, w.k()).unwrap(),
+            &w,
+            Some(&bias),
+            Quantization::dynamic(gran),
+            &mut out,
+        )
+        .unwrap();
         for i in 0..m {
             for j in 0..n {
                 let want = reference::linear_epilogue_one(
@@ -321,7 +334,21 @@ fn check_matmul(m: usize, k: usize, n: usize, a: &Operand, b: &Operand, za: &[i3
     let shape = MatmulShape { batch: 1, m, k, n };
     for isa in paths() {
         let mut out = vec![i32::MIN; m * n];
-        let r = ops::matmul_integer(isa, shape, a.data(), &[0], b.data(), &[0], za, zb, &mut out);
+        let r = ops::matmul_integer(
+            isa,
+            shape,
+            MatmulOperand {
+                data: a.data(),
+                index: &[0],
+                zero_point: za,
+            },
+            MatmulOperand {
+                data: b.data(),
+                index: &[0],
+                zero_point: zb,
+            },
+            &mut out,
+        );
         if fits {
             r.unwrap();
             for (idx, (&g, &w)) in out.iter().zip(&want).enumerate() {
@@ -479,12 +506,16 @@ fn batched_matmul_integer() {
         ops::matmul_integer(
             isa,
             shape,
-            Int8Data::U8(&a),
-            &a_index,
-            Int8Data::I8(&b),
-            &b_index,
-            &za,
-            &zb,
+            MatmulOperand {
+                data: Int8Data::U8(&a),
+                index: &a_index,
+                zero_point: &za,
+            },
+            MatmulOperand {
+                data: Int8Data::I8(&b),
+                index: &b_index,
+                zero_point: &zb,
+            },
             &mut out,
         )
         .unwrap();
