@@ -15,9 +15,9 @@ This is a benchmark, not a test::
 Needs torch and transformers (``pip install "dynaq[torch]" transformers``).
 
 Thread pools: torch's OpenMP workers busy-wait for a while after each parallel op (libgomp's
-default). ``import dynaq.torch`` makes dynaq's GEMMs run on those same OpenMP threads
-(``dynaq.torch.share_torch_threads``), so the dynaq model has one set of threads, like the other
-two; ``DYNAQ_TORCH_THREADS=0`` measures dynaq on its own pool instead. By default the script
+default). By default the script calls ``dynaq.torch.share_torch_threads()``, so that dynaq's
+GEMMs run on those same OpenMP threads and the dynaq model has one set of threads, like the
+other two; ``--dynaq-threads own`` measures dynaq on its own pool instead. By default the script
 measures in two fresh processes: the environment as it is for every thread count, and
 ``OMP_WAIT_POLICY=PASSIVE`` (idle OpenMP workers sleep; set before torch loads) again for counts
 above 1 (it changes nothing on 1 thread); the policy applies to all three models alike and the
@@ -95,6 +95,7 @@ def median_seconds(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str,
 
 def measure(args: argparse.Namespace, threads: list[int]) -> dict[str, Any]:
     """Times the three models in this process; returns the header and one row per entry."""
+    dynaq.torch.share_torch_threads(args.dynaq_threads == "shared")
     model = build_model(args.layers)
     g = torch.Generator().manual_seed(1)
     inputs = {
@@ -142,6 +143,7 @@ def run_child(policy: str, args: argparse.Namespace, threads: list[int]) -> dict
         sys.executable, os.path.abspath(__file__), "--json", "--omp-wait-policy", policy,
         "--threads", ",".join(map(str, threads)), "--repeats", str(args.repeats),
         "--layers", str(args.layers), "--batch", str(args.batch), "--seq", str(args.seq),
+        "--dynaq-threads", args.dynaq_threads,
     ]  # fmt: skip
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -177,6 +179,13 @@ def main() -> None:
         default="both",
         help="default: the environment as it is; passive: OMP_WAIT_POLICY=PASSIVE; both "
         "(default): the first for every thread count, the second again for counts above 1",
+    )
+    parser.add_argument(
+        "--dynaq-threads",
+        choices=("shared", "own"),
+        default="shared",
+        help="shared (default): dynaq on torch's OpenMP threads (share_torch_threads); own: on "
+        "dynaq's own pool",
     )
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -35,9 +35,21 @@ def packed_weights(out: dict[str, list[bytes]]) -> None:
         (5, 2, False),
     ]:
         w = rng.standard_normal((n, k)).astype(np.float32)
-        b = dynaq.pack_weight(w, per_channel=per_channel).to_bytes()
-        _put("packed_weight", b"\x00" + b, out)  # checksum as stored
-        _put("packed_weight", b"\x01" + b, out)  # checksum fixed by the target
+        pw = dynaq.pack_weight(w, per_channel=per_channel)
+        for b in (pw.to_bytes(), _version_1(pw)):
+            _put("packed_weight", b"\x00" + b, out)  # checksum as stored
+            _put("packed_weight", b"\x01" + b, out)  # checksum fixed by the target
+
+
+def _version_1(pw: dynaq.PackedWeight) -> bytes:
+    """The weight as format version 1 (DYNAQPW) stored it (still read)."""
+    import zlib
+
+    values, scales = pw.unpack()
+    n, k = pw.shape
+    body = b"DYNAQPW\0" + struct.pack("<IIQQ", 1, int(pw.per_channel), n, k)
+    body += scales.astype("<f4").tobytes() + values.tobytes()
+    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def safetensors_files(out: dict[str, list[bytes]]) -> None:

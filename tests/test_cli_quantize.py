@@ -88,9 +88,9 @@ def test_options_in_process(tmp_path, capsys):
         "steps": "kept",
     }
     meta = ds.read_metadata(dst)
-    assert meta["dynaq.per_channel"] == "false" and meta["format"] == "pt"
+    assert meta["format"] == "pt"
     assert json.loads(meta["dynaq.quantized"]) == ["layer.0.weight"]
-    assert ds.read(dst)["layer.0.weight.dynaq_scale"].shape == (1,)
+    assert ds.read(dst)["layer.0.weight_scale"].shape == ()  # --per-tensor: one scale
 
 
 def test_min_sqnr_option(tmp_path, capsys):

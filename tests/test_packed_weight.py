@@ -9,9 +9,10 @@ import dynaq
 import numpy as np
 import pytest
 from refimpl import pack_weight_ref
-from util import AVAILABLE_ISAS, bits, run_on_each_isa
+from util import AVAILABLE_ISAS, bits, blob_header, reseal, run_on_each_isa, with_metadata
 
 F32 = np.float32
+# The first bytes of a serialized weight of format version 1 (still read).
 MAGIC = b"DYNAQPW\0"
 
 
@@ -249,7 +250,9 @@ def test_bytes_round_trip(isa, nk, per_channel):
     pw = dynaq.pack_weight(w, per_channel=per_channel)
     b = pw.to_bytes()
     assert isinstance(b, bytes)
-    assert b[:8] == MAGIC
+    # Plain tensors in the safetensors layout: the int8 values and the scales, as they are.
+    weights, tensors, meta = dynaq._dynaq.read_blob(b, "PackedWeight")
+    assert weights["weight"] == pw and tensors == {} and meta["dynaq.kind"] == "PackedWeight"
     back = dynaq.PackedWeight.from_bytes(b)
     assert tuple(back.shape) == nk and back.per_channel is per_channel
     v0, s0 = pw.unpack()
@@ -305,13 +308,24 @@ def _small_bytes(per_channel=True):
 
 
 def test_serialized_layout():
-    # The documented header: magic, version 1, flags, n, k (little-endian), scales, values, CRC.
+    # The documented form: a safetensors buffer holding "weight" (I8, out x in) and
+    # "weight_scale" (F32, (out,) per channel or () per tensor), with dynaq's metadata.
     for per_channel in (True, False):
         b = _small_bytes(per_channel)
-        version, flags, n, k = struct.unpack("<IIQQ", b[8:32])
-        assert (version, flags & 1, n, k) == (1, int(per_channel), 3, 5)
-        ns = 3 if per_channel else 1
-        assert len(b) == 32 + 4 * ns + 15 + 4
+        h = blob_header(b)
+        meta = h.pop("__metadata__")
+        assert meta["dynaq.format"] == str(dynaq._dynaq.FORMAT_VERSION) == "2"
+        assert meta["dynaq.kind"] == "PackedWeight" and meta["dynaq.quantized"] == '["weight"]'
+        assert len(meta["dynaq.crc32"]) == 8
+        assert h["weight"]["dtype"] == "I8" and h["weight"]["shape"] == [3, 5]
+        assert h["weight_scale"]["dtype"] == "F32"
+        assert h["weight_scale"]["shape"] == ([3] if per_channel else [])
+        assert len(b) == 8 + struct.unpack("<Q", b[:8])[0] + 15 + 4 * (3 if per_channel else 1)
+    st_numpy = pytest.importorskip("safetensors.numpy")
+    pw = dynaq.pack_weight(_weight(3, 5, seed=10))
+    theirs = st_numpy.load(pw.to_bytes())
+    np.testing.assert_array_equal(theirs["weight"], pw.unpack()[0])
+    np.testing.assert_array_equal(bits(theirs["weight_scale"]), bits(pw.scales))
 
 
 @pytest.mark.parametrize("per_channel", [True, False])
@@ -342,19 +356,38 @@ def test_every_flipped_bit_rejected(per_channel):
 
 def test_bad_magic_and_version_rejected():
     b = _small_bytes()
-    with pytest.raises(ValueError, match="(?i)magic|dynaq"):
-        dynaq.PackedWeight.from_bytes(b"NOTDYNAQ" + b[8:])
+    for junk in (b"NOTDYNAQ" + b[8:], b"DYNAQPW" + b[7:]):
+        with pytest.raises(ValueError, match="^PackedWeight bytes: "):
+            dynaq.PackedWeight.from_bytes(junk)
+    for version in ("0", "1", "3", "9"):
+        with pytest.raises(ValueError, match=f"(?i)format version {version} is not supported"):
+            dynaq.PackedWeight.from_bytes(with_metadata(b, "dynaq.format", version))
+    with pytest.raises(ValueError, match="holds a 'Linearxxxxxx', not a 'PackedWeight'"):
+        dynaq.PackedWeight.from_bytes(with_metadata(b + b"", "dynaq.kind", "Linear" + "x" * 6))
+    # Version-1 bytes (DYNAQPW) are still read; other versions of them are refused.
+    v1 = _v1_bytes()
     for version in (0, 2, 255, 2**32 - 1):
-        c = b[:8] + struct.pack("<I", version) + b[12:]
+        c = v1[:8] + struct.pack("<I", version) + v1[12:]
         with pytest.raises(ValueError, match="(?i)version"):
             dynaq.PackedWeight.from_bytes(c)
 
 
-def test_header_lies_rejected_without_crash():
-    """Headers with huge or inconsistent sizes (CRC recomputed so only the header is wrong)."""
+def _v1_bytes(per_channel=True, n=3, k=5, seed=10):
+    """A weight as format version 1 (DYNAQPW) wrote it, with its CRC."""
     import zlib
 
-    b = _small_bytes()
+    values, scales = dynaq.pack_weight(_weight(n, k, seed=seed), per_channel=per_channel).unpack()
+    body = MAGIC + struct.pack("<IIQQ", 1, int(per_channel), n, k)
+    body += scales.astype("<f4").tobytes() + values.tobytes()
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_header_lies_rejected_without_crash():
+    """Version-1 headers with huge or inconsistent sizes (CRC recomputed so only the header is
+    wrong)."""
+    import zlib
+
+    b = _v1_bytes()
     body = b[:-4]
 
     def with_crc(data: bytes) -> bytes:
@@ -375,6 +408,52 @@ def test_header_lies_rejected_without_crash():
     for c in cases:
         with pytest.raises(ValueError):
             dynaq.PackedWeight.from_bytes(c)
+
+
+def _v2_blob(tensors: dict, quantized='["weight"]') -> bytes:
+    """A sealed format-2 blob of kind PackedWeight holding ``tensors`` as given (however wrong)."""
+    from dynaq import _dynaq
+
+    meta = [
+        ("dynaq.format", "2"),
+        ("dynaq.kind", "PackedWeight"),
+        ("dynaq.quantized", quantized),
+        ("dynaq.crc32", "00000000"),
+    ]
+    dtypes = {np.dtype(np.int8): "I8", np.dtype(np.float32): "F32", np.dtype(np.uint8): "U8"}
+    order = _dynaq.safetensors_data_order([(n, dtypes[a.dtype]) for n, a in tensors.items()])
+    items = [(n, dtypes[tensors[n].dtype], list(tensors[n].shape), tensors[n].nbytes)
+             for n in order]  # fmt: skip
+    head = bytes(_dynaq.encode_safetensors_header(items, meta))
+    return reseal(head + b"".join(tensors[n].tobytes() for n in order))
+
+
+def test_consistent_but_wrong_contents_rejected():
+    """Format-2 blobs whose seal is right and whose tensors are not a weight."""
+    v = np.ones((3, 5), np.int8)
+    s3 = np.ones(3, F32)
+    good = _v2_blob({"weight": v, "weight_scale": s3})
+    assert dynaq.PackedWeight.from_bytes(good).shape == (3, 5)
+    cases = {
+        "scale shape": ({"weight": v, "weight_scale": np.ones(4, F32)}, "do not fit"),
+        "-128": ({"weight": np.full((3, 5), -128, np.int8), "weight_scale": s3}, "-128"),
+        "nan scale": ({"weight": v, "weight_scale": np.full(3, np.nan, F32)}, "finite"),
+        "zero scale": ({"weight": v, "weight_scale": np.zeros(3, F32)}, "positive"),
+        "uint8 values": ({"weight": v.view(np.uint8), "weight_scale": s3}, "I8"),
+        "1-D values": ({"weight": v.reshape(-1), "weight_scale": s3}, "2-D"),
+        "no scales": ({"weight": v}, "missing"),
+        "extra tensor": ({"weight": v, "weight_scale": s3, "bias": s3}, "exactly"),
+        "huge, no values": (
+            {"weight": np.empty((1 << 40, 0), np.int8), "weight_scale": np.ones((), F32)},
+            "implausible",
+        ),
+    }
+    for what, (tensors, match) in cases.items():
+        with pytest.raises(ValueError, match=match):
+            dynaq.PackedWeight.from_bytes(_v2_blob(tensors))
+        assert what
+    with pytest.raises(ValueError, match="dynaq.quantized"):
+        dynaq.PackedWeight.from_bytes(_v2_blob({"weight": v, "weight_scale": s3}, "[1]"))
 
 
 def test_random_garbage_rejected():

@@ -401,20 +401,57 @@ def test_linear_skeleton_loads_a_state_dict():
         dt.Linear(24, 10).load_state_dict({**q.state_dict(), "extra": torch.zeros(1)})
 
 
-def test_state_dict_layout():
+def test_state_dict_layout(tmp_path):
     q = dt.quantize_dynamic(make_lm())
     sd = q.state_dict()
-    assert set(sd) == {
-        "embed.weight",
-        "rnn.dynaq_packed",
-        "rnn.dynaq_version",
-        "head.dynaq_packed",
-        "head.dynaq_version",
-    }
-    assert sd["head.dynaq_packed"].dtype == torch.uint8 and sd["head.dynaq_packed"].dim() == 1
-    assert int(sd["head.dynaq_version"]) == dt.STATE_VERSION
-    # The packed form is int8: about a quarter of the float32 weight.
-    assert sd["head.dynaq_packed"].numel() < 0.3 * 4 * 96 * 300 + 4 * 300 + 512
+    rnn = {
+        f"rnn.{p}_l{layer}{sfx}"
+        for layer in (0, 1)
+        for p, sfx in [
+            ("weight_ih", ""), ("weight_ih", "_scale"), ("weight_hh", ""), ("weight_hh", "_scale"),
+            ("bias_ih", ""), ("bias_hh", ""),
+        ]
+    }  # fmt: skip
+    assert set(sd) == {"embed.weight", "head.weight", "head.weight_scale", "head.bias"} | rnn
+    # Plain tensors, as what they are: int8 values, float32 scales and biases.
+    assert sd["head.weight"].dtype == torch.int8 and tuple(sd["head.weight"].shape) == (300, 96)
+    assert sd["head.weight_scale"].dtype == torch.float32
+    assert tuple(sd["head.weight_scale"].shape) == (300,)
+    assert sd["rnn.weight_hh_l1"].dtype == torch.int8
+    assert sd["head.bias"].dtype == torch.float32
+    values, scales = q.head.weight_int8()
+    assert torch.equal(sd["head.weight"], values) and torch.equal(sd["head.weight_scale"], scales)
+    assert sd._metadata["head"]["version"] == dynaq._dynaq.FORMAT_VERSION
+    # Every tool reads it: torch.load with weights_only (the default), and safetensors.
+    torch.save(sd, tmp_path / "sd.pt")
+    loaded = torch.load(tmp_path / "sd.pt", weights_only=True)
+    fresh = dt.quantize_dynamic(make_lm(seed=9))
+    fresh.load_state_dict(loaded)
+    ids = lm_inputs()
+    np.testing.assert_array_equal(run(fresh, ids).numpy(), run(q, ids).numpy())
+    st_torch = pytest.importorskip("safetensors.torch")
+    st_torch.save_file(sd, str(tmp_path / "sd.safetensors"))
+    fresh = dt.quantize_dynamic(make_lm(seed=9))
+    fresh.load_state_dict(st_torch.load_file(str(tmp_path / "sd.safetensors")))
+    np.testing.assert_array_equal(run(fresh, ids).numpy(), run(q, ids).numpy())
+    # Per-tensor scales are scalars.
+    qt = dt.quantize_dynamic(make_lm(), per_channel=False)
+    assert qt.state_dict()["head.weight_scale"].shape == ()
+
+
+def test_state_dict_keeps_the_granularity():
+    torch.manual_seed(0)
+    q = dt.Linear.from_float(nn.Linear(8, 5), granularity="tensor")
+    sd = q.state_dict()
+    assert sd._metadata[""]["dynaq"]["granularity"] == "tensor"
+    skeleton = dt.Linear(8, 5)
+    skeleton.load_state_dict(sd)
+    assert skeleton.granularity == "tensor"
+    # Without the metadata (a safetensors file, say), the module keeps its own.
+    bare = dict(sd)
+    skeleton = dt.Linear(8, 5)
+    skeleton.load_state_dict(bare)
+    assert skeleton.granularity == "row"
 
 
 def test_state_dict_mismatch_is_a_clear_error():
@@ -427,28 +464,28 @@ def test_state_dict_mismatch_is_a_clear_error():
     with pytest.raises(RuntimeError) as e:
         wrong.load_state_dict(sd_wrong)
     msg = str(e.value)
-    assert "size mismatch for head.dynaq_packed" in msg and "in_features=96" in msg
-    assert "in_features=64" in msg and "size mismatch for rnn.dynaq_packed" in msg
+    assert "size mismatch for head" in msg and "in_features=96" in msg
+    assert "in_features=64" in msg and "size mismatch for rnn" in msg
     assert "hidden_size=96" in msg
 
     fresh = dt.quantize_dynamic(make_lm())
     bad = dict(sd)
-    bad["head.dynaq_packed"] = sd["head.dynaq_packed"][:-10]
-    with pytest.raises(RuntimeError, match=r"head.dynaq_packed cannot be read"):
+    bad["head.weight"] = sd["head.weight"][:-10]
+    with pytest.raises(RuntimeError, match=r"head.*scales .* do not fit a weight of shape \(290"):
         fresh.load_state_dict(bad)
     bad = dict(sd)
-    bad["rnn.dynaq_version"] = torch.tensor(99)
-    with pytest.raises(RuntimeError, match=r"rnn.dynaq_version = 99 is not a version"):
+    bad["head.weight"] = sd["head.weight"].float()
+    with pytest.raises(RuntimeError, match="head.weight must be an int8 array, got dtype float32"):
         fresh.load_state_dict(bad)
     bad = dict(sd)
-    bad["head.dynaq_packed"] = sd["head.dynaq_packed"].float()
-    with pytest.raises(RuntimeError, match="must be a 1-D uint8 tensor"):
+    bad["head.weight_scale"] = torch.zeros(300)
+    with pytest.raises(RuntimeError, match="head.*scales must be finite and positive"):
         fresh.load_state_dict(bad)
-    bad = {k: v for k, v in sd.items() if k != "rnn.dynaq_packed"}
-    bad["rnn.weight_ih_l0"] = torch.zeros(3)
+    bad = {k: v for k, v in sd.items() if k != "rnn.weight_ih_l0_scale"}
+    bad["rnn.dynaq_weight_ih_l0"] = torch.zeros(3)
     with pytest.raises(RuntimeError) as e:
         fresh.load_state_dict(bad)
-    assert "rnn.dynaq_packed" in str(e.value) and "rnn.weight_ih_l0" in str(e.value)
+    assert "rnn.weight_ih_l0_scale" in str(e.value) and "rnn.dynaq_weight_ih_l0" in str(e.value)
     # Nothing was half-loaded into the module that failed, and strict=False skips what's missing.
     ids = lm_inputs()
     before = run(fresh, ids)
@@ -656,7 +693,7 @@ def shared_two_threads():
     yield
     dynaq.set_num_threads(threads)
     torch.set_num_threads(torch_threads)
-    dt.share_torch_threads(True)
+    dt.share_torch_threads(False)
 
 
 def _big_linear_case(seed: int = 0):
@@ -669,9 +706,20 @@ def _big_linear_case(seed: int = 0):
 
 
 @needs_openmp
-def test_importing_dynaq_torch_shares_torch_openmp_threads():
-    assert dynaq._dynaq.sharing_openmp_team()
-    path = dt._torch_openmp_library()
+def test_sharing_torch_threads_is_an_explicit_switch():
+    # In a fresh interpreter: importing dynaq.torch changes nothing; the call switches it on.
+    code = (
+        "import dynaq, dynaq.torch as dt; print(dynaq._dynaq.sharing_openmp_team()); "
+        "print(dt.share_torch_threads()); print(dynaq._dynaq.sharing_openmp_team()); "
+        "print(dt.share_torch_threads(False)); print(dynaq._dynaq.sharing_openmp_team())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "True", "False", "False"]
+    from dynaq.torch.threads import _torch_openmp_library
+
+    path = _torch_openmp_library()
     assert path is not None and os.path.basename(path).startswith(("libgomp", "libiomp", "libomp"))
 
 
@@ -726,7 +774,7 @@ rng = np.random.default_rng(0)
 x = rng.standard_normal((256, 384)).astype(np.float32)
 pw = dynaq.pack_weight(rng.standard_normal((512, 384)).astype(np.float32))
 dynaq.set_num_threads(2); torch.set_num_threads(2)
-assert dynaq._dynaq.sharing_openmp_team()
+assert dynaq.torch.share_torch_threads()
 want = dynaq.linear(x, pw)  # the OpenMP team now exists in the parent
 
 def child(conn):
@@ -756,13 +804,3 @@ def test_fork_after_sharing_torch_threads():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "fork ok" in out.stdout
-
-
-@needs_openmp
-def test_dynaq_torch_threads_env_opt_out():
-    code = "import dynaq, dynaq.torch; print(dynaq._dynaq.sharing_openmp_team())"
-    env = dict(os.environ, DYNAQ_TORCH_THREADS="0")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env=env)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "False"

@@ -10,12 +10,20 @@ ARCH: str
 FORMAT_VERSION: int
 MAX_K: int
 __version__: str
+FORMAT_KEY: str
+KIND_KEY: str
+QUANTIZED_KEY: str
+SCALE_SUFFIX: str
 __all__ = [
     "ARCH",
+    "FORMAT_KEY",
     "FORMAT_VERSION",
+    "KIND_KEY",
     "MAX_K",
     "PackedWeight",
+    "QUANTIZED_KEY",
     "QuantizedTensor",
+    "SCALE_SUFFIX",
     "__version__",
     "_held_calls",
     "_hold_detached_calls",
@@ -26,6 +34,7 @@ __all__ = [
     "cpu_features",
     "detected_isas",
     "dynamic_quantize_linear",
+    "encode_safetensors_header",
     "env_warning",
     "get_max_isa",
     "get_num_threads",
@@ -34,12 +43,20 @@ __all__ = [
     "linear_static",
     "matmul_integer",
     "pack_weight",
+    "parse_safetensors_header",
     "physical_cores",
     "quantize",
+    "read_blob",
+    "safetensors_data_order",
+    "safetensors_dtypes",
+    "safetensors_header_len",
     "set_max_isa",
     "set_num_threads",
     "share_openmp_team",
     "sharing_openmp_team",
+    "weight_from_tensors",
+    "weight_tensors",
+    "write_blob",
 ]
 
 @final
@@ -131,5 +148,25 @@ def set_num_threads(n: int) -> None: ...
 def physical_cores() -> int: ...
 def share_openmp_team(path: Optional[str]) -> None: ...
 def sharing_openmp_team() -> bool: ...
+def write_blob(
+    kind: str,
+    weights: dict[str, PackedWeight],
+    tensors: dict[str, npt.NDArray[Any]],
+    extra: dict[str, str],
+) -> bytes: ...
+def read_blob(
+    data: bytes, kind: str
+) -> tuple[dict[str, PackedWeight], dict[str, npt.NDArray[Any]], dict[str, str]]: ...
+def weight_tensors(weight: PackedWeight, name: str = "weight") -> dict[str, npt.NDArray[Any]]: ...
+def weight_from_tensors(tensors: object, name: str = "weight") -> PackedWeight: ...
+def safetensors_header_len(prefix: bytes, file_len: int) -> int: ...
+def parse_safetensors_header(
+    header: bytes, data_len: int
+) -> tuple[list[tuple[str, str, tuple[int, ...], int, int]], dict[str, str]]: ...
+def encode_safetensors_header(
+    items: list[tuple[str, str, list[int], int]], metadata: list[tuple[str, str]]
+) -> bytes: ...
+def safetensors_data_order(items: list[tuple[str, str]]) -> list[str]: ...
+def safetensors_dtypes() -> list[tuple[str, int]]: ...
 def _hold_detached_calls(hold: bool) -> None: ...
 def _held_calls() -> int: ...

@@ -24,7 +24,11 @@
 //! * [`gemm`]: the driver (tiling, K chunks, threads) around microkernels.
 //! * [`epilogue`]: i32 tiles to float32 (`linear`) or to checked i32 (`matmul_integer`).
 //! * [`ops`]: the operations the Python package exposes, on plain slices.
-//! * [`weight`]: `PackedWeight` and its versioned, ISA-independent serialization.
+//! * [`weight`]: `PackedWeight`, a weight quantized once and packed for the kernels.
+//! * [`format`]: the one on-disk form (int8 values and float32 scales as plain named tensors,
+//!   one format version) and the reader of what version 1 wrote.
+//! * [`safetensors`]: the one strict safetensors reader and writer (files, sealed blobs), on
+//!   [`json`], a strict JSON parser that quotes values as Python's `repr()` does in messages.
 //! * [`threads`]: the rayon pool, and the optional shared OpenMP team ([`threads::openmp`]).
 //!
 //! The choice of kernels runs one way: [`isa`] (the paths, CPU detection, the `DYNAQ_MAX_ISA`
@@ -35,13 +39,16 @@
 pub mod dispatch;
 pub mod epilogue;
 pub mod error;
+pub mod format;
 pub mod gemm;
 pub mod isa;
+pub mod json;
 pub mod kernel;
 pub mod ops;
 pub mod pack;
 pub mod quant;
 pub mod reference;
+pub mod safetensors;
 pub mod threads;
 pub mod weight;
 

@@ -1,216 +1,29 @@
-"""Numpy layers on dynaq's int8 kernels: ``Linear``, ``LSTM``, ``GRU`` and their cells.
-
-Weights are quantized once (symmetric int8, per output channel by default); activations are
-quantized at run time, per row by default, so one sequence's result never depends on the others
-in the batch. Recurrent layers take PyTorch-format parameters (``weight_ih_l0``, ``weight_hh_l0``,
-``bias_ih_l0``, ``bias_hh_l0``, ``..._reverse`` for the second direction) in PyTorch's gate order
-(LSTM: input, forget, cell, output; GRU: reset, update, new) and compute what ``torch.nn.LSTM`` /
-``torch.nn.GRU`` compute in inference, up to quantization error. Every layer pickles, round-trips
-through ``to_bytes()`` / ``from_bytes()``, and has a readable ``repr``.
-"""
+"""The numpy recurrent layers: ``LSTM``, ``GRU`` and their cells, on PyTorch-format parameters,
+with int8 input and hidden projections."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any, Optional, Union
+from collections.abc import Mapping
+from typing import Any, Optional
 
 import numpy as np
 
-from . import _container
-from ._dynaq import PackedWeight, linear, pack_weight
-from ._dynaq import as_float32 as _as_float32
-from ._dynaq import check_granularity as _check_granularity
-from ._dynaq import linear_static as _linear_static
+from .._dynaq import as_float32 as _as_float32
+from .._dynaq import check_granularity as _check_granularity
+from .._dynaq import linear
+from ._common import (
+    F32,
+    Serialized,
+    Tensors,
+    Weights,
+    bias_array,
+    config_value,
+    expect_names,
+    pack,
+    sigmoid,
+)
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "Linear"]
-
-F32 = np.float32
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # tanh form: no overflow for large |x| (1 / (1 + exp(-x)) overflows exp below -88).
-    return F32(0.5) * (F32(1.0) + np.tanh(F32(0.5) * x))
-
-
-def _pack(weight: Any, name: str, per_channel: bool) -> PackedWeight:
-    if isinstance(weight, PackedWeight):
-        return weight
-    w = _as_float32(weight, name)
-    if w.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {w.shape}")
-    try:
-        return pack_weight(w, per_channel=per_channel)
-    except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
-
-
-def _bias(bias: Any, name: str, n: int) -> Optional[np.ndarray]:
-    if bias is None:
-        return None
-    b = _as_float32(bias, name)
-    if b.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {b.shape}")
-    return b
-
-
-class Linear:
-    """``y = x @ weight.T + bias`` with int8 weights and dynamically quantized activations.
-
-    Parameters
-    ----------
-    weight : PackedWeight
-        From :func:`dynaq.pack_weight`; use :meth:`from_float` to start from float weights.
-    bias : array_like of float, shape (out_features,), optional
-    granularity : {"row", "tensor"}
-        Activation scales per row (default) or per call.
-
-    Calling the layer on float32 ``x`` of shape (..., in_features) returns float32
-    (..., out_features). After :meth:`calibrate`, the layer quantizes activations statically
-    with the calibrated scale instead (for comparing static with dynamic quantization).
-    """
-
-    def __init__(self, weight: PackedWeight, bias: Any = None, *, granularity: str = "row") -> None:
-        if not isinstance(weight, PackedWeight):
-            raise TypeError(
-                "weight must be a PackedWeight (use Linear.from_float for float weights), got "
-                f"{type(weight).__name__}"
-            )
-        _check_granularity(granularity)
-        self.weight = weight
-        self.bias = _bias(bias, "bias", weight.out_features)
-        self.granularity = granularity
-        self.activation_scale: Optional[float] = None
-        self.activation_zero_point: Optional[int] = None
-
-    @classmethod
-    def from_float(
-        cls,
-        weight: Any,
-        bias: Any = None,
-        *,
-        per_channel: bool = True,
-        granularity: str = "row",
-    ) -> Linear:
-        """Quantize a float weight (out_features, in_features) and build the layer."""
-        return cls(_pack(weight, "weight", per_channel), bias, granularity=granularity)
-
-    @property
-    def in_features(self) -> int:
-        return int(self.weight.in_features)
-
-    @property
-    def out_features(self) -> int:
-        return int(self.weight.out_features)
-
-    @property
-    def static(self) -> bool:
-        """Whether a calibrated (static) activation scale is in use."""
-        return self.activation_scale is not None
-
-    def calibrate(self, samples: Union[np.ndarray, Iterable[Any]]) -> Linear:
-        """Fix the activation scale and zero point from calibration data (static mode).
-
-        ``samples`` is one array of shape (..., in_features) or an iterable of them; the range
-        over all of them (widened to include 0) gives the parameters, as ``quantize`` would for
-        their concatenation. Later calls quantize with these parameters, saturating values
-        outside the calibrated range. Returns ``self``.
-        """
-        batches = [samples] if isinstance(samples, np.ndarray) else list(samples)
-        if not batches:
-            raise ValueError("calibrate needs at least one sample")
-        lo, hi = np.inf, -np.inf
-        for i, s in enumerate(batches):
-            a = _as_float32(s, f"samples[{i}]")
-            if a.ndim == 0 or a.shape[-1] != self.in_features:
-                raise ValueError(
-                    f"samples[{i}] has shape {a.shape}; the last axis must be "
-                    f"in_features = {self.in_features}"
-                )
-            if a.size == 0:
-                continue
-            if not np.isfinite(a).all():
-                raise ValueError(f"samples[{i}] contains NaN or infinity")
-            lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
-        if lo > hi:
-            lo = hi = 0.0
-        from ._dynaq import quantize
-
-        q = quantize(np.array([lo, hi], dtype=F32))
-        self.activation_scale = float(q.scale)
-        self.activation_zero_point = int(q.zero_point)
-        return self
-
-    def reset_calibration(self) -> Linear:
-        """Back to dynamic quantization. Returns ``self``."""
-        self.activation_scale = None
-        self.activation_zero_point = None
-        return self
-
-    def __call__(self, x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
-        if self.activation_scale is not None:
-            return _linear_static(
-                x,
-                self.weight,
-                self.bias,
-                self.activation_scale,
-                int(self.activation_zero_point or 0),
-                out=out,
-            )
-        return linear(x, self.weight, self.bias, granularity=self.granularity, out=out)
-
-    forward = __call__
-
-    def to_bytes(self) -> bytes:
-        """Versioned serialized form (weights stay int8)."""
-        config = {
-            "granularity": self.granularity,
-            "activation_scale": self.activation_scale,
-            "activation_zero_point": self.activation_zero_point,
-        }
-        blobs: dict[str, _container.Blob] = {"weight": self.weight.to_bytes()}
-        if self.bias is not None:
-            blobs["bias"] = self.bias
-        return _container.pack("Linear", config, blobs)
-
-    @classmethod
-    def from_bytes(cls, data: Any) -> Linear:
-        """Read bytes written by :meth:`to_bytes`."""
-        config, blobs = _container.unpack(data, "Linear")
-        if "weight" not in blobs or not isinstance(blobs["weight"], bytes):
-            raise ValueError("Linear bytes: no weight")
-        try:
-            layer = cls(
-                PackedWeight.from_bytes(blobs["weight"]),
-                blobs.get("bias"),
-                granularity=config.get("granularity", "row"),
-            )
-            scale, zp = config.get("activation_scale"), config.get("activation_zero_point")
-            if scale is not None:
-                layer.activation_scale = float(scale)
-                layer.activation_zero_point = int(zp)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"Linear bytes: {e}") from None
-        return layer
-
-    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
-        return (Linear.from_bytes, (self.to_bytes(),))
-
-    def __repr__(self) -> str:
-        mode = (
-            f"static(scale={self.activation_scale:.4g}, zero_point={self.activation_zero_point})"
-            if self.static
-            else f"dynamic({self.granularity})"
-        )
-        return (
-            f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, per_channel={self.weight.per_channel}, "
-            f"activations={mode})"
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# Recurrent layers.
-# ---------------------------------------------------------------------------------------------
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell"]
 
 _GATES = {"LSTM": 4, "GRU": 3}
 
@@ -232,8 +45,8 @@ class _CellWeights:
         where: str,
     ) -> None:
         gates = _GATES[kind]
-        self.w_ih = _pack(w_ih, f"{where}weight_ih", per_channel)
-        self.w_hh = _pack(w_hh, f"{where}weight_hh", per_channel)
+        self.w_ih = pack(w_ih, f"{where}weight_ih", per_channel)
+        self.w_hh = pack(w_hh, f"{where}weight_hh", per_channel)
         g_h, inp = self.w_ih.shape
         # weight_hh is (gates * hidden, hidden): when the two weights agree with each other but
         # not with this kind's gate count, say so (e.g. GRU weights given to an LSTM).
@@ -268,8 +81,8 @@ class _CellWeights:
         self.kind = kind
         self.hidden_size = hidden
         self.input_size = inp
-        self.b_ih = _bias(b_ih, f"{where}bias_ih", gates * hidden)
-        self.b_hh = _bias(b_hh, f"{where}bias_hh", gates * hidden)
+        self.b_ih = bias_array(b_ih, f"{where}bias_ih", gates * hidden)
+        self.b_hh = bias_array(b_hh, f"{where}bias_hh", gates * hidden)
         # LSTM: both biases simply add to the gates, so they ride on the input projection.
         # GRU: b_hn sits inside r * (W_hn h + b_hn), so it stays with the hidden projection.
         if kind == "LSTM" and (self.b_ih is not None or self.b_hh is not None):
@@ -297,37 +110,29 @@ class _CellWeights:
         if self.kind == "LSTM":
             assert c is not None
             g = xp + hp
-            i = _sigmoid(g[:, :hs])
-            f = _sigmoid(g[:, hs : 2 * hs])
+            i = sigmoid(g[:, :hs])
+            f = sigmoid(g[:, hs : 2 * hs])
             cand = np.tanh(g[:, 2 * hs : 3 * hs])
-            o = _sigmoid(g[:, 3 * hs :])
+            o = sigmoid(g[:, 3 * hs :])
             c_new = f * c + i * cand
             return (o * np.tanh(c_new)).astype(F32, copy=False), c_new.astype(F32, copy=False)
-        r = _sigmoid(xp[:, :hs] + hp[:, :hs])
-        z = _sigmoid(xp[:, hs : 2 * hs] + hp[:, hs : 2 * hs])
+        r = sigmoid(xp[:, :hs] + hp[:, :hs])
+        z = sigmoid(xp[:, hs : 2 * hs] + hp[:, hs : 2 * hs])
         n = np.tanh(xp[:, 2 * hs :] + r * hp[:, 2 * hs :])
         return ((F32(1.0) - z) * n + z * h).astype(F32, copy=False), None
 
-    def blobs(self, prefix: str) -> dict[str, _container.Blob]:
-        out: dict[str, _container.Blob] = {
-            f"{prefix}weight_ih": self.w_ih.to_bytes(),
-            f"{prefix}weight_hh": self.w_hh.to_bytes(),
-        }
+    def tensors(self, suffix: str) -> tuple[Weights, Tensors]:
+        """Its weights and biases under PyTorch's names (``weight_ih`` + ``suffix``, ...)."""
+        weights = {f"weight_ih{suffix}": self.w_ih, f"weight_hh{suffix}": self.w_hh}
+        tensors: Tensors = {}
         if self.b_ih is not None:
-            out[f"{prefix}bias_ih"] = self.b_ih
+            tensors[f"bias_ih{suffix}"] = self.b_ih
         if self.b_hh is not None:
-            out[f"{prefix}bias_hh"] = self.b_hh
-        return out
+            tensors[f"bias_hh{suffix}"] = self.b_hh
+        return weights, tensors
 
 
-def _load_packed(blobs: Mapping[str, Any], name: str) -> PackedWeight:
-    blob = blobs.get(name)
-    if not isinstance(blob, bytes):
-        raise ValueError(f"missing {name}")
-    return PackedWeight.from_bytes(blob)
-
-
-class _Recurrent:
+class _Recurrent(Serialized):
     """Shared implementation of LSTM and GRU."""
 
     kind = "LSTM"
@@ -491,43 +296,31 @@ class _Recurrent:
 
     forward = __call__
 
-    def to_bytes(self) -> bytes:
+    def _tensors(self) -> tuple[Weights, Tensors, dict[str, Any]]:
+        weights: Weights = {}
+        tensors: Tensors = {}
+        for layer, row in enumerate(self.cells):
+            for d, cell in enumerate(row):
+                w, t = cell.tensors(f"_l{layer}{'_reverse' if d else ''}")
+                weights.update(w)
+                tensors.update(t)
         config = {
             "num_layers": self.num_layers,
             "bidirectional": self.bidirectional,
             "batch_first": self.batch_first,
             "granularity": self.granularity,
         }
-        blobs: dict[str, _container.Blob] = {}
-        for layer, row in enumerate(self.cells):
-            for d, cell in enumerate(row):
-                blobs.update(cell.blobs(f"l{layer}{'_reverse' if d else ''}."))
-        return _container.pack(self.kind, config, blobs)
+        return weights, tensors, config
 
     @classmethod
-    def from_bytes(cls, data: Any) -> Any:
-        config, blobs = _container.unpack(data, cls.kind)
-        params: dict[str, Any] = {}
-        try:
-            for name, blob in blobs.items():
-                prefix, _, field = name.partition(".")
-                layer, _, rev = prefix[1:].partition("_")
-                sfx = f"_l{int(layer)}" + ("_reverse" if rev else "")
-                params[f"{field}{sfx}"] = (
-                    PackedWeight.from_bytes(blob) if isinstance(blob, bytes) else blob
-                )
-            return cls(
-                params,
-                num_layers=int(config["num_layers"]),
-                bidirectional=bool(config["bidirectional"]),
-                batch_first=bool(config["batch_first"]),
-                granularity=str(config["granularity"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{cls.kind} bytes: {e}") from None
-
-    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
-        return (type(self).from_bytes, (self.to_bytes(),))
+    def _from_tensors(cls, weights: Weights, tensors: Tensors, config: dict[str, Any]) -> Any:
+        return cls(
+            {**weights, **tensors},
+            num_layers=config_value(config, "num_layers", int),
+            bidirectional=config_value(config, "bidirectional", bool),
+            batch_first=config_value(config, "batch_first", bool),
+            granularity=config_value(config, "granularity", str),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -562,6 +355,7 @@ class LSTM(_Recurrent):
     """
 
     kind = "LSTM"
+    _kind = "LSTM"
 
 
 class GRU(_Recurrent):
@@ -572,9 +366,10 @@ class GRU(_Recurrent):
     """
 
     kind = "GRU"
+    _kind = "GRU"
 
 
-class _Cell:
+class _Cell(Serialized):
     kind = "LSTM"
 
     def __init__(
@@ -642,27 +437,21 @@ class _Cell:
             raise ValueError(f"{name} must have shape {want}, got {a.shape}")
         return np.ascontiguousarray(a[None, :] if unbatched else a)
 
-    def to_bytes(self) -> bytes:
-        return _container.pack(
-            self.kind + "Cell", {"granularity": self.granularity}, self.cell.blobs("")
-        )
+    def _tensors(self) -> tuple[Weights, Tensors, dict[str, Any]]:
+        weights, tensors = self.cell.tensors("")
+        return weights, tensors, {"granularity": self.granularity}
 
     @classmethod
-    def from_bytes(cls, data: Any) -> Any:
-        config, blobs = _container.unpack(data, cls.kind + "Cell")
-        try:
-            return cls(
-                _load_packed(blobs, "weight_ih"),
-                _load_packed(blobs, "weight_hh"),
-                blobs.get("bias_ih"),
-                blobs.get("bias_hh"),
-                granularity=str(config["granularity"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{cls.kind}Cell bytes: {e}") from None
-
-    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
-        return (type(self).from_bytes, (self.to_bytes(),))
+    def _from_tensors(cls, weights: Weights, tensors: Tensors, config: dict[str, Any]) -> Any:
+        expect_names("weights", weights, {"weight_ih", "weight_hh"}, {"weight_ih", "weight_hh"})
+        expect_names("tensors", tensors, {"bias_ih", "bias_hh"})
+        return cls(
+            weights["weight_ih"],
+            weights["weight_hh"],
+            tensors.get("bias_ih"),
+            tensors.get("bias_hh"),
+            granularity=config_value(config, "granularity", str),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -679,6 +468,7 @@ class LSTMCell(_Cell):
     """
 
     kind = "LSTM"
+    _kind = "LSTMCell"
 
     def __call__(self, input: Any, hx: Any = None) -> tuple[np.ndarray, np.ndarray]:
         x, unbatched = self._input(input)
@@ -695,6 +485,7 @@ class GRUCell(_Cell):
     """One GRU step: ``h' = cell(x, h)``, PyTorch's ``GRUCell`` in int8 (gate order r, z, n)."""
 
     kind = "GRU"
+    _kind = "GRUCell"
 
     def __call__(self, input: Any, hx: Any = None) -> np.ndarray:
         x, unbatched = self._input(input)

@@ -1,0 +1,127 @@
+"""What the layers share: weight and bias conversion, the sigmoid, and their serialized form
+(dynaq's one on-disk form: a sealed safetensors blob of plain named tensors, with the layer's
+configuration in its metadata; the DYNAQLY bytes of format version 1 still load)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import numpy as np
+
+from .. import _dynaq, _legacy
+from .._dynaq import PackedWeight, pack_weight
+from .._dynaq import as_float32 as _as_float32
+
+F32 = np.float32
+#: The metadata key of a layer's configuration (a JSON object) in its bytes.
+CONFIG_KEY = "dynaq.config"
+
+Weights = dict[str, PackedWeight]
+Tensors = dict[str, np.ndarray]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    # tanh form: no overflow for large |x| (1 / (1 + exp(-x)) overflows exp below -88).
+    return F32(0.5) * (F32(1.0) + np.tanh(F32(0.5) * x))
+
+
+def pack(weight: Any, name: str, per_channel: bool) -> PackedWeight:
+    if isinstance(weight, PackedWeight):
+        return weight
+    w = _as_float32(weight, name)
+    if w.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {w.shape}")
+    try:
+        return pack_weight(w, per_channel=per_channel)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
+def bias_array(bias: Any, name: str, n: int) -> Optional[np.ndarray]:
+    if bias is None:
+        return None
+    b = _as_float32(bias, name)
+    if b.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {b.shape}")
+    return b
+
+
+class Serialized:
+    """``to_bytes``/``from_bytes``/pickling for a layer that says what it is made of.
+
+    A subclass names its blob kind (``_kind``) and gives its weights, other tensors and
+    configuration (``_tensors``), and builds itself from them (``_from_tensors``); the same three
+    make its torch module's state dict.
+    """
+
+    _kind = ""
+
+    def _tensors(self) -> tuple[Weights, Tensors, dict[str, Any]]:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def _from_tensors(
+        cls, weights: Weights, tensors: Tensors, config: dict[str, Any]
+    ) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """The serialized form (weights stay int8): a sealed safetensors blob of plain tensors
+        with PyTorch's names, format version ``dynaq._dynaq.FORMAT_VERSION``."""
+        weights, tensors, config = self._tensors()
+        extra = {CONFIG_KEY: json.dumps(config, sort_keys=True)}
+        return bytes(_dynaq.write_blob(self._kind, weights, tensors, extra))
+
+    @classmethod
+    def from_bytes(cls, data: Any) -> Any:
+        """Read bytes written by :meth:`to_bytes` (or by the release before format version 2).
+
+        Raises ``TypeError`` for anything but bytes-like data and ``ValueError``
+        (``"<kind> bytes: ..."``) for bytes that are truncated, altered, of another kind or of
+        an unknown version."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"expected bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if data.startswith(_legacy.LAYER_MAGIC):
+            weights, tensors, config = _legacy.layer_tensors(data, cls._kind)
+        else:
+            weights, tensors, meta = _dynaq.read_blob(data, cls._kind)
+            try:
+                config = json.loads(meta.get(CONFIG_KEY, "{}"))
+            except ValueError:
+                config = None
+            if not isinstance(config, dict):
+                raise ValueError(f"{cls._kind} bytes: bad {CONFIG_KEY} metadata (a JSON object)")
+        try:
+            return cls._from_tensors(weights, tensors, config)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{cls._kind} bytes: {e}") from None
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        return (type(self).from_bytes, (self.to_bytes(),))
+
+
+def expect_names(
+    what: str, given: Any, allowed: set[str], required: set[str] = frozenset()
+) -> None:
+    """``ValueError`` unless the names in ``given`` are among ``allowed`` and include
+    ``required``."""
+    names = set(given)
+    unknown, missing = sorted(names - allowed), sorted(set(required) - names)
+    if unknown:
+        raise ValueError(f"{what} not understood: {unknown}")
+    if missing:
+        raise ValueError(f"{what} missing: {missing}")
+
+
+def config_value(config: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    """``config[key]`` of type ``kind`` (``default`` when absent and a default is given)."""
+    if key not in config:
+        if default is None:
+            raise ValueError(f"configuration lacks {key!r}")
+        return default
+    v = config[key]
+    if kind is int and isinstance(v, bool) or not isinstance(v, kind):
+        raise ValueError(f"configuration {key!r} must be a {kind.__name__}, got {v!r}")
+    return v

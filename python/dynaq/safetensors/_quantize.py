@@ -1,0 +1,370 @@
+"""Quantizing whole safetensors files: every 2-D float tensor to int8 values and float32 scales,
+stored as plain tensors under dynaq's one on-disk form (``W`` and ``W_scale``), everything else
+copied byte for byte; and the report of what was done."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from typing import IO, Any, Callable, Optional, Union
+
+import numpy as np
+
+from .. import _dynaq
+from .._text import format_table
+from ._io import (
+    PathLike,
+    _atomic_write,
+    _beside,
+    _data_order,
+    _encode_header,
+    _Entry,
+    _open,
+    _output_dir,
+    _read_bytes,
+    _read_header,
+    _to_numpy,
+)
+
+#: The format version of the files written (metadata ``"dynaq.format"``): the one version of
+#: every form dynaq writes.
+FORMAT_VERSION: int = _dynaq.FORMAT_VERSION
+
+_CHUNK = 1 << 24  # bytes per read/write when copying tensors
+# Floating dtypes that quantize_file turns into int8 (2-D tensors only).
+_QUANTIZABLE = ("F32", "F16", "BF16", "F64")
+
+
+ACTIONS = ("quantized", "kept", "excluded", "kept-low-sqnr")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorReport:
+    """What :func:`quantize_file` did with one tensor.
+
+    Attributes
+    ----------
+    name : str
+    shape : tuple of int
+    dtype : str
+        The source dtype (safetensors name).
+    bytes_before : int
+        The tensor's bytes in the source.
+    bytes_after : int
+        Its bytes in the result (int8 values plus float32 scales when quantized).
+    sqnr_db : float or None
+        Weight SQNR of the int8 quantization, ``10 log10(sum w^2 / sum (w - dequant(w))^2)``
+        (``inf`` when exact); None when not computed (not a quantizable tensor, or excluded).
+    action : str
+        ``"quantized"``, ``"kept"`` (not a 2-D floating tensor), ``"excluded"`` (matched an
+        exclude pattern) or ``"kept-low-sqnr"`` (SQNR below ``min_sqnr``; kept as it was).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes_before: int
+    bytes_after: int
+    sqnr_db: Optional[float]
+    action: str
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _fmt_sqnr(s: Optional[float]) -> str:
+    if s is None:
+        return "-"
+    return "inf" if math.isinf(s) else f"{s:.2f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeReport:
+    """The result of :func:`quantize_file`: one :class:`TensorReport` per source tensor.
+
+    Attributes
+    ----------
+    source, destination : str
+    per_channel : bool
+    min_sqnr : float or None
+    rows : tuple of TensorReport
+        In the source file's order.
+    file_bytes_before, file_bytes_after : int
+        Sizes of the two files, headers included.
+    """
+
+    source: str
+    destination: str
+    per_channel: bool
+    min_sqnr: Optional[float]
+    rows: tuple[TensorReport, ...]
+    file_bytes_before: int
+    file_bytes_after: int
+
+    @property
+    def bytes_before(self) -> int:
+        """Tensor bytes in the source."""
+        return sum(r.bytes_before for r in self.rows)
+
+    @property
+    def bytes_after(self) -> int:
+        """Tensor bytes in the result."""
+        return sum(r.bytes_after for r in self.rows)
+
+    @property
+    def quantized(self) -> list[str]:
+        """Names of the tensors that became int8."""
+        return [r.name for r in self.rows if r.action == "quantized"]
+
+    def count(self, action: str) -> int:
+        """How many tensors got ``action``."""
+        return sum(r.action == action for r in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (for JSON): the fields, the rows as dicts, and the totals."""
+        d = dataclasses.asdict(self)
+        d["rows"] = [dataclasses.asdict(r) for r in self.rows]
+        d["bytes_before"], d["bytes_after"] = self.bytes_before, self.bytes_after
+        return d
+
+    def totals(self) -> str:
+        """One line: tensor counts by action, bytes before and after, SQNR range."""
+        parts = [f"{self.count('quantized')} quantized"]
+        for action, label in (
+            ("kept-low-sqnr", "kept for low SQNR"),
+            ("excluded", "excluded"),
+            ("kept", "kept (not 2-D float)"),
+        ):
+            if self.count(action):
+                parts.append(f"{self.count(action)} {label}")
+        before, after = self.bytes_before, self.bytes_after
+        ratio = f" ({after / before:.1%})" if before else ""
+        line = (
+            f"total: {len(self.rows)} tensors, {', '.join(parts)}; tensor data "
+            f"{_fmt_bytes(before)} -> {_fmt_bytes(after)}{ratio}; file "
+            f"{self.file_bytes_before:,} -> {self.file_bytes_after:,} bytes"
+        )
+        sq = [r.sqnr_db for r in self.rows if r.action == "quantized" and r.sqnr_db is not None]
+        if sq:
+            line += f"; weight SQNR {_fmt_sqnr(min(sq))} to {_fmt_sqnr(max(sq))} dB"
+        return line
+
+    def table(self) -> str:
+        """The per-tensor table and the totals line, as text."""
+        head = ("tensor", "shape", "dtype", "before", "after", "SQNR dB", "action")
+        body = [
+            (
+                r.name,
+                "x".join(map(str, r.shape)) or "()",
+                r.dtype,
+                _fmt_bytes(r.bytes_before),
+                _fmt_bytes(r.bytes_after),
+                _fmt_sqnr(r.sqnr_db),
+                r.action,
+            )
+            for r in self.rows
+        ]
+        lines = format_table(head, body, right=(3, 4, 5))
+        lines.append(self.totals())
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _sqnr_db(w: np.ndarray, values: np.ndarray, scales: np.ndarray) -> float:
+    """``10 log10(sum w^2 / sum (w - values * scale)^2)`` in float64, ``inf`` when exact."""
+    signal = noise = 0.0
+    rows = max(1, (1 << 20) // max(1, w.shape[1]))
+    per_row = scales.shape == (w.shape[0],)
+    for r0 in range(0, w.shape[0], rows):
+        wc = w[r0 : r0 + rows].astype(np.float64)
+        sc = scales[r0 : r0 + rows, None] if per_row else scales[None, :1]
+        err = wc - values[r0 : r0 + rows].astype(np.float64) * sc.astype(np.float64)
+        signal += float(np.sum(wc * wc))
+        noise += float(np.sum(err * err))
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:  # pragma: no cover - zero weights quantize exactly
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def _copy_range(src: IO[bytes], dst: IO[bytes], start: int, n: int, where: str) -> None:
+    src.seek(start)
+    left = n
+    while left:
+        chunk = src.read(min(left, _CHUNK))
+        if not chunk:
+            raise ValueError(f"{where}: file ended early (truncated)")
+        dst.write(chunk)
+        left -= len(chunk)
+
+
+def quantize_file(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    per_channel: bool = True,
+    exclude: Union[str, Iterable[str]] = (),
+    min_sqnr: Optional[float] = None,
+    progress: Optional[Callable[[int, int, str], None]] = None,
+) -> QuantizeReport:
+    """Quantize every 2-D floating-point tensor of a safetensors file to int8.
+
+    Each 2-D ``F32``, ``F16``, ``BF16`` or ``F64`` tensor not excluded is quantized as
+    :func:`dynaq.pack_weight` does (symmetric int8, ``scale = max|w| / 127`` per output channel
+    (row) or for the whole tensor): the int8 values are stored as ``I8`` under the tensor's
+    name ``W`` and the float32 scales as ``W_scale``, of shape (rows,) or () (dynaq's one
+    on-disk form, the names of the torch modules' state dicts too). Every other tensor is copied
+    byte for byte. The metadata keeps the source's and adds ``dynaq.format``
+    (:data:`FORMAT_VERSION`), ``dynaq.quantized`` (a JSON list of the quantized names) and
+    ``dynaq.writer``. The file is written atomically.
+
+    Parameters
+    ----------
+    src, dst : str or os.PathLike
+        May be the same path (the source is replaced only once the result is complete).
+    per_channel : bool
+        One scale per output channel (default) or one per tensor.
+    exclude : str or iterable of str
+        ``fnmatch`` patterns (case-sensitive); a tensor whose name matches one stays as it is.
+    min_sqnr : float, optional
+        Keep (as they are, e.g. float32) the tensors whose weight SQNR in dB falls below this:
+        automatic mixed precision.
+    progress : callable, optional
+        Called after each tensor as ``progress(bytes_done, bytes_total, name)``, in source
+        bytes.
+
+    Returns
+    -------
+    QuantizeReport
+
+    Raises
+    ------
+    ValueError
+        When ``src`` is not a valid safetensors file, is already quantized by dynaq, holds both
+        a tensor to quantize ``W`` and a tensor named ``W_scale``, or a tensor to quantize
+        holds NaN or infinity (exclude it); the message names the file and tensor. ``dst`` is
+        then left untouched.
+    """
+    from .. import __version__
+
+    patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError("exclude must be a pattern or an iterable of patterns (str)")
+    if min_sqnr is not None:
+        min_sqnr = float(min_sqnr)
+        if math.isnan(min_sqnr):
+            raise ValueError("min_sqnr must be a number of dB, got NaN")
+    src_s, dst_s = os.fspath(src), os.fspath(dst)
+    rows: list[TensorReport] = []
+    # name -> (dtype, shape, offset in the spool, bytes)
+    out: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+    with _open(src) as f:
+        header = _read_header(f, src_s)
+        if _dynaq.FORMAT_KEY in header.metadata:
+            raise ValueError(f"{src_s}: already quantized by dynaq (metadata {_dynaq.FORMAT_KEY})")
+        names = {e.name for e in header.entries}
+        total = sum(e.nbytes for e in header.entries)
+        done = 0
+        dst_dir = _output_dir(dst_s)
+        try:
+            spool_file = tempfile.TemporaryFile(dir=dst_dir)
+        except OSError as err:
+            raise _beside(err, dst_s) from None
+        with spool_file as spool:
+
+            def put(name: str, dtype: str, shape: tuple[int, ...], data: Any) -> int:
+                pos = spool.tell()
+                spool.write(data)
+                out[name] = (dtype, shape, pos, spool.tell() - pos)
+                return out[name][3]
+
+            def copy(e: _Entry) -> None:
+                pos = spool.tell()
+                where = f"{src_s}: tensor {e.name!r}"
+                _copy_range(f, spool, header.data_start + e.begin, e.nbytes, where)
+                out[e.name] = (e.dtype, e.shape, pos, e.nbytes)
+
+            for e in header.entries:
+                candidate = e.dtype in _QUANTIZABLE and len(e.shape) == 2
+                sqnr: Optional[float] = None
+                if not candidate:
+                    action = "kept"
+                elif any(fnmatch.fnmatchcase(e.name, p) for p in patterns):
+                    action = "excluded"
+                elif e.name + _dynaq.SCALE_SUFFIX in names:
+                    raise ValueError(
+                        f"{src_s}: tensor {e.name!r}: its scales would be stored as "
+                        f"{e.name + _dynaq.SCALE_SUFFIX!r}, which the file already has (exclude "
+                        "one of them)"
+                    )
+                else:
+                    w = _to_numpy(header, e, _read_bytes(f, header, e))
+                    if not np.isfinite(w).all():
+                        raise ValueError(
+                            f"{src_s}: tensor {e.name!r} contains NaN or infinity; exclude it "
+                            "to keep it as it is"
+                        )
+                    if e.dtype == "F64" and np.abs(w).max(initial=0.0) > np.finfo(np.float32).max:
+                        raise ValueError(
+                            f"{src_s}: tensor {e.name!r} has values beyond float32's range; "
+                            "exclude it to keep it as it is"
+                        )
+                    pw = _dynaq.pack_weight(w, per_channel=per_channel)
+                    values, scales = pw.unpack()
+                    sqnr = _sqnr_db(w, values, scales)
+                    del w
+                    action = (
+                        "quantized" if min_sqnr is None or sqnr >= min_sqnr else "kept-low-sqnr"
+                    )
+                    if action == "quantized":
+                        after = 0
+                        for name, t in _dynaq.weight_tensors(pw, e.name).items():
+                            dtype = "I8" if t.dtype == np.int8 else "F32"
+                            after += put(name, dtype, t.shape, t.tobytes())
+                    del values, pw
+                if action != "quantized":
+                    copy(e)
+                    after = e.nbytes
+                rows.append(TensorReport(e.name, e.shape, e.dtype, e.nbytes, after, sqnr, action))
+                done += e.nbytes
+                if progress is not None:
+                    progress(done, total, e.name)
+            metadata = dict(header.metadata)
+            metadata[_dynaq.FORMAT_KEY] = str(FORMAT_VERSION)
+            metadata[_dynaq.QUANTIZED_KEY] = json.dumps(
+                [r.name for r in rows if r.action == "quantized"]
+            )
+            metadata["dynaq.writer"] = f"dynaq {__version__}"
+            order = _data_order([(name, v[0]) for name, v in out.items()])
+            head = _encode_header([(n, out[n][0], out[n][1], out[n][3]) for n in order], metadata)
+
+            def body(g: IO[bytes]) -> None:
+                g.write(head)
+                for name in order:
+                    _, _, pos, n = out[name]
+                    _copy_range(spool, g, pos, n, "temporary file")
+
+            _atomic_write(dst_s, body)
+        file_before = os.fstat(f.fileno()).st_size
+    return QuantizeReport(
+        source=src_s,
+        destination=dst_s,
+        per_channel=bool(per_channel),
+        min_sqnr=min_sqnr,
+        rows=tuple(rows),
+        file_bytes_before=file_before,
+        file_bytes_after=len(head) + sum(v[3] for v in out.values()),
+    )

@@ -1,0 +1,209 @@
+"""``quantize_dynamic``: swap a model's ``nn.Linear``, ``nn.LSTM`` and ``nn.GRU`` modules for
+dynaq's."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable, Optional, Union
+
+from torch import nn
+
+from .._dynaq import check_granularity as _check_granularity
+from .modules import GRU, LSTM, Linear
+
+__all__ = ["quantize_dynamic"]
+
+Spec = Union[Iterable[Union[type, str]], Mapping[Union[type, str], Any]]
+
+_SWAPS: dict[type, Any] = {nn.Linear: Linear, nn.LSTM: LSTM, nn.GRU: GRU}
+_SUPPORTED = "torch.nn.Linear, torch.nn.LSTM and torch.nn.GRU"
+_OPTION_KEYS = ("per_channel", "granularity")
+
+
+def _options(value: Any, where: str, default: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The options one qconfig_spec entry asks for; None for "do not quantize"."""
+    if value is None or value is False:
+        return None
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(_OPTION_KEYS))
+        if unknown:
+            raise ValueError(
+                f"qconfig_spec[{where}]: unknown option(s) {unknown}; known: {list(_OPTION_KEYS)}"
+            )
+        opts = {**default, **value}
+        _check_granularity(opts["granularity"])
+        opts["per_channel"] = bool(opts["per_channel"])
+        return opts
+    return dict(default)  # True, a torch QConfig, ...: quantize with the defaults.
+
+
+def _parse_spec(
+    spec: Optional[Spec], default: dict[str, Any]
+) -> tuple[dict[type, Optional[dict[str, Any]]], dict[str, Optional[dict[str, Any]]]]:
+    if spec is None:
+        return {t: dict(default) for t in _SWAPS}, {}
+    if isinstance(spec, (str, bytes)) or not isinstance(spec, Iterable):
+        raise TypeError(
+            "qconfig_spec must be a set or list of module types and/or module names, or a "
+            f"dict mapping them to options, got {type(spec).__name__}"
+        )
+    items = spec.items() if isinstance(spec, Mapping) else ((k, True) for k in spec)
+    types: dict[type, Optional[dict[str, Any]]] = {}
+    names: dict[str, Optional[dict[str, Any]]] = {}
+    for key, value in items:
+        if isinstance(key, str):
+            names[key] = _options(value, repr(key), default)
+        elif isinstance(key, type):
+            if key not in _SWAPS:
+                raise TypeError(
+                    f"qconfig_spec names {key.__module__}.{key.__qualname__}, which "
+                    f"dynaq.torch.quantize_dynamic cannot quantize: it swaps {_SUPPORTED} "
+                    "(exact types)"
+                )
+            types[key] = _options(value, key.__name__, default)
+        else:
+            raise TypeError(
+                "qconfig_spec entries must be module types or module names (str), got "
+                f"{key!r} ({type(key).__name__})"
+            )
+    return types, names
+
+
+def _excluder(exclude: Iterable[str], all_names: list[str]) -> Callable[[str], bool]:
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    entries = []
+    for e in exclude:
+        if not isinstance(e, str):
+            raise TypeError(f"exclude entries must be module names (str), got {e!r}")
+        entries.append(e)
+
+    def match(entry: str, name: str) -> bool:
+        if any(ch in entry for ch in "*?["):
+            return fnmatch.fnmatchcase(name, entry)
+        return name == entry or name.startswith(entry + ".")
+
+    for e in entries:
+        if not any(match(e, n) for n in all_names):
+            raise ValueError(f"exclude entry {e!r} matches no module of the model")
+    return lambda name: any(match(e, name) for e in entries)
+
+
+def quantize_dynamic(
+    model: nn.Module,
+    qconfig_spec: Optional[Spec] = None,
+    *,
+    inplace: bool = False,
+    per_channel: bool = True,
+    granularity: str = "row",
+    exclude: Iterable[str] = (),
+) -> nn.Module:
+    """Swap a model's ``nn.Linear`` / ``nn.LSTM`` / ``nn.GRU`` modules for dynaq int8 ones.
+
+    Like ``torch.ao.quantization.quantize_dynamic``, with dynaq's kernels: int8 weights with
+    per-output-channel scales and per-row activation scales by default, exact int32
+    accumulation, and modules that save and load with ``torch.save`` and ``state_dict``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The float model; it is deep-copied first unless ``inplace``.
+    qconfig_spec : set, list or dict, optional
+        What to quantize. None (default): every ``nn.Linear``, ``nn.LSTM`` and ``nn.GRU``.
+        Otherwise module types (exactly those three; subclasses such as MultiheadAttention's
+        ``out_proj`` are never swapped) and/or module names as ``named_modules()`` gives them;
+        a name selects that module and, for a container, every supported module inside it. A
+        dict maps each entry to None or False (do not quantize), a dict of options
+        (``{"per_channel": bool, "granularity": "row" | "tensor"}``), or anything else (a
+        torch ``QConfig``, True) for the defaults. A name's entry applies to
+        that module and everything inside it and takes precedence over type entries (the
+        closest named ancestor wins). dynaq always quantizes to int8, whatever a ``QConfig``
+        says.
+    inplace : bool
+        Modify ``model`` itself instead of a copy (a root ``nn.Linear``/``LSTM``/``GRU`` is
+        still returned as a new module).
+    per_channel : bool
+        Default weight scales: per output channel (True) or per tensor.
+    granularity : {"row", "tensor"}
+        Default activation scales: per row (a row's result never depends on the batch) or one
+        per call.
+    exclude : iterable of str
+        Module names to keep in float, with everything inside them. An entry matches a name
+        exactly or as a dotted prefix (``"encoder.layer.0"`` covers
+        ``"encoder.layer.0.output.dense"``, not ``"encoder.layer.01"``), or as an
+        ``fnmatch`` pattern when it contains ``*``, ``?`` or ``[`` (``"*.pooler.*"``). An entry
+        that matches no module raises ``ValueError`` (a likely typo). Exclusion beats
+        ``qconfig_spec``.
+
+    Returns
+    -------
+    torch.nn.Module
+        The quantized model (``model`` itself when ``inplace``).
+
+    Raises
+    ------
+    TypeError
+        ``qconfig_spec`` names a type other than the three, or a module that is not one of them
+        and contains none; malformed arguments.
+    ValueError
+        A name in ``qconfig_spec`` or ``exclude`` is not in the model; a module cannot be
+        quantized (``proj_size``, NaN or infinite weights), naming the module.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_granularity(granularity)
+    default = {"per_channel": bool(per_channel), "granularity": granularity}
+    types, names = _parse_spec(qconfig_spec, default)
+    modules = dict(model.named_modules())
+    is_excluded = _excluder(exclude, list(modules))
+    for name in names:
+        if name not in modules:
+            raise ValueError(f"qconfig_spec names module {name!r}, which is not in the model")
+        mod = modules[name]
+        if names[name] is not None and not any(type(m) in _SWAPS for m in mod.modules()):
+            raise TypeError(
+                f"qconfig_spec names module {name!r} ({type(mod).__name__}), which is not one "
+                f"of {_SUPPORTED} and contains none"
+            )
+    if not inplace:
+        model = copy.deepcopy(model)
+    memo: dict[int, nn.Module] = {}
+    unset: Any = object()
+
+    def convert(mod: nn.Module, name: str, named: Any) -> nn.Module:
+        # ``named``: the entry of the closest named ancestor (or this module), else ``unset``.
+        named = names.get(name, named)
+        if is_excluded(name):
+            return mod
+        if type(mod) in _SWAPS:
+            opts = types.get(type(mod)) if named is unset else named
+            if opts is None:
+                return mod
+            if id(mod) not in memo:
+                memo[id(mod)] = _swap(mod, name, opts)
+            return memo[id(mod)]
+        # Not named_children(): it skips a module's second appearance, which must be swapped too.
+        for child_name, child in list(mod._modules.items()):
+            if child is None:
+                continue
+            new = convert(child, f"{name}.{child_name}" if name else child_name, named)
+            if new is not child:
+                setattr(mod, child_name, new)
+        return mod
+
+    return convert(model, "", unset)
+
+
+def _swap(mod: nn.Module, name: str, opts: dict[str, Any]) -> nn.Module:
+    try:
+        new = _SWAPS[type(mod)].from_float(mod, **opts)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"cannot quantize module {name or '<root>'!r} ({mod!r}): {e}") from e
+    # As torch's swap_module does: keep the user's hooks.
+    for hook in mod._forward_pre_hooks.values():
+        new.register_forward_pre_hook(hook)
+    for hook in mod._forward_hooks.values():
+        new.register_forward_hook(hook)
+    return new
