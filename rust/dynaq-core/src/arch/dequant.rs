@@ -7,6 +7,7 @@
 //! x86-64 baseline (SSE2, which has no 32-bit multiply), the loop took ~10% of `linear` at
 //! M = 512, K = 768, N = 3072; with AVX-512 it takes ~3%.
 
+#[cfg(target_arch = "x86_64")]
 use crate::isa::Isa;
 use crate::kernel::GemmKernel;
 

@@ -111,7 +111,7 @@ pub fn set_num_threads(n: usize) -> Result<()> {
 /// what is left). Returns the first error (the other indices may or may not have run).
 ///
 /// The caller never waits for a worker that has not started: an idle worker takes 20-35 us to
-/// wake on the development machine (`examples/wake_latency.rs`), longer than many calls, and a
+/// wake on the development machine (`benches/rust/wake_latency.rs`), longer than many calls, and a
 /// scope that waited for it made 2-thread calls of ~100 us slower than 1-thread ones. Workers
 /// join through a [`Gate`] instead: once the caller has run out of work it closes the gate,
 /// waits only for the workers inside (each finishing the index it holds), and returns; a worker

@@ -1,7 +1,7 @@
 //! Single-thread memory read bandwidth, the roofline for M = 1 (weights streamed once per call).
 //!
 //! ```text
-//! cargo run --release -p dynaq-core --example membw [-- MiB...]
+//! cargo bench -p dynaq-core --bench membw [-- MiB...]
 //! ```
 //!
 //! Reads a buffer of each given size (default 44 MiB, the packed 4096 x 11008 weight of the

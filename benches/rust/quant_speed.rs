@@ -4,7 +4,7 @@
 //! row (each row's min/max then its quantization, the second pass from L1).
 //!
 //! ```text
-//! cargo run --release -p dynaq-core --example quant_speed [-- ROUNDS]
+//! cargo bench -p dynaq-core --bench quant_speed [-- ROUNDS]
 //! ```
 //!
 //! GB/s counts the float input once (`4 * len` bytes). Each number is the median over `ROUNDS`

@@ -3,7 +3,7 @@
 //! full `ops::linear` (quantization + GEMM + dequantizing epilogue into the f32 output).
 //!
 //! ```text
-//! DYNAQ_NUM_THREADS=1 cargo run --release -p dynaq-core --example gemm_speed [-- M...]
+//! DYNAQ_NUM_THREADS=1 cargo bench -p dynaq-core --bench gemm_speed [-- M...]
 //! ```
 //!
 //! Prints effective GOP/s = 2 * M * N * K / time (best of several repetitions).

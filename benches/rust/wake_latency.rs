@@ -2,7 +2,7 @@
 //! second thread cannot help a call (the calling thread has finished before the worker starts).
 //!
 //! ```text
-//! cargo run --release -p dynaq-core --example wake_latency
+//! cargo bench -p dynaq-core --bench wake_latency
 //! ```
 //!
 //! Prints the median and 90th percentile of the delay between `spawn` and the job starting, after
