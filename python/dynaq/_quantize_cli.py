@@ -12,8 +12,9 @@ import argparse
 import math
 import os
 import sys
-import time
 from typing import IO, Optional
+
+from ._text import Progress
 
 #: Files at least this large (in tensor bytes) get a progress bar (when stderr is a terminal).
 PROGRESS_MIN_BYTES = 32 << 20
@@ -64,8 +65,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _bytes_done(done: float, total: float) -> str:
+    return f"{done / total * 100:3.0f}% {done / 2**20:.0f}/{total / 2**20:.0f} MiB"
+
+
 class ProgressBar:
-    """A one-line ``\\r`` progress bar for byte counts.
+    """The command's progress, in source bytes: the shared :class:`dynaq._text.Progress` with
+    the percentage and MiB done, and the last tensor's name (its end when long).
 
     Parameters
     ----------
@@ -78,34 +84,18 @@ class ProgressBar:
     """
 
     def __init__(self, stream: IO[str], enabled: bool, width: int = 30) -> None:
-        self.stream = stream
-        self.enabled = enabled
-        self.width = width
-        self.start = time.monotonic()
-        self.drawn = 0
+        self._progress = Progress(
+            1, "bar" if enabled else "off", stream, amount=_bytes_done, width=width
+        )
 
     def __call__(self, done: int, total: int, name: str) -> None:
         """Redraws the bar for ``done`` of ``total`` bytes, ``name`` being the last tensor."""
-        if not self.enabled:
-            return
-        frac = done / total if total else 1.0
-        fill = int(round(frac * self.width))
-        elapsed = time.monotonic() - self.start
-        mib = f"{done / 2**20:.0f}/{total / 2**20:.0f} MiB"
-        text = f"[{'#' * fill}{'.' * (self.width - fill)}] {frac * 100:3.0f}% {mib} {elapsed:.0f}s"
-        if len(name) > 40:
-            name = "..." + name[-37:]
-        text = f"{text} {name}"
-        self.stream.write("\r" + text.ljust(self.drawn))
-        self.stream.flush()
-        self.drawn = len(text)
+        self._progress.total = max(total, 1)
+        self._progress.update(done, name if len(name) <= 40 else "..." + name[-37:])
 
     def close(self) -> None:
         """Erases the bar."""
-        if self.enabled and self.drawn:
-            self.stream.write("\r" + " " * self.drawn + "\r")
-            self.stream.flush()
-            self.drawn = 0
+        self._progress.close()
 
 
 def _total_bytes(path: str) -> int:

@@ -86,6 +86,8 @@ class Progress:
         ``amount(done, total)`` as shown beside the bar; ``"3/10"`` by default.
     clock : callable, optional
         Seconds, monotonic (``time.monotonic`` by default; tests pass their own).
+    width : int
+        Characters of the bar itself.
 
     Notes
     -----
@@ -93,8 +95,6 @@ class Progress:
     before it), :meth:`note` names what is happening, :meth:`section` prints a line that stays,
     and :meth:`close` erases the bar.
     """
-
-    BAR = 24
 
     def __init__(
         self,
@@ -104,6 +104,7 @@ class Progress:
         *,
         amount: Callable[[float, float], str] = _count,
         clock: Callable[[], float] = time.monotonic,
+        width: int = 24,
     ) -> None:
         if stream is None:
             import sys
@@ -123,6 +124,7 @@ class Progress:
         self._clock = clock
         self._start = clock()
         self._drawn = False
+        self._bar = width
 
     def elapsed(self) -> str:
         """Time since the start, as ``m:ss``."""
@@ -138,9 +140,9 @@ class Progress:
 
     def _draw(self) -> None:
         width = self._width()
-        fill = round(min(self.done / self.total, 1.0) * self.BAR)
+        fill = round(min(self.done / self.total, 1.0) * self._bar)
         text = (
-            f"[{'#' * fill}{'.' * (self.BAR - fill)}] {self._amount(self.done, self.total)} "
+            f"[{'#' * fill}{'.' * (self._bar - fill)}] {self._amount(self.done, self.total)} "
             f"{self.elapsed()} {self.label}"
         )
         self.stream.write("\r" + text[: width - 1].ljust(width - 1))

@@ -10,8 +10,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .. import _dynaq, _legacy
-from .._dynaq import PackedWeight, pack_weight
-from .._dynaq import as_float32 as _as_float32
+from .._dynaq import PackedWeight, as_float32, as_packed_weight
 
 F32 = np.float32
 #: The metadata key of a layer's configuration (a JSON object) in its bytes.
@@ -27,24 +26,13 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def pack(weight: Any, name: str, per_channel: bool) -> PackedWeight:
-    if isinstance(weight, PackedWeight):
-        return weight
-    w = _as_float32(weight, name)
-    if w.ndim != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {w.shape}")
-    try:
-        return pack_weight(w, per_channel=per_channel)
-    except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
+    """A layer's weight parameter ``name``: a PackedWeight as it is, a float one quantized."""
+    return as_packed_weight(weight, name, per_channel)
 
 
 def bias_array(bias: Any, name: str, n: int) -> Optional[np.ndarray]:
-    if bias is None:
-        return None
-    b = _as_float32(bias, name)
-    if b.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {b.shape}")
-    return b
+    """A layer's bias parameter ``name``, ``(n,)`` float32, or None."""
+    return None if bias is None else as_float32(bias, name, (n,))
 
 
 class Serialized:

@@ -215,15 +215,9 @@ class _Recurrent(Serialized):
 
     def _check_state(self, h: Any, name: str, batch: int, unbatched: bool) -> np.ndarray:
         dirs = 2 if self.bidirectional else 1
-        want = (self.num_layers * dirs, batch, self.hidden_size)
-        a = _as_float32(h, name)
         if unbatched:
-            if a.shape != (want[0], want[2]):
-                raise ValueError(f"{name} must have shape {(want[0], want[2])}, got {a.shape}")
-            return a[:, None, :]
-        if a.shape != want:
-            raise ValueError(f"{name} must have shape {want}, got {a.shape}")
-        return a
+            return _as_float32(h, name, (self.num_layers * dirs, self.hidden_size))[:, None, :]
+        return _as_float32(h, name, (self.num_layers * dirs, batch, self.hidden_size))
 
     def __call__(self, input: Any, hx: Any = None) -> tuple[np.ndarray, Any]:
         x = _as_float32(input, "input")
@@ -431,10 +425,8 @@ class _Cell(Serialized):
     def _state(self, h: Any, name: str, batch: int, unbatched: bool) -> np.ndarray:
         if h is None:
             return np.zeros((batch, self.hidden_size), dtype=F32)
-        a = _as_float32(h, name)
         want = (self.hidden_size,) if unbatched else (batch, self.hidden_size)
-        if a.shape != want:
-            raise ValueError(f"{name} must have shape {want}, got {a.shape}")
+        a = _as_float32(h, name, want)
         return np.ascontiguousarray(a[None, :] if unbatched else a)
 
     def _tensors(self) -> tuple[Weights, Tensors, dict[str, Any]]:

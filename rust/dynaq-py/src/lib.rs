@@ -40,6 +40,7 @@ fn _dynaq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(weight::pack_weight, m)?)?;
     m.add_function(wrap_pyfunction!(ops::linear_static, m)?)?;
     m.add_function(wrap_pyfunction!(ops::as_float32, m)?)?;
+    m.add_function(wrap_pyfunction!(ops::as_packed_weight, m)?)?;
     m.add_function(wrap_pyfunction!(ops::check_granularity, m)?)?;
     m.add_function(wrap_pyfunction!(format::write_blob, m)?)?;
     m.add_function(wrap_pyfunction!(format::read_blob, m)?)?;

@@ -295,15 +295,45 @@ pub fn dynamic_quantize_linear<'py>(
 }
 
 /// ``obj`` as a C-contiguous float32 array under dynaq's input rules (float64 and float16
-/// converted, other dtypes a ``TypeError`` naming ``name``): the object itself when it already
-/// is one. For the layers, which check their own arguments by these rules.
+/// converted, other dtypes a ``TypeError`` naming ``name``; with ``shape``, any other shape a
+/// ``ValueError``): the object itself when it already is one. For the layers, which check
+/// their own parameters and states by these rules.
 #[pyfunction]
+#[pyo3(signature = (obj, name, shape = None))]
 pub fn as_float32<'py>(
     py: Python<'py>,
     obj: &Bound<'py, PyAny>,
     name: &str,
+    shape: Option<Vec<usize>>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    float_array(obj, name)?.into_pyarray(py)
+    let a = float_array(obj, name)?;
+    if let Some(want) = shape {
+        if a.shape() != want.as_slice() {
+            return Err(value_error(format!(
+                "{name} must have shape {}, got {}",
+                crate::errors::shape(&want),
+                crate::errors::shape(a.shape())
+            )));
+        }
+    }
+    a.into_pyarray(py)
+}
+
+/// ``obj`` itself when it is a :class:`PackedWeight`, else a float weight quantized as
+/// :func:`pack_weight` does, with errors naming ``name`` (a layer's parameter).
+#[pyfunction]
+#[pyo3(signature = (obj, name, per_channel = true))]
+pub fn as_packed_weight<'py>(
+    py: Python<'py>,
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    per_channel: bool,
+) -> PyResult<Bound<'py, PyPackedWeight>> {
+    if let Ok(w) = obj.cast::<PyPackedWeight>() {
+        return Ok(w.clone());
+    }
+    let inner = pack(py, obj, name, per_channel)?;
+    Bound::new(py, PyPackedWeight { inner })
 }
 
 /// ``ValueError`` unless ``granularity`` is ``"row"`` or ``"tensor"``.
