@@ -2,9 +2,9 @@
 //! state dicts and files), and the safetensors header rules the Python file reader uses.
 //! The rules themselves are `dynaq_core::format` and `dynaq_core::safetensors`.
 
-use crate::args::{self, detach, float_array, int8_array, Int8Array};
-use crate::errors::{shape, to_py, type_error, value_error};
-use crate::weight::PyPackedWeight;
+use crate::args::{self, detach, float_array};
+use crate::errors::{to_py, type_error, value_error};
+use crate::weight::{int8_values, PyPackedWeight};
 use dynaq_core::format::{self, Tensor};
 use dynaq_core::safetensors::{self, Dtype, TensorInfo};
 use dynaq_core::PackedWeight;
@@ -119,16 +119,7 @@ pub fn weight_from_tensors(
             .get_item(key)
             .map_err(|_| value_error(format!("tensor {key:?} is missing")))
     };
-    let values = match int8_array(&get(name)?, name, false, true, "an int8 array")? {
-        Int8Array::I8(v) => v,
-        Int8Array::U8(_) => unreachable!("only int8 was allowed"),
-    };
-    let &[n, k] = values.shape() else {
-        return Err(value_error(format!(
-            "{name} must be 2-D (out_features, in_features), got shape {}",
-            shape(values.shape())
-        )));
-    };
+    let (values, n, k) = int8_values(&get(name)?, name)?;
     let scales = float_array(&get(&scale)?, &scale)?;
     let (vs, ss, sshape) = (values.as_slice(), scales.as_slice(), scales.shape());
     let inner = detach(py, || PackedWeight::from_stored(vs, n, k, ss, sshape)).map_err(to_py)?;

@@ -76,6 +76,25 @@ pub fn pack_weight(
 /// int8 values and float32 scales.
 type Unpacked<'py> = (Bound<'py, PyArray2<i8>>, Bound<'py, PyArray1<f32>>);
 
+/// Quantized weight values: an int8 array `(out_features, in_features)` (`TypeError` /
+/// `ValueError` naming `name` otherwise), with its two dimensions.
+pub fn int8_values<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+) -> PyResult<(args::Array<'py, i8>, usize, usize)> {
+    let v = match int8_array(obj, name, false, true, "an int8 array")? {
+        args::Int8Array::I8(v) => v,
+        args::Int8Array::U8(_) => unreachable!("only int8 was allowed"),
+    };
+    let &[n, k] = v.shape() else {
+        return Err(value_error(format!(
+            "{name} must be 2-D (out_features, in_features), got shape {}",
+            shape(v.shape())
+        )));
+    };
+    Ok((v, n, k))
+}
+
 #[pymethods]
 impl PyPackedWeight {
     /// A ``PackedWeight`` from already-quantized values.
@@ -93,16 +112,7 @@ impl PyPackedWeight {
         values: &Bound<'_, PyAny>,
         scales: &Bound<'_, PyAny>,
     ) -> PyResult<Self> {
-        let v = match int8_array(values, "values", false, true, "an int8 array")? {
-            args::Int8Array::I8(v) => v,
-            args::Int8Array::U8(_) => unreachable!("only int8 was allowed"),
-        };
-        let &[n, k] = v.shape() else {
-            return Err(value_error(format!(
-                "values must be 2-D (out_features, in_features), got shape {}",
-                shape(v.shape())
-            )));
-        };
+        let (v, n, k) = int8_values(values, "values")?;
         let s = float_array(scales, "scales")?;
         let per_channel = match s.shape() {
             [] => false,
