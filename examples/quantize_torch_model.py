@@ -94,7 +94,7 @@ def main() -> None:
         whole = os.path.join(out, "lm_int8_model.pt")
         weights = os.path.join(out, "lm_int8_state_dict.pt")
         torch.save(qmodel, whole)  # the whole module (pickled; load with weights_only=False)
-        torch.save(qmodel.state_dict(), weights)  # tensors only (int8 state as uint8 bytes)
+        torch.save(qmodel.state_dict(), weights)  # plain tensors: int8 weights, their scales
 
         loaded = torch.load(whole, weights_only=False)
         # A state dict loads into a model quantized the same way, e.g. from a fresh float one.
@@ -110,6 +110,9 @@ def main() -> None:
         print(f"reloaded outputs identical: {same}")
 
     # 5. Speed (dynaq's kernels use dynaq.set_num_threads(); torch's use torch.set_num_threads()).
+    # On more than one thread, one set of threads for both libraries avoids two pools fighting
+    # for the cores: dynaq's GEMMs then run on torch's OpenMP threads.
+    dynaq.torch.share_torch_threads()
     with torch.no_grad():
         t_fp = median_ms(lambda: model(ids))
         t_q = median_ms(lambda: qmodel(ids))
