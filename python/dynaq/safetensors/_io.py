@@ -1,7 +1,7 @@
 """Reading and writing safetensors files: the tensors as numpy arrays or as stored bytes, and
 atomic writes. The format's rules (header length, JSON, dtypes, shapes, offsets, data order) are
 checked by the native module, the same code that reads and writes dynaq's own blobs
-(``rust/dynaq-core/src/safetensors.rs``); this module does the file I/O around them and decodes
+(``rust/dynaq-core/src/safetensors/``); this module does the file I/O around them and decodes
 the float formats numpy lacks (``BF16``, ``F8_*``).
 
 Files are written atomically: a temporary file in the destination's directory, flushed to
