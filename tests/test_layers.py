@@ -874,11 +874,11 @@ def test_missing_extra_and_misshapen_parameters():
         LSTM({**p, "extra": np.ones(3)}, num_layers=2, bidirectional=True)
     with pytest.raises(ValueError, match="proj_size"):
         LSTM({**_params("LSTM"), "weight_hr_l0": np.ones((2, 4), F32)})
-    with pytest.raises(ValueError, match=r"layer 0: bias_ih must have shape \(16,\)"):
+    with pytest.raises(ValueError, match=r"bias_ih_l0 must have shape \(16,\)"):
         LSTM({**_params("LSTM"), "bias_ih_l0": np.ones(15, F32)})
     with pytest.raises(ValueError, match=r"input_size = 6"):
         LSTM(_params("LSTM"), input_size=6)
-    with pytest.raises(ValueError, match=r"layer 1 reverse: weight_ih has shape \(16, 5\)"):
+    with pytest.raises(ValueError, match=r"weight_ih_l1_reverse has shape \(16, 5\)"):
         bad = dict(p)
         bad["weight_ih_l1_reverse"] = np.ones((16, 5), F32)  # layer 1 takes 2 * hidden = 8
         LSTM(bad, num_layers=2, bidirectional=True)
@@ -922,10 +922,10 @@ def test_bad_call_arguments():
     cell = LSTMCell(np.ones((16, 5), F32), np.ones((16, 4), F32))
     with pytest.raises(ValueError, match=re.escape("input must have shape (batch, 5) or (5,)")):
         cell(np.ones((2, 4), F32))
-    with pytest.raises(ValueError, match=re.escape("c must have shape (2, 4)")):
+    with pytest.raises(ValueError, match=re.escape("c_0 must have shape (2, 4)")):
         cell(np.ones((2, 5), F32), (np.zeros((2, 4), F32), np.zeros((3, 4), F32)))
     gcell = GRUCell(np.ones((12, 5), F32), np.ones((12, 4), F32))
-    with pytest.raises(ValueError, match=re.escape("h must have shape (4,)")):
+    with pytest.raises(ValueError, match=re.escape("hx must have shape (4,)")):
         gcell(np.ones(5, F32), np.zeros((1, 4), F32))
 
 

@@ -40,8 +40,8 @@ __all__ = [
     "get_max_isa",
     "get_num_threads",
     "kernels",
+    "layer_linear",
     "linear",
-    "linear_static",
     "matmul_integer",
     "pack_weight",
     "parse_safetensors_header",
@@ -107,15 +107,16 @@ def linear(
     out: Optional[npt.NDArray[np.float32]] = None,
     check_finite: bool = True,
 ) -> npt.NDArray[np.float32]: ...
-def linear_static(
+def layer_linear(
     x: npt.ArrayLike,
     weight: PackedWeight | npt.ArrayLike,
     bias: Optional[npt.ArrayLike],
-    scale: float,
-    zero_point: int,
     *,
+    name: str,
+    granularity: str = "row",
+    scale: Optional[float] = None,
+    zero_point: Optional[int] = None,
     out: Optional[npt.NDArray[np.float32]] = None,
-    check_finite: bool = True,
 ) -> npt.NDArray[np.float32]: ...
 def quantize(
     x: npt.ArrayLike,

@@ -31,8 +31,19 @@ def pack(weight: Any, name: str, per_channel: bool) -> PackedWeight:
 
 
 def bias_array(bias: Any, name: str, n: int) -> Optional[np.ndarray]:
-    """A layer's bias parameter ``name``, ``(n,)`` float32, or None."""
-    return None if bias is None else as_float32(bias, name, (n,))
+    """A layer's bias parameter ``name``, ``(n,)`` float32 and finite, or None."""
+    return None if bias is None else finite(as_float32(bias, name, (n,)), name)
+
+
+def finite(a: np.ndarray, name: str) -> np.ndarray:
+    """``a``, or ``ValueError`` naming it when it holds NaN or infinity: a layer's parameters,
+    inputs and states must be finite (docs/CONTRACT.md)."""
+    if not np.isfinite(a).all():
+        raise ValueError(
+            f"{name} contains NaN or infinity; a layer's parameters, inputs and "
+            "states must be finite"
+        )
+    return a
 
 
 class Serialized:

@@ -8,10 +8,9 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .._dynaq import PackedWeight, linear, quantize
+from .._dynaq import PackedWeight, layer_linear, quantize
 from .._dynaq import as_float32 as _as_float32
 from .._dynaq import check_granularity as _check_granularity
-from .._dynaq import linear_static as _linear_static
 from ._common import (
     F32,
     Serialized,
@@ -118,18 +117,25 @@ class Linear(Serialized):
         return self
 
     def __call__(self, x: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+        return self._forward(x, out=out)
+
+    forward = __call__
+
+    def _forward(self, x: Any, *, out: Optional[np.ndarray] = None, name: str = "x") -> np.ndarray:
+        """The call, with the input called ``name`` in errors (the torch module's ``input``)."""
         if self.activation_scale is not None:
-            return _linear_static(
+            return layer_linear(
                 x,
                 self.weight,
                 self.bias,
-                self.activation_scale,
-                int(self.activation_zero_point or 0),
+                name=name,
+                scale=self.activation_scale,
+                zero_point=int(self.activation_zero_point or 0),
                 out=out,
             )
-        return linear(x, self.weight, self.bias, granularity=self.granularity, out=out)
-
-    forward = __call__
+        return layer_linear(
+            x, self.weight, self.bias, name=name, granularity=self.granularity, out=out
+        )
 
     _kind = "Linear"
 

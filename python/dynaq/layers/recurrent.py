@@ -10,7 +10,7 @@ import numpy as np
 
 from .._dynaq import as_float32 as _as_float32
 from .._dynaq import check_granularity as _check_granularity
-from .._dynaq import linear
+from .._dynaq import layer_linear
 from ._common import (
     F32,
     Serialized,
@@ -19,6 +19,7 @@ from ._common import (
     bias_array,
     config_value,
     expect_names,
+    finite,
     pack,
     sigmoid,
 )
@@ -28,25 +29,34 @@ __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell"]
 _GATES = {"LSTM": 4, "GRU": 3}
 
 
+def _overflow(what: str, step: int) -> str:
+    """How a state that became NaN or infinity is named: with finite inputs, parameters and
+    states the gates stay bounded, so only a float32 overflow of a projection gets there."""
+    return f"{what} at step {step} (float32 overflow: the input's magnitude is too large)"
+
+
 class _CellWeights:
-    """The quantized weights of one direction of one layer (or of a cell)."""
+    """The quantized weights of one direction of one layer (or of a cell), checked against each
+    other and against the layer around them; ``names`` are the parameters' PyTorch names
+    (``weight_ih_l1_reverse``, ...), which every error quotes."""
 
     def __init__(
         self,
         kind: str,
-        w_ih: Any,
-        w_hh: Any,
-        b_ih: Any,
-        b_hh: Any,
+        params: tuple[Any, Any, Any, Any],
+        names: tuple[str, str, str, str],
         *,
         input_size: Optional[int],
         hidden_size: Optional[int],
         per_channel: bool,
-        where: str,
+        sizes_from: str = "",
     ) -> None:
         gates = _GATES[kind]
-        self.w_ih = pack(w_ih, f"{where}weight_ih", per_channel)
-        self.w_hh = pack(w_hh, f"{where}weight_hh", per_channel)
+        a_kind = ("an " if kind == "LSTM" else "a ") + kind
+        w_ih, w_hh, b_ih, b_hh = params
+        n_ih, n_hh, n_bih, n_bhh = names
+        self.w_ih = pack(w_ih, n_ih, per_channel)
+        self.w_hh = pack(w_hh, n_hh, per_channel)
         g_h, inp = self.w_ih.shape
         # weight_hh is (gates * hidden, hidden): when the two weights agree with each other but
         # not with this kind's gate count, say so (e.g. GRU weights given to an LSTM).
@@ -54,35 +64,36 @@ class _CellWeights:
         other = _GATES["GRU" if kind == "LSTM" else "LSTM"]
         if hidden_size is None and h_cols and g_h == self.w_hh.shape[0] == other * h_cols:
             raise ValueError(
-                f"{where}weight_ih has shape {self.w_ih.shape}: {other} gates of hidden_size = "
-                f"{h_cols}, but a {kind} has {gates} gates (wrong gate count)"
+                f"{n_ih} has shape {self.w_ih.shape}: {other} gates of hidden_size = {h_cols}, "
+                f"but {a_kind} has {gates} gates (wrong gate count)"
             )
         if g_h % gates:
             raise ValueError(
-                f"{where}weight_ih has shape {self.w_ih.shape}: {g_h} rows is not a whole number "
-                f"of the {gates} gates of a {kind} (wrong gate count?)"
+                f"{n_ih} has shape {self.w_ih.shape}: {g_h} rows is not a whole number of the "
+                f"{gates} gates of {a_kind} (wrong gate count?)"
             )
         hidden = hidden_size if hidden_size is not None else g_h // gates
+        why = f" (the hidden_size of {sizes_from})" if sizes_from else ""
         if g_h != gates * hidden:
             raise ValueError(
-                f"{where}weight_ih has shape {self.w_ih.shape}; a {kind} of hidden_size = "
-                f"{hidden} needs {gates} gates x {hidden} = {gates * hidden} rows"
+                f"{n_ih} has shape {self.w_ih.shape}; {a_kind} of hidden_size = {hidden}{why} "
+                f"needs {gates} gates x {hidden} = {gates * hidden} rows"
             )
         if input_size is not None and inp != input_size:
             raise ValueError(
-                f"{where}weight_ih has shape {self.w_ih.shape}; expected input_size = "
-                f"{input_size} columns"
+                f"{n_ih} has shape {self.w_ih.shape}; expected input_size = {input_size} columns"
+                + (f" (the outputs of {sizes_from})" if sizes_from and hidden_size else "")
             )
         if self.w_hh.shape != (gates * hidden, hidden):
             raise ValueError(
-                f"{where}weight_hh has shape {self.w_hh.shape}; expected "
-                f"{(gates * hidden, hidden)} for hidden_size = {hidden}"
+                f"{n_hh} has shape {self.w_hh.shape}; expected {(gates * hidden, hidden)} for "
+                f"hidden_size = {hidden}{why}"
             )
         self.kind = kind
         self.hidden_size = hidden
         self.input_size = inp
-        self.b_ih = bias_array(b_ih, f"{where}bias_ih", gates * hidden)
-        self.b_hh = bias_array(b_hh, f"{where}bias_hh", gates * hidden)
+        self.b_ih = bias_array(b_ih, n_bih, gates * hidden)
+        self.b_hh = bias_array(b_hh, n_bhh, gates * hidden)
         # LSTM: both biases simply add to the gates, so they ride on the input projection.
         # GRU: b_hn sits inside r * (W_hn h + b_hn), so it stays with the hidden projection.
         if kind == "LSTM" and (self.b_ih is not None or self.b_hh is not None):
@@ -94,8 +105,8 @@ class _CellWeights:
         else:
             self.in_bias, self.hid_bias = self.b_ih, self.b_hh
 
-    def project_input(self, x: np.ndarray, granularity: str) -> np.ndarray:
-        return linear(x, self.w_ih, self.in_bias, granularity=granularity)
+    def project_input(self, x: np.ndarray, granularity: str, name: str) -> np.ndarray:
+        return layer_linear(x, self.w_ih, self.in_bias, name=name, granularity=granularity)
 
     def step(
         self,
@@ -103,9 +114,11 @@ class _CellWeights:
         h: np.ndarray,
         c: Optional[np.ndarray],
         granularity: str,
+        state: str,
     ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        """One time step from the projected input ``xp`` (batch, gates * hidden)."""
-        hp = linear(h, self.w_hh, self.hid_bias, granularity=granularity)
+        """One time step from the projected input ``xp`` (batch, gates * hidden); ``state``
+        names the hidden state ``h`` in errors."""
+        hp = layer_linear(h, self.w_hh, self.hid_bias, name=state, granularity=granularity)
         hs = self.hidden_size
         if self.kind == "LSTM":
             assert c is not None
@@ -164,11 +177,14 @@ class _Recurrent(Serialized):
         known = set()
         self.cells: list[list[_CellWeights]] = []
         layer_in = input_size
+        # Every direction of every layer has the hidden size of the first one given (or
+        # hidden_size=), and each layer takes the outputs of the one before.
+        sizes_from = "hidden_size=" if hidden_size is not None else ""
         for layer in range(self.num_layers):
             row = []
             for d in range(dirs):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
-                names = [f"{p}{sfx}" for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                names = tuple(f"{p}{sfx}" for p in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
                 for nm in names[:2]:
                     if nm not in params:
                         raise ValueError(
@@ -176,20 +192,23 @@ class _Recurrent(Serialized):
                             f"bidirectional={self.bidirectional}); got {sorted(params)}"
                         )
                 known.update(names)
-                row.append(
-                    _CellWeights(
-                        self.kind,
+                cell = _CellWeights(
+                    self.kind,
+                    (
                         params[names[0]],
                         params[names[1]],
                         params.get(names[2]),
                         params.get(names[3]),
-                        input_size=layer_in,
-                        hidden_size=hidden_size,
-                        per_channel=per_channel,
-                        where=f"layer {layer}{' reverse' if d else ''}: ",
-                    )
+                    ),
+                    names,  # type: ignore[arg-type]
+                    input_size=layer_in,
+                    hidden_size=hidden_size,
+                    per_channel=per_channel,
+                    sizes_from=sizes_from if hidden_size is not None else "",
                 )
-            hidden_size = row[0].hidden_size
+                if hidden_size is None:
+                    hidden_size, sizes_from = cell.hidden_size, names[1]
+                row.append(cell)
             layer_in = hidden_size * dirs
             self.cells.append(row)
         unknown = sorted(set(params) - known)
@@ -216,8 +235,10 @@ class _Recurrent(Serialized):
     def _check_state(self, h: Any, name: str, batch: int, unbatched: bool) -> np.ndarray:
         dirs = 2 if self.bidirectional else 1
         if unbatched:
-            return _as_float32(h, name, (self.num_layers * dirs, self.hidden_size))[:, None, :]
-        return _as_float32(h, name, (self.num_layers * dirs, batch, self.hidden_size))
+            a = _as_float32(h, name, (self.num_layers * dirs, self.hidden_size))[:, None, :]
+        else:
+            a = _as_float32(h, name, (self.num_layers * dirs, batch, self.hidden_size))
+        return finite(a, name)
 
     def __call__(self, input: Any, hx: Any = None) -> tuple[np.ndarray, Any]:
         x = _as_float32(input, "input")
@@ -230,8 +251,7 @@ class _Recurrent(Serialized):
             x = x[:, None, :]
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
-        if not np.isfinite(x).all():
-            raise ValueError("input contains NaN or infinity; their quantization is meaningless")
+        finite(x, "input")
         seq, batch, feat = x.shape
         if seq == 0:
             raise ValueError(f"input has a sequence length of 0 (shape {np.shape(input)})")
@@ -248,7 +268,9 @@ class _Recurrent(Serialized):
                 h0, c0 = zeros, zeros
             else:
                 if not (isinstance(hx, tuple) and len(hx) == 2):
-                    raise TypeError("hx for an LSTM must be a tuple (h_0, c_0)")
+                    raise TypeError(
+                        f"hx for an LSTM must be a tuple (h_0, c_0), got {type(hx).__name__}"
+                    )
                 h0 = self._check_state(hx[0], "h_0", batch, unbatched)
                 c0 = self._check_state(hx[1], "c_0", batch, unbatched)
         else:
@@ -262,14 +284,15 @@ class _Recurrent(Serialized):
             for d, cell in enumerate(row):
                 idx = layer * dirs + d
                 flat = layer_in.reshape(seq * batch, layer_in.shape[2])
-                xp = cell.project_input(flat, self.granularity)
+                where = f"layer {layer}" + (" (reverse)" if d else "")
+                xp = cell.project_input(flat, self.granularity, "input" if layer == 0 else where)
                 xp = xp.reshape(seq, batch, cell.w_ih.out_features)
                 h = np.ascontiguousarray(h0[idx])
                 c = np.ascontiguousarray(c0[idx]) if c0 is not None else None
                 out = np.empty((seq, batch, self.hidden_size), dtype=F32)
                 steps = range(seq - 1, -1, -1) if d else range(seq)
                 for t in steps:
-                    h, c = cell.step(xp[t], h, c, self.granularity)
+                    h, c = cell.step(xp[t], h, c, self.granularity, _overflow(where, t))
                     out[t] = h
                 h_n[idx] = h
                 if c_n is not None and c is not None:
@@ -277,6 +300,11 @@ class _Recurrent(Serialized):
                 outs.append(out)
             layer_in = np.concatenate(outs, axis=2) if dirs == 2 else outs[0]
         output = layer_in
+        # The last step's state is not projected again: check it here, so that an overflow
+        # raises whatever the sequence length.
+        finite(output, _overflow("the output", seq))
+        if c_n is not None:
+            finite(c_n, _overflow("the cell state", seq))
         if unbatched:
             output = output[:, 0, :]
             h_n = h_n[:, 0, :]
@@ -380,14 +408,11 @@ class _Cell(Serialized):
         self.granularity = granularity
         self.cell = _CellWeights(
             self.kind,
-            weight_ih,
-            weight_hh,
-            bias_ih,
-            bias_hh,
+            (weight_ih, weight_hh, bias_ih, bias_hh),
+            ("weight_ih", "weight_hh", "bias_ih", "bias_hh"),
             input_size=None,
             hidden_size=None,
             per_channel=per_channel,
-            where="",
         )
 
     @classmethod
@@ -418,16 +443,25 @@ class _Cell(Serialized):
                 f"input must have shape (batch, {self.input_size}) or ({self.input_size},), "
                 f"got {a.shape}"
             )
-        if not np.isfinite(a).all():
-            raise ValueError("input contains NaN or infinity; their quantization is meaningless")
+        finite(a, "input")
         return (a[None, :], True) if a.ndim == 1 else (a, False)
 
     def _state(self, h: Any, name: str, batch: int, unbatched: bool) -> np.ndarray:
         if h is None:
             return np.zeros((batch, self.hidden_size), dtype=F32)
         want = (self.hidden_size,) if unbatched else (batch, self.hidden_size)
-        a = _as_float32(h, name, want)
+        a = finite(_as_float32(h, name, want), name)
         return np.ascontiguousarray(a[None, :] if unbatched else a)
+
+    def _step(
+        self, x: np.ndarray, h: np.ndarray, c: Optional[np.ndarray]
+    ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        xp = self.cell.project_input(x, self.granularity, "input")
+        h2, c2 = self.cell.step(xp, h, c, self.granularity, "the hidden state")
+        finite(h2, _overflow("the new hidden state", 1))
+        if c2 is not None:
+            finite(c2, _overflow("the new cell state", 1))
+        return h2, c2
 
     def _tensors(self) -> tuple[Weights, Tensors, dict[str, Any]]:
         weights, tensors = self.cell.tensors("")
@@ -464,11 +498,17 @@ class LSTMCell(_Cell):
 
     def __call__(self, input: Any, hx: Any = None) -> tuple[np.ndarray, np.ndarray]:
         x, unbatched = self._input(input)
-        h, c = (None, None) if hx is None else hx
-        h = self._state(h, "h", x.shape[0], unbatched)
-        c = self._state(c, "c", x.shape[0], unbatched)
-        xp = self.cell.project_input(x, self.granularity)
-        h2, c2 = self.cell.step(xp, h, c, self.granularity)
+        if hx is None:
+            h, c = None, None
+        elif isinstance(hx, tuple) and len(hx) == 2:
+            h, c = hx
+        else:
+            raise TypeError(
+                f"hx for an LSTMCell must be a tuple (h_0, c_0), got {type(hx).__name__}"
+            )
+        h = self._state(h, "h_0", x.shape[0], unbatched)
+        c = self._state(c, "c_0", x.shape[0], unbatched)
+        h2, c2 = self._step(x, h, c)
         assert c2 is not None
         return (h2[0], c2[0]) if unbatched else (h2, c2)
 
@@ -481,7 +521,6 @@ class GRUCell(_Cell):
 
     def __call__(self, input: Any, hx: Any = None) -> np.ndarray:
         x, unbatched = self._input(input)
-        h = self._state(hx, "h", x.shape[0], unbatched)
-        xp = self.cell.project_input(x, self.granularity)
-        h2, _ = self.cell.step(xp, h, None, self.granularity)
+        h = self._state(hx, "hx", x.shape[0], unbatched)
+        h2, _ = self._step(x, h, None)
         return h2[0] if unbatched else h2

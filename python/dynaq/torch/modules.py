@@ -267,7 +267,7 @@ class Linear(_DynaqModule):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         x = to_numpy(input, "input", self._get_name())
-        return from_numpy(self._layer(x), input.dtype)
+        return from_numpy(self._layer._forward(x, name="input"), input.dtype)
 
     def _check_loaded(self, layer: Any) -> Optional[str]:
         have = (layer.out_features, layer.in_features, layer.bias is not None)

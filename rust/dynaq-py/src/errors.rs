@@ -25,6 +25,8 @@ pub enum Role {
     Activation,
     /// Weights: always checked (a non-finite weight would poison every later call).
     Weight,
+    /// A layer's input or state: always checked (layers have no `check_finite`).
+    Layer,
 }
 
 /// [`to_py`], with a non-finite input named after the argument `arg` it came from.
@@ -40,6 +42,7 @@ pub fn named(e: Error, arg: &str, role: Role) -> PyErr {
                 Role::Weight => {
                     "weights are always checked: a non-finite weight would poison every call"
                 }
+                Role::Layer => "a layer's parameters, inputs and states must be finite",
             };
             PyValueError::new_err(format!("{arg} contains NaN or infinity{at}; {why}"))
         }

@@ -60,41 +60,55 @@ pub fn linear<'py>(
         scheme: Scheme::Robust,
         check_finite,
     };
-    run_linear(py, x, weight, bias, out, how)
+    run_linear(py, (x, "x", Role::Activation), weight, bias, out, how)
 }
 
-/// ``linear`` with a fixed activation scale and zero point for every row (static
+/// ``linear`` for the layers: ``x`` named ``name`` in errors (``input``, ``h_0``, a layer's
+/// state), NaN and infinity always refused, activations quantized per ``granularity``, or with
+/// a fixed ``scale`` and ``zero_point`` for every row when both are given (static
 /// quantization, as ``dynaq.layers.Linear`` after ``calibrate``).
 #[pyfunction]
-#[pyo3(signature = (x, weight, bias, scale, zero_point, *, out = None, check_finite = true))]
+#[pyo3(signature = (x, weight, bias, *, name, granularity = "row", scale = None, zero_point = None, out = None))]
 #[allow(clippy::too_many_arguments)] // the Python signature: each one a separate argument
-pub fn linear_static<'py>(
+pub fn layer_linear<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     weight: &Bound<'py, PyAny>,
     bias: Option<&Bound<'py, PyAny>>,
-    scale: f32,
-    zero_point: u8,
+    name: &str,
+    granularity: &str,
+    scale: Option<f32>,
+    zero_point: Option<u8>,
     out: Option<&Bound<'py, PyAny>>,
-    check_finite: bool,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    let how = Quantization {
-        granularity: Granularity::Tensor,
-        scheme: Scheme::Fixed { scale, zero_point },
-        check_finite,
+    let how = match (scale, zero_point) {
+        (Some(scale), Some(zero_point)) => Quantization {
+            granularity: Granularity::Tensor,
+            scheme: Scheme::Fixed { scale, zero_point },
+            check_finite: true,
+        },
+        (None, None) => Quantization {
+            granularity: args::granularity(py, granularity)?,
+            scheme: Scheme::Robust,
+            check_finite: true,
+        },
+        _ => return Err(value_error("scale and zero_point go together")),
     };
-    run_linear(py, x, weight, bias, out, how)
+    run_linear(py, (x, name, Role::Layer), weight, bias, out, how)
 }
+
+/// The input of a linear call: the object, its name in errors, and what a NaN in it means.
+type Input<'a, 'py> = (&'a Bound<'py, PyAny>, &'a str, Role);
 
 fn run_linear<'py>(
     py: Python<'py>,
-    x: &Bound<'py, PyAny>,
+    (x, x_name, role): Input<'_, 'py>,
     weight: &Bound<'py, PyAny>,
     bias: Option<&Bound<'py, PyAny>>,
     out: Option<&Bound<'py, PyAny>>,
     how: Quantization,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    let mut xa = float_array(x, "x")?;
+    let mut xa = float_array(x, x_name)?;
     let packed: PackedWeight;
     let held = weight.cast::<PyPackedWeight>();
     let w = match &held {
@@ -107,8 +121,8 @@ fn run_linear<'py>(
     let (n, k) = (w.n(), w.k());
     let Some((&last, lead)) = xa.shape().split_last().filter(|(&last, _)| last == k) else {
         return Err(value_error(format!(
-            "x has shape {}: its last axis must equal in_features = {k} of the weight of shape \
-             ({n}, {k})",
+            "{x_name} has shape {}: its last axis must equal in_features = {k} of the weight of \
+             shape ({n}, {k})",
             shape(xa.shape())
         )));
     };
@@ -153,8 +167,7 @@ fn run_linear<'py>(
         let xm = Matrix::new(xa.as_slice(), m, k).expect("x has m rows of k");
         let bs = ba.as_ref().map(Array::as_slice);
         let isa = active_isa();
-        detach(py, || ops::linear(isa, xm, w, bs, how, ys))
-            .map_err(|e| named(e, "x", Role::Activation))?;
+        detach(py, || ops::linear(isa, xm, w, bs, how, ys)).map_err(|e| named(e, x_name, role))?;
     }
     Ok(y)
 }
