@@ -120,6 +120,11 @@ def layer_from_state_dict(
         return None
 
 
+def _count(v: Any) -> Any:
+    """``v`` when it is a non-negative int (not a bool), else None."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
 def _unpack(data: bytes, kind: str) -> tuple[dict[str, Any], dict[str, Blob]]:
     """The configuration and blobs of a version-1 container of a layer of ``kind``."""
     where = f"{kind} bytes"
@@ -141,11 +146,12 @@ def _unpack(data: bytes, kind: str) -> tuple[dict[str, Any], dict[str, Blob]]:
         raise ValueError(f"{where}: header length {hlen} runs past the end")
     try:
         header = json.loads(body[start : start + hlen].decode())
-        found_kind = header["kind"]
-        config = header["config"]
-        entries = header["blobs"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where}: unreadable header ({e})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        # RecursionError: absurdly deep nesting
+        raise ValueError(f"{where}: unreadable header ({type(e).__name__})") from None
+    if not isinstance(header, dict) or set(header) != {"kind", "config", "blobs"}:
+        raise ValueError(f"{where}: malformed header (the keys kind, config and blobs)")
+    found_kind, config, entries = header["kind"], header["config"], header["blobs"]
     if found_kind != kind:
         raise ValueError(f"{where}: holds a {found_kind!r}, not a {kind!r}")
     if not isinstance(config, dict) or not isinstance(entries, list):
@@ -153,13 +159,19 @@ def _unpack(data: bytes, kind: str) -> tuple[dict[str, Any], dict[str, Blob]]:
     pos = start + hlen
     blobs: dict[str, Blob] = {}
     for entry in entries:
-        try:
-            name, dtype, shape, size = entry
-            size = int(size)
-            shape = tuple(int(d) for d in shape)
-        except (ValueError, TypeError):
-            raise ValueError(f"{where}: malformed blob entry {entry!r}") from None
-        if dtype not in _ALLOWED_DTYPES or size < 0 or any(d < 0 for d in shape):
+        if not (isinstance(entry, list) and len(entry) == 4):
+            raise ValueError(f"{where}: malformed blob entry {entry!r}")
+        name, dtype, shape, size = entry
+        ok = (
+            isinstance(name, str)
+            and name not in blobs
+            and isinstance(dtype, str)
+            and dtype in _ALLOWED_DTYPES
+            and _count(size) is not None
+            and isinstance(shape, list)
+            and all(_count(d) is not None for d in shape)
+        )
+        if not ok:
             raise ValueError(f"{where}: bad blob entry {entry!r}")
         if pos + size > len(body):
             raise ValueError(f"{where}: blob {name!r} runs past the end")

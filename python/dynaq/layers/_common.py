@@ -88,7 +88,7 @@ class Serialized:
             weights, tensors, meta = _dynaq.read_blob(data, cls._kind)
             try:
                 config = json.loads(meta.get(CONFIG_KEY, "{}"))
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
                 config = None
             if not isinstance(config, dict):
                 raise ValueError(f"{cls._kind} bytes: bad {CONFIG_KEY} metadata (a JSON object)")
@@ -112,6 +112,13 @@ def expect_names(
         raise ValueError(f"{what} not understood: {unknown}")
     if missing:
         raise ValueError(f"{what} missing: {missing}")
+
+
+def expect_config(config: dict[str, Any], keys: set[str]) -> None:
+    """``ValueError`` for a configuration entry the layer does not have."""
+    unknown = sorted(set(config) - keys)
+    if unknown:
+        raise ValueError(f"configuration not understood: {unknown}")
 
 
 def config_value(config: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:

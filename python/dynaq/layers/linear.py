@@ -18,6 +18,7 @@ from ._common import (
     Weights,
     bias_array,
     config_value,
+    expect_config,
     expect_names,
     pack,
 )
@@ -152,6 +153,7 @@ class Linear(Serialized):
     def _from_tensors(cls, weights: Weights, tensors: Tensors, config: dict[str, Any]) -> Linear:
         expect_names("weights", weights, {"weight"}, {"weight"})
         expect_names("tensors", tensors, {"bias", "input_scale", "input_zero_point"})
+        expect_config(config, {"granularity"})
         layer = cls(
             weights["weight"],
             tensors.get("bias"),

@@ -18,6 +18,7 @@ from ._common import (
     Weights,
     bias_array,
     config_value,
+    expect_config,
     expect_names,
     finite,
     pack,
@@ -336,6 +337,7 @@ class _Recurrent(Serialized):
 
     @classmethod
     def _from_tensors(cls, weights: Weights, tensors: Tensors, config: dict[str, Any]) -> Any:
+        expect_config(config, {"num_layers", "bidirectional", "batch_first", "granularity"})
         return cls(
             {**weights, **tensors},
             num_layers=config_value(config, "num_layers", int),
@@ -471,6 +473,7 @@ class _Cell(Serialized):
     def _from_tensors(cls, weights: Weights, tensors: Tensors, config: dict[str, Any]) -> Any:
         expect_names("weights", weights, {"weight_ih", "weight_hh"}, {"weight_ih", "weight_hh"})
         expect_names("tensors", tensors, {"bias_ih", "bias_hh"})
+        expect_config(config, {"granularity"})
         return cls(
             weights["weight_ih"],
             weights["weight_hh"],

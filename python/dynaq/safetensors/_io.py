@@ -308,12 +308,36 @@ def _beside(e: OSError, path: str) -> OSError:
     return type(e)(e.errno, f"cannot write a file there ({e.strerror})", path)
 
 
+def _at(e: OSError, path: str) -> OSError:
+    """``e`` (from writing a temporary file for ``path``: a full disk, a quota) re-aimed at
+    ``path``, the file the user asked for."""
+    return type(e)(e.errno, e.strerror or str(e), path)
+
+
+class _WritingFor:
+    """A temporary file being written for ``path``: its errors name ``path``."""
+
+    def __init__(self, f: IO[bytes], path: str) -> None:
+        self._f, self._path = f, path
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            raise _at(e, self._path) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 def _output_dir(path: str) -> str:
     """The directory ``path`` will be written in; an ``OSError`` naming ``path`` when it is
-    not an existing directory."""
+    not an existing directory, or when ``path`` itself is a directory."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(errno.ENOENT, "its directory does not exist", path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory (give the file to write)", path)
     return directory
 
 
@@ -344,10 +368,16 @@ def _atomic_write(path: PathLike, body: Callable[[IO[bytes]], None]) -> None:
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            body(f)
+            body(_WritingFor(f, path))  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if e.filename in (None, tmp):
+            raise _at(e, path) from None
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -58,7 +58,7 @@ def load_quantized(path: PathLike) -> dict[str, Any]:
             )
         try:
             names = json.loads(meta.get(_dynaq.QUANTIZED_KEY, "[]"))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             names = None
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"{p}: bad {_dynaq.QUANTIZED_KEY} metadata (a JSON list of names)")

@@ -29,6 +29,7 @@ from ._io import (
     _read_bytes,
     _read_header,
     _to_numpy,
+    _WritingFor,
 )
 
 #: The format version of the files written (metadata ``"dynaq.format"``): the one version of
@@ -283,7 +284,8 @@ def quantize_file(
             spool_file = tempfile.TemporaryFile(dir=dst_dir)
         except OSError as err:
             raise _beside(err, dst_s) from None
-        with spool_file as spool:
+        with spool_file as raw_spool:
+            spool = _WritingFor(raw_spool, dst_s)  # a full disk names dst
 
             def put(name: str, dtype: str, shape: tuple[int, ...], data: Any) -> int:
                 pos = spool.tell()
