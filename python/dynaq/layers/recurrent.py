@@ -30,10 +30,11 @@ __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell"]
 _GATES = {"LSTM": 4, "GRU": 3}
 
 
-def _overflow(what: str, step: int) -> str:
+def _overflow(what: str, step: Optional[int] = None) -> str:
     """How a state that became NaN or infinity is named: with finite inputs, parameters and
     states the gates stay bounded, so only a float32 overflow of a projection gets there."""
-    return f"{what} at step {step} (float32 overflow: the input's magnitude is too large)"
+    at = "" if step is None else f" at step {step}"
+    return f"{what}{at} (float32 overflow: the input or the weights are too large)"
 
 
 class _CellWeights:
@@ -51,6 +52,7 @@ class _CellWeights:
         hidden_size: Optional[int],
         per_channel: bool,
         sizes_from: str = "",
+        inputs_from: str = "",
     ) -> None:
         gates = _GATES[kind]
         a_kind = ("an " if kind == "LSTM" else "a ") + kind
@@ -83,7 +85,7 @@ class _CellWeights:
         if input_size is not None and inp != input_size:
             raise ValueError(
                 f"{n_ih} has shape {self.w_ih.shape}; expected input_size = {input_size} columns"
-                + (f" (the outputs of {sizes_from})" if sizes_from and hidden_size else "")
+                + (f" ({inputs_from})" if inputs_from else "")
             )
         if self.w_hh.shape != (gates * hidden, hidden):
             raise ValueError(
@@ -120,6 +122,14 @@ class _CellWeights:
         """One time step from the projected input ``xp`` (batch, gates * hidden); ``state``
         names the hidden state ``h`` in errors."""
         hp = layer_linear(h, self.w_hh, self.hid_bias, name=state, granularity=granularity)
+        # A projection that overflowed float32 makes NaN below; the caller reports it by name,
+        # so numpy's warnings would only repeat it.
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._gates(xp, hp, h, c)
+
+    def _gates(
+        self, xp: np.ndarray, hp: np.ndarray, h: np.ndarray, c: Optional[np.ndarray]
+    ) -> tuple[np.ndarray, Optional[np.ndarray]]:
         hs = self.hidden_size
         if self.kind == "LSTM":
             assert c is not None
@@ -179,8 +189,10 @@ class _Recurrent(Serialized):
         self.cells: list[list[_CellWeights]] = []
         layer_in = input_size
         # Every direction of every layer has the hidden size of the first one given (or
-        # hidden_size=), and each layer takes the outputs of the one before.
+        # hidden_size=), the directions of the first layer have its input size (or
+        # input_size=), and each later layer takes the outputs of the one before.
         sizes_from = "hidden_size=" if hidden_size is not None else ""
+        inputs_from = "as input_size= says" if input_size is not None else ""
         for layer in range(self.num_layers):
             row = []
             for d in range(dirs):
@@ -206,11 +218,17 @@ class _Recurrent(Serialized):
                     hidden_size=hidden_size,
                     per_channel=per_channel,
                     sizes_from=sizes_from if hidden_size is not None else "",
+                    inputs_from=inputs_from,
                 )
                 if hidden_size is None:
                     hidden_size, sizes_from = cell.hidden_size, names[1]
+                if layer_in is None:
+                    layer_in, inputs_from = cell.input_size, f"the input size of {names[0]}"
                 row.append(cell)
             layer_in = hidden_size * dirs
+            inputs_from = f"the outputs of layer {layer}: " + (
+                f"2 directions x hidden_size {hidden_size}" if dirs == 2 else "its hidden_size"
+            )
             self.cells.append(row)
         unknown = sorted(set(params) - known)
         if unknown:
@@ -292,20 +310,23 @@ class _Recurrent(Serialized):
                 c = np.ascontiguousarray(c0[idx]) if c0 is not None else None
                 out = np.empty((seq, batch, self.hidden_size), dtype=F32)
                 steps = range(seq - 1, -1, -1) if d else range(seq)
+                # A state that overflowed is refused by the next step's projection, by name;
+                # the cell state (which only reaches h through tanh) and the last step's hidden
+                # state are checked here, so that an overflow raises whatever the length.
                 for t in steps:
-                    h, c = cell.step(xp[t], h, c, self.granularity, _overflow(where, t))
+                    # (h came from the step before: t + 1 when running in reverse)
+                    state = _overflow(f"the hidden state of {where}", t + 1 if d else t - 1)
+                    h, c = cell.step(xp[t], h, c, self.granularity, state)
+                    if c is not None:
+                        finite(c, _overflow(f"the cell state of {where}", t))
                     out[t] = h
+                finite(h, _overflow(f"the hidden state of {where}", steps[-1]))
                 h_n[idx] = h
                 if c_n is not None and c is not None:
                     c_n[idx] = c
                 outs.append(out)
             layer_in = np.concatenate(outs, axis=2) if dirs == 2 else outs[0]
         output = layer_in
-        # The last step's state is not projected again: check it here, so that an overflow
-        # raises whatever the sequence length.
-        finite(output, _overflow("the output", seq))
-        if c_n is not None:
-            finite(c_n, _overflow("the cell state", seq))
         if unbatched:
             output = output[:, 0, :]
             h_n = h_n[:, 0, :]
@@ -460,9 +481,9 @@ class _Cell(Serialized):
     ) -> tuple[np.ndarray, Optional[np.ndarray]]:
         xp = self.cell.project_input(x, self.granularity, "input")
         h2, c2 = self.cell.step(xp, h, c, self.granularity, "the hidden state")
-        finite(h2, _overflow("the new hidden state", 1))
+        finite(h2, _overflow("the new hidden state"))
         if c2 is not None:
-            finite(c2, _overflow("the new cell state", 1))
+            finite(c2, _overflow("the new cell state"))
         return h2, c2
 
     def _tensors(self) -> tuple[Weights, Tensors, dict[str, Any]]:
