@@ -56,9 +56,19 @@ def layer_tensors(
                 config.pop("activation_scale", None),
                 config.pop("activation_zero_point", None),
             )
+            if (scale is None) != (zp is None):
+                raise ValueError("activation_scale and activation_zero_point go together")
             if scale is not None:
-                tensors["input_scale"] = np.array(float(scale), dtype=np.float32)
-                tensors["input_zero_point"] = np.array(int(zp), dtype=np.uint8)
+                if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+                    raise ValueError(f"activation_scale must be a number, got {scale!r}")
+                if _count(zp) is None or zp > 255:
+                    raise ValueError(
+                        f"activation_zero_point must be an integer in [0, 255], got {zp!r}"
+                    )
+                # A finite positive scale is checked with the version-2 tensors.
+                with np.errstate(over="ignore"):
+                    tensors["input_scale"] = np.array(scale, dtype=np.float32)
+                tensors["input_zero_point"] = np.array(zp, dtype=np.uint8)
     except (TypeError, ValueError, OverflowError) as e:
         raise ValueError(f"{kind} bytes: {e}") from None
     return weights, tensors, config
@@ -94,9 +104,8 @@ def layer_from_state_dict(
             missing_keys.append(vkey)
         return None
     version, blob = state_dict[vkey], state_dict[key]
-    try:
-        v = int(version)
-    except (TypeError, ValueError, RuntimeError):
+    v = _integer(version)
+    if v is None:
         error_msgs.append(f"{where}: {vkey} must be an integer, got {version!r}")
         return None
     if v != 1:
@@ -114,10 +123,25 @@ def layer_from_state_dict(
         error_msgs.append(f"{where}: {key} must be a 1-D uint8 tensor, got a {desc}")
         return None
     try:
-        return layer_type.from_bytes(blob.detach().cpu().contiguous().numpy().tobytes())
-    except ValueError as e:
+        data = blob.detach().cpu().contiguous().numpy().tobytes()
+        return layer_type.from_bytes(data)
+    except (ValueError, TypeError, RuntimeError) as e:  # RuntimeError: a meta or sparse tensor
         error_msgs.append(f"{where}: {key} cannot be read: {e}")
         return None
+
+
+def _integer(value: Any) -> Any:
+    """``value`` as an int when it is one (a Python int or a one-element integer tensor; not a
+    bool, a float or a string), else None."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype.is_floating_point or value.dtype.is_complex:
+            return None
+        if value.dtype == torch.bool or value.device.type == "meta":
+            return None
+        return int(value.item())
+    return _count(value) if isinstance(value, int) else None
 
 
 def _count(v: Any) -> Any:

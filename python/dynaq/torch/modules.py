@@ -92,6 +92,9 @@ class _DynaqModule(nn.Module):
             if strict:
                 missing_keys.extend(missing)
             return
+        if local_metadata is not None and not isinstance(local_metadata, Mapping):
+            error_msgs.append(f"{where}: its state-dict metadata must be a dict")
+            return
         config = dict(self._layer._tensors()[2])
         saved = (local_metadata or {}).get(_CONFIG_KEY)
         if isinstance(saved, Mapping):
