@@ -140,7 +140,7 @@ def run(args: argparse.Namespace, stderr: Optional[IO[str]] = None) -> int:
         return 130
     except OSError as e:
         bar.close()
-        where = f"{e.filename}: " if e.filename else ""
+        where = "" if e.filename is None else f"{e.filename or repr(e.filename)}: "
         print(f"dynaq quantize: error: {where}{e.strerror or e}", file=err)
         return 1
     except (ValueError, TypeError, MemoryError) as e:

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from typing import IO, Any, Callable, Optional, Union
@@ -330,15 +331,39 @@ class _WritingFor:
         return getattr(self._f, name)
 
 
-def _output_dir(path: str) -> str:
-    """The directory ``path`` will be written in; an ``OSError`` naming ``path`` when it is
-    not an existing directory, or when ``path`` itself is a directory."""
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
+def _output_target(path: str) -> str:
+    """The file that writing ``path`` replaces: ``path``, or the file a symbolic link there
+    points to (the link stays a link). An ``OSError`` naming ``path`` when that file's
+    directory does not exist, or when it exists but is not a regular file: a directory, or a
+    device, FIFO or socket that an atomic rename would replace with a plain file."""
+    if path == "":
+        raise FileNotFoundError(errno.ENOENT, "empty path", path)
+    # The directory as the system resolves it (not lexically: "missing/../f" has none).
+    if not os.path.isdir(os.path.dirname(path) or "."):
         raise FileNotFoundError(errno.ENOENT, "its directory does not exist", path)
-    if os.path.isdir(path):
+    if os.path.islink(path):
+        target = os.path.realpath(path)
+        if not os.path.isdir(os.path.dirname(target)):
+            raise FileNotFoundError(
+                errno.ENOENT, "links into a directory that does not exist", path
+            )
+    else:
+        target = os.path.join(
+            os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path)
+        )
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, path) from None
+    if stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, "is a directory (give the file to write)", path)
-    return directory
+    if not stat.S_ISREG(mode):
+        raise OSError(
+            errno.EINVAL, "is not a regular file (a device, FIFO or socket): not replaced", path
+        )
+    return target
 
 
 def _umask() -> int:
@@ -358,10 +383,11 @@ def _umask() -> int:
 def _atomic_write(path: PathLike, body: Callable[[IO[bytes]], None]) -> None:
     """Write through a temporary file in the same directory, fsync, then rename over ``path``."""
     path = os.fspath(path)
-    directory = _output_dir(path)
+    target = _output_target(path)
+    directory = os.path.dirname(target)
     try:
         fd, tmp = tempfile.mkstemp(
-            prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory
+            prefix="." + os.path.basename(target) + ".", suffix=".tmp", dir=directory
         )
     except OSError as e:
         raise _beside(e, path) from None
@@ -371,7 +397,7 @@ def _atomic_write(path: PathLike, body: Callable[[IO[bytes]], None]) -> None:
             body(_WritingFor(f, path))  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -25,7 +25,7 @@ from ._io import (
     _encode_header,
     _Entry,
     _open,
-    _output_dir,
+    _output_target,
     _read_bytes,
     _read_header,
     _to_numpy,
@@ -279,7 +279,7 @@ def quantize_file(
         names = {e.name for e in header.entries}
         total = sum(e.nbytes for e in header.entries)
         done = 0
-        dst_dir = _output_dir(dst_s)
+        dst_dir = os.path.dirname(_output_target(dst_s))
         try:
             spool_file = tempfile.TemporaryFile(dir=dst_dir)
         except OSError as err:
