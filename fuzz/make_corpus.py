@@ -1,6 +1,8 @@
 """Writes the committed seed corpus under ``fuzz/corpus/<target>/`` (run from anywhere; rerun
 after a format change). Seeds are small valid inputs: serialized weights of awkward shapes,
-small safetensors files (plain and dynaq-quantized), and kernel inputs of each operation.
+small safetensors files (plain and dynaq-quantized), kernel inputs of each operation, and
+layers (their bytes, version 2 and the version-1 files of tests/data/legacy, and the choice
+bytes of fuzz_layers.py's structure-aware modes).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import hashlib
 import os
 import shutil
 import struct
+import sys
 import tempfile
 
 import dynaq
@@ -83,6 +86,37 @@ def safetensors_files(out: dict[str, list[bytes]]) -> None:
         shutil.rmtree(tmp)
 
 
+def layers(out: dict[str, list[bytes]]) -> None:
+    # fuzz_layers.py: first byte = 4 * class index + mode (see its docs).
+    from dynaq import layers as L
+
+    classes = [L.Linear, L.LSTM, L.GRU, L.LSTMCell, L.GRUCell]
+    legacy = os.path.join(os.path.dirname(HERE), "tests", "data", "legacy")
+    files = {
+        L.Linear: ["linear", "linear_static"],
+        L.LSTM: ["lstm"],
+        L.GRU: ["gru"],
+        L.LSTMCell: ["lstmcell"],
+        L.GRUCell: ["grucell"],
+    }
+    sys.path.insert(0, HERE)
+    from _harness import Consumer
+    from fuzz_layers import make_layer
+
+    for i, cls in enumerate(classes):
+        blobs = [make_layer(cls, Consumer(bytes([s, 1, 3, 2, 1, 1, 1]))).to_bytes() for s in (0, 7)]
+        for name in files[cls]:
+            with open(os.path.join(legacy, f"{name}.v1.bin"), "rb") as f:
+                blobs.append(f.read())
+        for b in blobs:
+            _put("layers", bytes([4 * i]) + b, out)  # as stored
+            _put("layers", bytes([4 * i + 1]) + b, out)  # checksum fixed
+        choices = (bytes([1, 1, 2, 0, 1, 1, 1, 4, 3]), bytes([9, 0, 5, 3, 0, 1, 0, 1, 6, 0, 2]))
+        for choice in choices:
+            _put("layers", bytes([4 * i + 2]) + choice, out)  # structure-aware
+            _put("layers", bytes([4 * i + 3]) + choice, out)  # structure-aware, state dict
+
+
 def kernel_inputs(out: dict[str, list[bytes]]) -> None:
     # Byte layouts follow fuzz_kernels.py's Consumer reads: op, then each op's fields.
     def f32(*v: float) -> bytes:
@@ -124,6 +158,7 @@ def main() -> None:
     packed_weights(out)
     safetensors_files(out)
     kernel_inputs(out)
+    layers(out)
     for target, seeds in out.items():
         d = os.path.join(CORPUS, target)
         shutil.rmtree(d, ignore_errors=True)

@@ -5,6 +5,9 @@
 #   fuzz/fuzz_kernels.py        linear / quantize / dynamic_quantize_linear / matmul_integer /
 #                               pack_weight / Linear on fuzzer-chosen shapes, values and options,
 #                               every path bit-exact with the scalar path and the numpy reference
+#   fuzz/fuzz_layers.py         the layers' from_bytes and the torch modules' load_state_dict on
+#                               arbitrary bytes and on structure-aware edits resealed with a
+#                               valid checksum; a layer that loads must work
 # each for SECONDS (default 60), starting from the committed seeds in fuzz/corpus/<target>/
 # (never modified: new inputs go to a scratch directory). A crash, an undocumented exception or
 # a wrong result fails the script; the input is kept under $FUZZ_ARTIFACTS (default: a
@@ -42,7 +45,7 @@ artifacts=${FUZZ_ARTIFACTS:-$work/artifacts}
 mkdir -p "$artifacts"
 status=0
 summary=()
-for target in packed_weight safetensors kernels; do
+for target in packed_weight safetensors kernels layers; do
   mkdir -p "$work/corpus-$target"
   extra=()
   if [ -f "fuzz/$target.dict" ]; then extra+=("-dict=fuzz/$target.dict"); fi
