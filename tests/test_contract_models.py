@@ -17,6 +17,7 @@ import os
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 
 import numpy as np
@@ -243,6 +244,35 @@ CASES = [
     ("grucell-bias-ih-inf",
      lambda: GRUCell(_w(9, IN), _w(9, H), _nan(_w(9), np.inf)),
      ValueError, r"^bias_ih contains NaN or infinity"),
+    # --- constructor options: of their type, not truthy or truncated ----------------------------
+    ("lstm-num_layers-float", lambda: LSTM(LSTM2B, num_layers=1.5, bidirectional=True),
+     TypeError, r"^num_layers must be an int, got 1.5"),
+    ("gru-num_layers-bool", lambda: GRU(_params(3), num_layers=True), TypeError,
+     r"^num_layers must be an int, got True"),
+    ("lstm-num_layers-str", lambda: LSTM(LSTM2B, num_layers="2", bidirectional=True), TypeError,
+     r"^num_layers must be an int, got '2'"),
+    ("lstm-bidirectional-str", lambda: LSTM(_params(4), bidirectional="no"), TypeError,
+     r"^bidirectional must be a bool, got 'no'"),
+    ("gru-batch_first-none", lambda: GRU(_params(3), batch_first=None), TypeError,
+     r"^batch_first must be a bool, got None"),
+    ("lstm-input_size-str", lambda: LSTM(_params(4), input_size="5"), TypeError,
+     r"^input_size must be an int, got '5'"),
+    ("gru-hidden_size-zero", lambda: GRU(_params(3), hidden_size=0), ValueError,
+     r"^hidden_size must be at least 1, got 0"),
+    ("lstm-no-hidden-units", lambda: LSTM({"weight_ih_l0": _w(0, IN), "weight_hh_l0": _w(0, 0)}),
+     ValueError, r"^weight_ih_l0 has shape \(0, 5\): hidden_size must be at least 1"),
+    ("lstmcell-hx-half-none", lambda: LSTMCELL(_w(2, IN), (None, np.zeros((2, H), F32))),
+     TypeError, r"^hx for an LSTMCell must be \(h_0, c_0\), both arrays, or None"),
+    ("linear-calibrate-none", lambda: Linear.from_float(_w(4, IN)).calibrate(None), TypeError,
+     r"^samples must be an array"),
+    ("quantize_file-exclude-int", lambda: ds.quantize_file("in", "out", exclude=5), TypeError,
+     r"^exclude must be a pattern"),
+    ("quantize_file-min_sqnr-str", lambda: ds.quantize_file("in", "out", min_sqnr="high"),
+     TypeError, r"^min_sqnr must be a number of dB, got 'high'"),
+    ("quantize_file-progress-int", lambda: ds.quantize_file("in", "out", progress=1), TypeError,
+     r"^progress must be callable"),
+    ("torch-linear-nested-input", lambda: _nested_input(), TypeError,
+     r"^DynaqLinear: input must be a dense tensor, got a nested tensor"),
     # --- NaN/infinity in inputs and states: named, and the same whatever the length ---------
     *[
         (f"{k}-{what}-seq{n}", call, ValueError, rf"^{what} contains NaN or infinity")
@@ -358,6 +388,14 @@ CASES = [
      _load("GRU", _legacy_with("gru", _with_config(dropout=0.5))),
      ValueError, r"^GRU bytes: configuration not understood: \['dropout'\]"),
 ]  # fmt: skip
+
+
+def _nested_input():
+    torch, dt = _torch()
+    with warnings.catch_warnings():  # torch: nested tensors are "in prototype stage"
+        warnings.simplefilter("ignore")
+        x = torch.nested.nested_tensor([torch.ones(2, IN), torch.ones(3, IN)])
+    return dt.Linear.from_float(torch.nn.Linear(IN, 4))(x)
 
 
 def _overflow(kind, n):

@@ -46,6 +46,24 @@ def finite(a: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
+def int_arg(value: Any, name: str, minimum: int) -> int:
+    """``value`` as an int when it is an integer (not a bool) of at least ``minimum``, else
+    ``TypeError``/``ValueError`` naming the argument ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def bool_arg(value: Any, name: str) -> bool:
+    """``value`` as a bool when it is one (numpy's included), else ``TypeError`` naming it:
+    ``bool("no")`` would silently be True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
 class Serialized:
     """``to_bytes``/``from_bytes``/pickling for a layer that says what it is made of.
 

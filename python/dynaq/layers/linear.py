@@ -88,7 +88,15 @@ class Linear(Serialized):
         their concatenation. Later calls quantize with these parameters, saturating values
         outside the calibrated range. Returns ``self``.
         """
-        batches = [samples] if isinstance(samples, np.ndarray) else list(samples)
+        if isinstance(samples, np.ndarray):
+            batches = [samples]
+        elif isinstance(samples, (str, bytes)) or not isinstance(samples, Iterable):
+            raise TypeError(
+                "samples must be an array (..., in_features) or an iterable of them, got "
+                f"{type(samples).__name__}"
+            )
+        else:
+            batches = list(samples)
         if not batches:
             raise ValueError("calibrate needs at least one sample")
         lo, hi = np.inf, -np.inf

@@ -17,10 +17,12 @@ from ._common import (
     Tensors,
     Weights,
     bias_array,
+    bool_arg,
     config_value,
     expect_config,
     expect_names,
     finite,
+    int_arg,
     pack,
     sigmoid,
 )
@@ -76,7 +78,9 @@ class _CellWeights:
                 f"{gates} gates of {a_kind} (wrong gate count?)"
             )
         hidden = hidden_size if hidden_size is not None else g_h // gates
-        why = f" (the hidden_size of {sizes_from})" if sizes_from else ""
+        if hidden == 0:  # as PyTorch: a layer of no hidden units is a mistake
+            raise ValueError(f"{n_ih} has shape {self.w_ih.shape}: hidden_size must be at least 1")
+        why = f" ({sizes_from})" if sizes_from else ""
         if g_h != gates * hidden:
             raise ValueError(
                 f"{n_ih} has shape {self.w_ih.shape}; {a_kind} of hidden_size = {hidden}{why} "
@@ -176,13 +180,15 @@ class _Recurrent(Serialized):
         _check_granularity(granularity)
         if not isinstance(params, Mapping):
             raise TypeError(f"params must be a mapping of name -> array, got {type(params)}")
-        if int(num_layers) < 1:
-            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        self.num_layers = int_arg(num_layers, "num_layers", 1)
+        self.bidirectional = bool_arg(bidirectional, "bidirectional")
+        self.batch_first = bool_arg(batch_first, "batch_first")
+        if input_size is not None:
+            input_size = int_arg(input_size, "input_size", 0)
+        if hidden_size is not None:
+            hidden_size = int_arg(hidden_size, "hidden_size", 1)
         if any(str(k).startswith("weight_hr") for k in params):
             raise ValueError(f"{self.kind} with proj_size (weight_hr_*) is not supported")
-        self.num_layers = int(num_layers)
-        self.bidirectional = bool(bidirectional)
-        self.batch_first = bool(batch_first)
         self.granularity = granularity
         dirs = 2 if self.bidirectional else 1
         known = set()
@@ -191,7 +197,7 @@ class _Recurrent(Serialized):
         # Every direction of every layer has the hidden size of the first one given (or
         # hidden_size=), the directions of the first layer have its input size (or
         # input_size=), and each later layer takes the outputs of the one before.
-        sizes_from = "hidden_size=" if hidden_size is not None else ""
+        sizes_from = "as hidden_size= says" if hidden_size is not None else ""
         inputs_from = "as input_size= says" if input_size is not None else ""
         for layer in range(self.num_layers):
             row = []
@@ -221,7 +227,7 @@ class _Recurrent(Serialized):
                     inputs_from=inputs_from,
                 )
                 if hidden_size is None:
-                    hidden_size, sizes_from = cell.hidden_size, names[1]
+                    hidden_size, sizes_from = cell.hidden_size, f"the hidden_size of {names[1]}"
                 if layer_in is None:
                     layer_in, inputs_from = cell.input_size, f"the input size of {names[0]}"
                 row.append(cell)
@@ -526,6 +532,8 @@ class LSTMCell(_Cell):
             h, c = None, None
         elif isinstance(hx, tuple) and len(hx) == 2:
             h, c = hx
+            if h is None or c is None:  # as PyTorch: both or neither
+                raise TypeError("hx for an LSTMCell must be (h_0, c_0), both arrays, or None")
         else:
             raise TypeError(
                 f"hx for an LSTMCell must be a tuple (h_0, c_0), got {type(hx).__name__}"

@@ -261,13 +261,24 @@ def quantize_file(
     """
     from .. import __version__
 
-    patterns = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    if isinstance(exclude, str):
+        patterns: tuple[Any, ...] = (exclude,)
+    elif isinstance(exclude, Iterable) and not isinstance(exclude, bytes):
+        patterns = tuple(exclude)
+    else:
+        patterns = (exclude,)
     if not all(isinstance(p, str) for p in patterns):
-        raise TypeError("exclude must be a pattern or an iterable of patterns (str)")
+        raise TypeError(
+            f"exclude must be a pattern or an iterable of patterns (str), got {exclude!r}"
+        )
     if min_sqnr is not None:
+        if isinstance(min_sqnr, bool) or not isinstance(min_sqnr, (int, float, np.number)):
+            raise TypeError(f"min_sqnr must be a number of dB, got {min_sqnr!r}")
         min_sqnr = float(min_sqnr)
         if math.isnan(min_sqnr):
             raise ValueError("min_sqnr must be a number of dB, got NaN")
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable, got {type(progress).__name__}")
     src_s, dst_s = os.fspath(src), os.fspath(dst)
     rows: list[TensorReport] = []
     # name -> (dtype, shape, offset in the spool, bytes)

@@ -15,6 +15,8 @@ def to_numpy(x: Any, name: str, owner: str) -> np.ndarray:
     """A CPU float tensor as float32 numpy, without a copy when it already is float32."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{owner}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.is_nested:
+        raise TypeError(f"{owner}: {name} must be a dense tensor, got a nested tensor")
     if x.device.type != "cpu":
         raise ValueError(
             f"{owner}: {name} is on device {str(x.device)!r}; dynaq runs on the CPU (move the "
