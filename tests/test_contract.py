@@ -390,6 +390,9 @@ BAD_FILES = [
     ("negative-shape",
      _header_file({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4),
      r"tensor 'a': bad shape"),
+    ("shape-beyond-2^64",
+     _header_file({"a": {"dtype": "U8", "shape": [2**64, 1], "data_offsets": [0, 0]}}, b""),
+     r"tensor 'a': bad shape \[18446744073709551616, 1\]"),
 ]
 
 
