@@ -26,15 +26,20 @@ the documented float32 overflow of a recurrent state), or gives different result
 from __future__ import annotations
 
 import json
-import struct
 import sys
-import zlib
 from typing import Any
 
-from _harness import Consumer, instrument, instrumented_imports, main, same_on_every_path
+from _harness import (
+    Consumer,
+    fix_checksum,
+    instrument,
+    instrumented_imports,
+    main,
+    same_on_every_path,
+)
 
 with instrumented_imports():
-    from dynaq import _dynaq, _legacy
+    from dynaq import _dynaq
     from dynaq import layers as L
 
 import numpy as np
@@ -137,21 +142,6 @@ def encode(tensors: dict[str, np.ndarray], meta: dict[str, str]) -> bytes:
     meta = {**meta, "dynaq.crc32": "00000000"}
     head = bytes(_dynaq.encode_safetensors_header(items, list(meta.items())))
     return fix_checksum(head + b"".join(np.ascontiguousarray(tensors[n]).tobytes() for n in order))
-
-
-_SEAL = b'"dynaq.crc32":"'
-
-
-def fix_checksum(body: bytes) -> bytes:
-    """``body`` with its checksum recomputed where it has one."""
-    if body.startswith(_legacy.LAYER_MAGIC):
-        return body[:-4] + struct.pack("<I", zlib.crc32(body[:-4])) if len(body) >= 4 else body
-    at = body.find(_SEAL)
-    if at < 0 or len(body) < at + len(_SEAL) + 8:
-        return body
-    at += len(_SEAL)
-    zeroed = body[:at] + b"00000000" + body[at + 8 :]
-    return zeroed[:at] + b"%08x" % zlib.crc32(zeroed) + zeroed[at + 8 :]
 
 
 # --- edits --------------------------------------------------------------------------------------
