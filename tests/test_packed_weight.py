@@ -499,3 +499,35 @@ def test_huge_shape_without_data_is_an_error_not_an_abort():
     body = b"DYNAQPW\0" + struct.pack("<IIQQ", 1, 1, (1 << 62) + 2, 1) + b"\0" * 8
     with pytest.raises(ValueError, match="does not match|impossible"):
         dynaq.PackedWeight.from_bytes(body + struct.pack("<I", zlib.crc32(body)))
+
+
+def test_panels_view_and_from_panels():
+    """``panels`` is a read-only view of the memory the kernels read (no copy; it keeps the
+    weight alive), and ``from_panels`` takes it back, checking length, padding and range."""
+    rng = np.random.default_rng(7)
+    for (n, k), per_channel in [((5, 7), True), ((16, 4), False), ((17, 33), True), ((1, 0), True)]:
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        pw = dynaq.pack_weight(w, per_channel=per_channel)
+        p = pw.panels
+        assert p.dtype == np.int8 and p.shape == (dynaq.PackedWeight.panels_size(n, k),)
+        assert not p.flags.writeable and p.base is pw
+        back = dynaq.PackedWeight.from_panels(p, pw.scales if per_channel else pw.scales[0], n, k)
+        assert back == pw
+    pw = dynaq.pack_weight(rng.standard_normal((5, 7)).astype(np.float32))
+    p = np.array(pw.panels)
+    with pytest.raises(ValueError, match="do not hold a packed 5 x 9 matrix"):
+        dynaq.PackedWeight.from_panels(p, pw.scales, 5, 9)
+    bad = p.copy()
+    bad[0] = -128
+    with pytest.raises(ValueError, match="-128"):
+        dynaq.PackedWeight.from_panels(bad, pw.scales, 5, 7)
+    bad = p.copy()
+    bad[64 + 4 * 1 + 3] = 1  # column 1, k 7: the K padding
+    with pytest.raises(ValueError, match="padding"):
+        dynaq.PackedWeight.from_panels(bad, pw.scales, 5, 7)
+    with pytest.raises(ValueError, match=r"scales must have shape \(5,\)"):
+        dynaq.PackedWeight.from_panels(p, pw.scales[:3], 5, 7)
+    with pytest.raises(TypeError, match="panels must be an int8 array"):
+        dynaq.PackedWeight.from_panels(p.astype(np.int16), pw.scales, 5, 7)
+    with pytest.raises(ValueError, match="panels must be 1-D"):
+        dynaq.PackedWeight.from_panels(p.reshape(2, -1), pw.scales, 5, 7)

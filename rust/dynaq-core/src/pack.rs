@@ -56,19 +56,71 @@ impl PackedB {
         Ok(packed)
     }
 
-    /// A zero matrix of `k x n`, ready to be filled.
-    fn zeroed(n: usize, k: usize) -> Result<PackedB> {
+    /// Takes panels already in this layout (as [`PackedB::data`] gave them) for a matrix of `n`
+    /// columns and reduction length `k`: the length must be [`PackedB::panels_len`], the
+    /// padding (K beyond `k`, columns beyond `n`) zero; the column sums are computed again.
+    pub fn from_panels(data: Vec<i8>, n: usize, k: usize) -> Result<PackedB> {
+        let want = Self::panels_len(n, k)?;
+        if data.len() != want {
+            return Err(Error::Shape(format!(
+                "panels of {} bytes do not hold a packed {n} x {k} matrix ({want} bytes)",
+                data.len()
+            )));
+        }
+        let k4 = k.div_ceil(4);
+        let mut packed = PackedB {
+            n,
+            k,
+            k4,
+            data,
+            colsums: try_zeroed(n, "column sums")?,
+        };
+        let stride = packed.panel_stride();
+        if stride == 0 {
+            return Ok(packed);
+        }
+        for (pi, panel) in packed.data.chunks_exact(stride).enumerate() {
+            for c in 0..PANEL {
+                let j = pi * PANEL + c;
+                let mut sum = 0i32;
+                for p in 0..4 * k4 {
+                    let v = panel[(p / 4) * GROUP_BYTES + c * 4 + p % 4];
+                    if j >= n || p >= k {
+                        if v != 0 {
+                            return Err(Error::Value(format!(
+                                "packed panels hold {v} in the padding (column {j}, k {p}); the \
+                                 padding of a {n} x {k} matrix must be zero"
+                            )));
+                        }
+                    } else {
+                        sum += v as i32;
+                    }
+                }
+                if j < n {
+                    packed.colsums[j] = sum;
+                }
+            }
+        }
+        Ok(packed)
+    }
+
+    /// Bytes of the panels of an `n`-column matrix of reduction length `k`.
+    pub fn panels_len(n: usize, k: usize) -> Result<usize> {
         if k > MAX_K {
             return Err(Error::Shape(format!(
                 "K = {k} exceeds the supported maximum {MAX_K}"
             )));
         }
-        let k4 = k.div_ceil(4);
-        let len = n
-            .div_ceil(PANEL)
-            .checked_mul(k4)
+        n.div_ceil(PANEL)
+            .checked_mul(k.div_ceil(4))
             .and_then(|v| v.checked_mul(GROUP_BYTES))
-            .ok_or_else(|| Error::Memory(format!("packed weight {n} x {k} is too large")))?;
+            .ok_or_else(|| Error::Memory(format!("packed weight {n} x {k} is too large")))
+    }
+
+    /// A zero matrix of `k x n`, ready to be filled.
+    fn zeroed(n: usize, k: usize) -> Result<PackedB> {
+        let len = Self::panels_len(n, k)?;
+        let k4 = k.div_ceil(4);
         Ok(PackedB {
             n,
             k,
@@ -192,6 +244,7 @@ mod tests {
                 }
             }
             assert_eq!(PackedB::from_kn(&kn, k, n).unwrap(), p);
+            assert_eq!(PackedB::from_panels(p.data().to_vec(), n, k).unwrap(), p);
             for j in 0..n {
                 let s: i32 = (0..k).map(|q| w[j * k + q] as i32).sum();
                 assert_eq!(p.colsums()[j], s);
@@ -202,5 +255,25 @@ mod tests {
     #[test]
     fn rejects_bad_lengths() {
         assert!(PackedB::from_nk(&[0; 5], 2, 3).is_err());
+    }
+
+    #[test]
+    fn from_panels_refuses_a_wrong_length_or_padding() {
+        let w: Vec<i8> = (0..5 * 6).map(|i| (i % 7) as i8 - 3).collect();
+        let p = PackedB::from_nk(&w, 5, 6).unwrap();
+        let mut data = p.data().to_vec();
+        assert!(PackedB::from_panels(data[1..].to_vec(), 5, 6).is_err());
+        assert!(PackedB::from_panels(data.clone(), 5, 9).is_err()); // k4 = 3: longer
+        data[64 + 4 + 2] = 1; // column 1, k 6: K padding
+        assert!(matches!(
+            PackedB::from_panels(data, 5, 6),
+            Err(Error::Value(_))
+        ));
+        let mut data = p.data().to_vec();
+        data[5 * 4] = 1; // column 5 (beyond n), k 0
+        assert!(matches!(
+            PackedB::from_panels(data, 5, 6),
+            Err(Error::Value(_))
+        ));
     }
 }

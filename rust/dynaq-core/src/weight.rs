@@ -57,18 +57,7 @@ impl PackedWeight {
             )));
         }
         check_k(k)?;
-        let want = if per_channel { n } else { 1 };
-        if scales.len() != want {
-            return Err(Error::Shape(format!(
-                "scales has {} elements; expected {want} ({})",
-                scales.len(),
-                if per_channel {
-                    "one per output channel"
-                } else {
-                    "per tensor"
-                }
-            )));
-        }
+        check_scales(scales, n, per_channel)?;
         if let Some(i) = values.iter().position(|&v| v == i8::MIN) {
             return Err(Error::Value(format!(
                 "values[{}, {}] is -128; weights must lie in [-127, 127] (symmetric int8)",
@@ -76,11 +65,32 @@ impl PackedWeight {
                 i % k.max(1)
             )));
         }
-        if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(Error::Value(format!(
-                "scales must be finite and positive, found {s}"
-            )));
+        Self::with_scales(PackedB::from_nk(values, n, k)?, scales, per_channel)
+    }
+
+    /// Takes panels already in the packed layout (as [`PackedB::data`] of another weight gave
+    /// them, e.g. kept in a torch buffer), with the scales as
+    /// [`PackedWeight::from_quantized`] takes them.
+    pub fn from_panels(
+        panels: Vec<i8>,
+        scales: &[f32],
+        n: usize,
+        k: usize,
+        per_channel: bool,
+    ) -> Result<Self> {
+        check_k(k)?;
+        check_scales(scales, n, per_channel)?;
+        if panels.contains(&i8::MIN) {
+            return Err(Error::Value(
+                "packed panels hold -128; weights must lie in [-127, 127] (symmetric int8)".into(),
+            ));
         }
+        Self::with_scales(PackedB::from_panels(panels, n, k)?, scales, per_channel)
+    }
+
+    /// The weight of `packed` with `scales` (checked by [`check_scales`]).
+    fn with_scales(packed: PackedB, scales: &[f32], per_channel: bool) -> Result<Self> {
+        let n = packed.n();
         // `n` is not bounded by the input when `k = 0` (a 40-byte serialized weight can claim
         // 2^40 output channels): the allocation must fail as an error, not abort.
         let scales_full = if per_channel {
@@ -94,7 +104,7 @@ impl PackedWeight {
             per_channel,
             scales: scales.to_vec(),
             scales_full,
-            packed: PackedB::from_nk(values, n, k)?,
+            packed,
         })
     }
 
@@ -141,6 +151,28 @@ impl PackedWeight {
     }
 }
 
+/// `n` scales per channel or one per tensor, each finite and positive.
+fn check_scales(scales: &[f32], n: usize, per_channel: bool) -> Result<()> {
+    let want = if per_channel { n } else { 1 };
+    if scales.len() != want {
+        return Err(Error::Shape(format!(
+            "scales has {} elements; expected {want} ({})",
+            scales.len(),
+            if per_channel {
+                "one per output channel"
+            } else {
+                "per tensor"
+            }
+        )));
+    }
+    if let Some(s) = scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+        return Err(Error::Value(format!(
+            "scales must be finite and positive, found {s}"
+        )));
+    }
+    Ok(())
+}
+
 fn check_k(k: usize) -> Result<()> {
     if k > MAX_K {
         return Err(Error::Shape(format!(
@@ -165,6 +197,20 @@ mod tests {
         let back = PackedWeight::from_bytes(&t.to_bytes()).unwrap();
         assert_eq!(back, t);
         assert!(!back.per_channel());
+    }
+
+    #[test]
+    fn from_panels_round_trips_and_checks() {
+        let w = PackedWeight::from_quantized(&[1, -2, 3, 127, -127, 0], &[0.5, 2.0], 2, 3, true)
+            .unwrap();
+        let data = w.packed().data().to_vec();
+        let back = PackedWeight::from_panels(data.clone(), &[0.5, 2.0], 2, 3, true).unwrap();
+        assert_eq!(back, w);
+        let mut bad = data.clone();
+        bad[0] = i8::MIN;
+        assert!(PackedWeight::from_panels(bad, &[0.5, 2.0], 2, 3, true).is_err());
+        assert!(PackedWeight::from_panels(data.clone(), &[0.5], 2, 3, true).is_err());
+        assert!(PackedWeight::from_panels(data, &[0.5, f32::NAN], 2, 3, true).is_err());
     }
 
     /// The same shape through the constructors is a `Memory` error, as every impossible

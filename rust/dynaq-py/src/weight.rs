@@ -3,7 +3,9 @@
 use crate::args::{self, detach, float_array, int8_array};
 use crate::errors::{named, shape, to_py, type_error, value_error, Role};
 use dynaq_core::isa::active_isa;
+use dynaq_core::pack::PackedB;
 use dynaq_core::PackedWeight;
+use numpy::ndarray::ArrayView1;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -95,6 +97,21 @@ pub fn int8_values<'py>(
     Ok((v, n, k))
 }
 
+/// Whether scales of shape `dims` are per channel (`(n,)`) or per tensor (a scalar or `(1,)`);
+/// `ValueError` otherwise, the message ending with `context`.
+fn per_channel_scales(dims: &[usize], n: usize, context: &str) -> PyResult<bool> {
+    match dims {
+        [] => Ok(false),
+        [1] if n != 1 => Ok(false),
+        [c] if *c == n => Ok(true),
+        other => Err(value_error(format!(
+            "scales must have shape ({n},) (per channel) or be a scalar (per tensor); got shape \
+             {}{context}",
+            shape(other)
+        ))),
+    }
+}
+
 #[pymethods]
 impl PyPackedWeight {
     /// A ``PackedWeight`` from already-quantized values.
@@ -114,25 +131,76 @@ impl PyPackedWeight {
     ) -> PyResult<Self> {
         let (v, n, k) = int8_values(values, "values")?;
         let s = float_array(scales, "scales")?;
-        let per_channel = match s.shape() {
-            [] => false,
-            [1] if n != 1 => false,
-            [c] if *c == n => true,
-            other => {
-                return Err(value_error(format!(
-                    "scales must have shape ({n},) (per channel) or be a scalar (per tensor); got \
-                     shape {} for values of shape {}",
-                    shape(other),
-                    shape(v.shape())
-                )))
-            }
-        };
+        let per_channel = per_channel_scales(
+            s.shape(),
+            n,
+            &format!(" for values of shape {}", shape(v.shape())),
+        )?;
         let (vs, ss) = (v.as_slice(), s.as_slice());
         let inner = detach(py, || {
             PackedWeight::from_quantized(vs, ss, n, k, per_channel)
         })
         .map_err(to_py)?;
         Ok(PyPackedWeight { inner })
+    }
+
+    /// A ``PackedWeight`` from panels in the packed layout, as :attr:`panels` of another
+    /// weight gave them (kept, for example, in a torch buffer), and its scales.
+    ///
+    /// Parameters
+    /// ----------
+    /// panels : array_like of int8, shape (PackedWeight.panels_size(out_features, in_features),)
+    ///     Values in [-127, 127]; the padding zero.
+    /// scales : array_like of float
+    ///     As :meth:`from_quantized` takes them.
+    /// out_features, in_features : int
+    #[staticmethod]
+    fn from_panels(
+        py: Python<'_>,
+        panels: &Bound<'_, PyAny>,
+        scales: &Bound<'_, PyAny>,
+        out_features: usize,
+        in_features: usize,
+    ) -> PyResult<Self> {
+        let p = match int8_array(panels, "panels", false, true, "an int8 array")? {
+            args::Int8Array::I8(v) => v,
+            args::Int8Array::U8(_) => unreachable!("only int8 was allowed"),
+        };
+        if p.shape().len() != 1 {
+            return Err(value_error(format!(
+                "panels must be 1-D, got shape {}",
+                shape(p.shape())
+            )));
+        }
+        let s = float_array(scales, "scales")?;
+        let n = out_features;
+        let per_channel = per_channel_scales(s.shape(), n, "")?;
+        let (ps, ss) = (p.as_slice(), s.as_slice());
+        let inner = detach(py, || {
+            PackedWeight::from_panels(ps.to_vec(), ss, n, in_features, per_channel)
+        })
+        .map_err(to_py)?;
+        Ok(PyPackedWeight { inner })
+    }
+
+    /// Bytes of the packed panels of an ``(out_features, in_features)`` weight (the length of
+    /// :attr:`panels`).
+    #[staticmethod]
+    fn panels_size(out_features: usize, in_features: usize) -> PyResult<usize> {
+        PackedB::panels_len(out_features, in_features).map_err(to_py)
+    }
+
+    /// The packed panels: a read-only int8 view (no copy) of the memory the kernels read, in
+    /// the layout that is the same on every CPU (``PackedWeight.from_panels`` takes it back).
+    #[getter]
+    fn panels<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyArray1<i8>>> {
+        let view = ArrayView1::from(slf.get().inner.packed().data());
+        // SAFETY: the panels live in this frozen object's `PackedWeight`, which is never
+        // modified, moved out of or reallocated; the array keeps this object (its base) alive,
+        // so the memory outlives the array.
+        let array = unsafe { PyArray1::borrow_from_array(&view, slf.clone().into_any()) };
+        array.readwrite().make_nonwriteable();
+        Ok(array)
     }
 
     /// Reads bytes written by :meth:`to_bytes` (any version this build knows).
