@@ -192,15 +192,16 @@ def test_linear_weight_and_bias_accessors():
     torch.manual_seed(0)
     fl = nn.Linear(16, 8)
     q = dt.Linear.from_float(fl)
-    w = q.weight()
+    w = q.dequantized_weight()
     assert w.dtype == torch.float32 and w.shape == (8, 16)
     assert rel_error(fl.weight.detach(), w) < 1e-2
     values, scales = q.weight_int8()
     assert values.dtype == torch.int8 and scales.shape == (8,)
+    assert torch.equal(values, q.weight) and torch.equal(scales, q.weight_scale)
     torch.testing.assert_close(values.float() * scales[:, None], w)
-    torch.testing.assert_close(q.bias(), fl.bias.detach())
+    torch.testing.assert_close(q.bias, fl.bias.detach())
     no_bias = dt.Linear.from_float(nn.Linear(16, 8, bias=False))
-    assert no_bias.bias() is None
+    assert no_bias.bias is None
     assert no_bias(torch.randn(2, 16)).shape == (2, 8)
 
 
@@ -215,9 +216,12 @@ def test_linear_dtypes_grad_and_views():
         if dtype == torch.float64:
             np.testing.assert_array_equal(yd.float().numpy(), y.numpy())
     xg = x.clone().requires_grad_(True)
-    yg = q(xg)  # inference only: no autograd history
-    assert not yg.requires_grad
-    np.testing.assert_array_equal(yg.numpy(), y.numpy())
+    yg = q(xg)  # inference only: a backward through it raises, never a silent zero gradient
+    np.testing.assert_array_equal(yg.detach().numpy(), y.numpy())
+    with pytest.raises(RuntimeError, match="dynaq.linear has no gradient"):
+        yg.sum().backward()
+    with torch.no_grad():
+        assert not q(xg).requires_grad
     xt = torch.randn(32, 6).t()  # non-contiguous view
     np.testing.assert_array_equal(q(xt).numpy(), q(xt.contiguous()).numpy())
     with torch.inference_mode():
@@ -804,3 +808,22 @@ def test_fork_after_sharing_torch_threads():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "fork ok" in out.stdout
+
+
+def test_quantize_dynamic_takes_pytorch_calls_unchanged():
+    """PyTorch's own call runs as it is: dtype=torch.qint8 (by keyword or position)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(3, 8)
+    want = dt.quantize_dynamic(model)(x)
+    for q in (
+        dt.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8),
+        dt.quantize_dynamic(model, {nn.Linear}, torch.qint8),
+        dt.quantize_dynamic(model, qconfig_spec={nn.Linear}, dtype=torch.qint8, inplace=False),
+    ):
+        assert isinstance(q[0], dt.Linear) and torch.equal(q(x), want)
+    for dtype in (torch.float16, torch.quint8, torch.int8):
+        with pytest.raises(ValueError, match=f"dtype={dtype}: dynaq quantizes weights to int8"):
+            dt.quantize_dynamic(model, {nn.Linear}, dtype=dtype)
+    with pytest.raises(ValueError, match="mapping: dynaq swaps modules for its own"):
+        dt.quantize_dynamic(model, {nn.Linear}, torch.qint8, {nn.Linear: nn.Linear})

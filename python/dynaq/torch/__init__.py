@@ -6,13 +6,26 @@ default) and quantize their activations at run time (per row by default) with dy
 kernels. They take and return CPU torch tensors; float32 passes through numpy without a copy.
 :func:`compare` measures what the quantization costs, layer by layer.
 
-The swapped modules are for inference only: they run as under ``torch.no_grad()`` (their outputs
-carry no autograd history, so gradients do not flow through them), and training-time behaviour
-such as the dropout between LSTM layers is not applied. They call dynaq through numpy, so run
-them eagerly: ``torch.jit`` / ``torch.compile`` / ``torch.export`` cannot trace into them.
+The modules call dynaq's operators, registered with ``torch.library`` (:mod:`dynaq.torch.ops`:
+``torch.ops.dynaq.linear``, ``.lstm``, ``.gru``), so ``torch.compile`` (``fullgraph=True``
+included, any backend, under ``no_grad`` and ``inference_mode`` too) compiles them without a
+graph break and computes the same bits as eager; ``torch.export`` gives a program whose graph
+names them; ``torch.jit.trace`` records them; the TorchScript ONNX exporter writes them as nodes
+of the custom domain ``dynaq``. Called eagerly on a plain float32 tensor, a module skips the
+dispatcher and calls dynaq directly (the same bits, less overhead). The modules are for
+inference only: a backward through them raises (rather than leaving the layers before them
+silently without a gradient), and training-time behaviour such as the dropout between LSTM
+layers is not applied.
 
-Quantized models save and load with ``torch.save`` / ``torch.load(..., weights_only=False)`` and
-through ``state_dict()`` / ``load_state_dict()`` into a model quantized the same way. A module's
+Each weight is held once, in the layout the kernels read (buffers ``W_panels`` and
+``W_scale``). A model can be quantized on the ``meta`` device (``quantize_dynamic`` of a model
+built under ``torch.device("meta")``) into a skeleton that ``load_state_dict`` fills. Casting a
+model (``model.half()``) leaves the scales and biases float32.
+
+Quantized models save and load with ``torch.save`` / ``torch.load`` (``weights_only=True`` with
+``torch.serialization.safe_globals([..., *dynaq.torch.safe_globals()])``: the modules pickle as
+plain tensors) and through ``state_dict()`` / ``load_state_dict()`` into a model quantized the
+same way (or a meta skeleton). A module's
 state dict holds what it is made of as ordinary tensors, under PyTorch's names: ``weight``
 (int8), ``weight_scale`` (float32, one per output channel or a scalar) and ``bias`` for
 :class:`Linear`; ``weight_ih_l0``, ``weight_ih_l0_scale``, ..., ``bias_hh_l0`` for the recurrent
@@ -28,7 +41,8 @@ layer needs. :func:`share_torch_threads` runs dynaq's multi-threaded GEMMs on to
 threads themselves (a BERT-base-sized encoder on 2 cores ran 15-25% faster than with two pools);
 it is off unless called.
 
-The package: ``modules.py`` (the modules and their state dicts), ``quantize.py``
+The package: ``ops.py`` (the registered operators and the cache of native layers behind their
+tensors), ``modules.py`` (the modules and their state dicts), ``quantize.py``
 (:func:`quantize_dynamic`), ``compare.py`` (:func:`compare`), ``threads.py``
 (:func:`share_torch_threads`), ``_bridge.py`` (tensors to numpy and back).
 
@@ -48,7 +62,7 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
     ) from _e
 
 from .compare import Comparison, compare
-from .modules import GRU, LSTM, Linear
+from .modules import GRU, LSTM, Linear, safe_globals
 from .quantize import quantize_dynamic
 from .threads import share_torch_threads
 
@@ -59,5 +73,6 @@ __all__ = [
     "Linear",
     "compare",
     "quantize_dynamic",
+    "safe_globals",
     "share_torch_threads",
 ]

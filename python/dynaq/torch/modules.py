@@ -1,5 +1,14 @@
-"""The dynaq modules: ``Linear``, ``LSTM`` and ``GRU`` on dynaq's numpy layers, with their
-state dicts in dynaq's one on-disk form (plain tensors)."""
+"""The dynaq modules: ``Linear``, ``LSTM`` and ``GRU``, whose buffers hold dynaq's packed int8
+weights and which call dynaq's registered operators (:mod:`dynaq.torch.ops`); their state dicts
+are dynaq's one on-disk form (plain tensors).
+
+Buffers: each weight ``W`` is ``W_panels`` (int8, the packed panels the kernels read; not in the
+state dict, which holds the int8 values ``W`` in the ``(out, in)`` layout instead) and
+``W_scale`` (float32); biases and a calibrated input scale are ordinary float32 buffers. A module
+built from a dynaq layer shares that layer's memory (the panels are a view of its
+``PackedWeight``): one copy of every weight. Modules can be built on the ``meta`` device (a
+skeleton to load a checkpoint into), and pickle as plain tensors.
+"""
 
 from __future__ import annotations
 
@@ -12,50 +21,156 @@ from torch import nn
 
 from .. import _dynaq, _legacy
 from .. import layers as _layers
+from .._dynaq import PackedWeight
 from .._dynaq import check_granularity as _check_granularity
-from ._bridge import from_numpy, param_numpy, to_numpy
+from . import ops
+from ._bridge import checked, direct, param_numpy
 
-__all__ = ["GRU", "LSTM", "Linear"]
+__all__ = ["GRU", "LSTM", "Linear", "safe_globals"]
 
 # The key of a module's options in the state dict's per-module metadata.
 _CONFIG_KEY = "dynaq"
+_PANELS = "_panels"
+
+
+def _meta_weight(n: int, k: int, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Panels and scale of an ``(n, k)`` weight on the meta device (shapes only)."""
+    panels = torch.empty(PackedWeight.panels_size(n, k), dtype=torch.int8, device="meta")
+    scale = torch.empty((n,) if per_channel else (), dtype=torch.float32, device="meta")
+    return panels, scale
+
+
+def _scale_tensor(pw: PackedWeight) -> torch.Tensor:
+    """A weight's scales as stored: (out,) per channel, a 0-d tensor per tensor."""
+    s = np.array(pw.scales, dtype=np.float32)
+    return torch.from_numpy(s if pw.per_channel else s.reshape(()))
 
 
 class _DynaqModule(nn.Module):
-    """State-dict plumbing shared by the dynaq modules: the layer's weights (values and scales)
-    and other tensors as ordinary tensors (dynaq's one on-disk form), and the version-1 form
-    (one ``uint8`` tensor per module) read for compatibility."""
+    """What the dynaq modules share: buffers made from a dynaq layer (and the layer back from
+    them, cached), the state dict as plain tensors, and version-1 state dicts (one ``uint8``
+    tensor per module) read for compatibility."""
 
     _version = _dynaq.FORMAT_VERSION
-    _layer: Any
+    #: Buffers that stay float32 when the module is cast (``model.half()``): the scales and
+    #: biases are part of the quantized weight, not activations.
+    _float32: tuple[str, ...] = ()
+    #: State-dict entries a module may have or not, besides its weights' biases (Linear's
+    #: calibrated input scale).
+    _optional: tuple[str, ...] = ()
+
+    # --- what each module says about itself ----------------------------------------------------
+
+    def _weight_shapes(self) -> dict[str, tuple[int, int]]:  # pragma: no cover - overridden
+        """Each weight's name and ``(out, in)`` shape."""
+        raise NotImplementedError
+
+    def _layer_config(self) -> dict[str, Any]:  # pragma: no cover - overridden
+        """The layer's configuration as its bytes and state dict record it."""
+        raise NotImplementedError
 
     def _check_loaded(self, layer: Any) -> Optional[str]:  # pragma: no cover - overridden
         """None when ``layer`` fits this module, else the reason it does not."""
         raise NotImplementedError
 
-    def _adopt(self, layer: Any) -> None:
-        self._layer = layer
+    def _adopt(self, layer: Any) -> None:  # pragma: no cover - overridden
+        """Take ``layer``'s weights and tensors as this module's buffers."""
+        raise NotImplementedError
+
+    @property
+    def layer(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    # --- the layer behind the buffers ----------------------------------------------------------
+
+    def _direct_layer(self) -> Any:
+        """The layer behind the buffers, for the direct path: the module's own record (faster
+        than the shared cache; not pickled) while its buffers are the same, unchanged tensors
+        and its options the same, else the shared cache."""
+        memo = self.__dict__.get("_direct")
+        tensors, config = self._layer_tensors()
+        if (
+            memo is not None
+            and memo[1] == config
+            and ops.same(memo[0], tensors)
+            and memo[2] == ops.versions(tensors)
+        ):
+            return memo[3]
+        layer = self.layer
+        self.__dict__["_direct"] = (tensors, config, ops.versions(tensors), layer)
+        return layer
+
+    def _layer_tensors(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:  # pragma: no cover
+        """The buffers the layer is made of, and the options it depends on."""
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_direct", None)
+        return state
+
+    # --- buffers ---------------------------------------------------------------------------------
+
+    def _set_weight(self, name: str, pw: PackedWeight) -> None:
+        self.register_buffer(name + _PANELS, ops.panels_tensor(pw), persistent=False)
+        self.register_buffer(name + "_scale", _scale_tensor(pw))
+
+    def _set_tensor(self, name: str, value: Optional[np.ndarray]) -> None:
+        self.register_buffer(name, None if value is None else torch.from_numpy(np.array(value)))
+
+    def _on_meta(self) -> bool:
+        return any(b is not None and b.device.type == "meta" for b in self._buffers.values())
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # Casts (model.half(), torch_dtype=...) must not round the scales and biases: keep them
+        # float32 on whatever device fn moves them to.
+        before = {n: self._buffers.get(n) for n in self._float32}
+        super()._apply(fn, recurse)
+        for n, old in before.items():
+            new = self._buffers.get(n)
+            if old is not None and new is not None and new.dtype != old.dtype:
+                self._buffers[n] = old.to(new.device)
+        return self
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled (torch.load, copy.deepcopy): the buffers are new tensors. Rebuild the layer
+        # from them (checking them) and take its buffers, so that the panels are again the
+        # layer's own memory (one copy).
+        super().__setstate__(state)
+        if not self._on_meta():
+            self._adopt(self.layer)
+
+    # --- state dicts -----------------------------------------------------------------------------
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
-        weights, tensors, config = self._layer._tensors()
-        for name, pw in weights.items():
-            for key, value in _dynaq.weight_tensors(pw, name).items():
-                destination[prefix + key] = torch.from_numpy(value)
-        for key, value in tensors.items():
-            destination[prefix + key] = torch.from_numpy(np.array(value))
+        shapes = self._weight_shapes()
+        if self._on_meta():
+            for name, (n, k) in shapes.items():
+                destination[prefix + name] = torch.empty((n, k), dtype=torch.int8, device="meta")
+                destination[prefix + name + "_scale"] = self._buffers[name + "_scale"]
+        else:
+            weights, _, _ = self.layer._tensors()
+            for name, pw in weights.items():
+                values, _ = pw.unpack()
+                destination[prefix + name] = torch.from_numpy(values)
+                destination[prefix + name + "_scale"] = self._buffers[name + "_scale"]
+        for name, buf in self._buffers.items():
+            derived = name.endswith(_PANELS) or (name.endswith("_scale") and name[:-6] in shapes)
+            if buf is not None and not derived:
+                destination[prefix + name] = buf if keep_vars else buf.detach()
         # The layer's options (granularity, ...) are not tensors: they go where PyTorch keeps a
         # module's version, the state dict's per-module metadata (kept by torch.save/load).
         metadata = getattr(destination, "_metadata", None)
         if metadata is not None:
-            metadata.setdefault(prefix[:-1], {})[_CONFIG_KEY] = dict(config)
+            metadata.setdefault(prefix[:-1], {})[_CONFIG_KEY] = self._layer_config()
 
     def _state_names(self) -> tuple[set[str], set[str]]:
         """The names of this module's weights, and every name its state dict may hold (the
         tensors that store the weights, biases, calibrated input scales)."""
-        weights, _, _ = self._layer._tensors()
+        weights = set(self._weight_shapes())
         parts = {k for w in weights for k in (w, w + _dynaq.SCALE_SUFFIX)}
         optional = {w.replace("weight", "bias", 1) for w in weights} | set(self._optional)
-        return set(weights), parts | optional
+        return weights, parts | optional
 
     def _load_from_state_dict(
         self,
@@ -67,10 +182,12 @@ class _DynaqModule(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        # Whatever the module holds (real weights or a meta skeleton), a checkpoint that passes
+        # every check replaces its buffers (as load_state_dict(assign=True) would).
         where = f"{self._get_name()} at {prefix[:-1] or '<root>'!r}"
         if prefix + _legacy.STATE_PACKED in state_dict:
             layer = _legacy.layer_from_state_dict(
-                state_dict, prefix, type(self._layer), strict, missing_keys, unexpected_keys,
+                state_dict, prefix, self._layer_type(), strict, missing_keys, unexpected_keys,
                 error_msgs, where,
             )  # fmt: skip
             if layer is not None:
@@ -95,7 +212,7 @@ class _DynaqModule(nn.Module):
         if local_metadata is not None and not isinstance(local_metadata, Mapping):
             error_msgs.append(f"{where}: its state-dict metadata must be a dict")
             return
-        config = dict(self._layer._tensors()[2])
+        config = self._layer_config()
         saved = (local_metadata or {}).get(_CONFIG_KEY)
         if isinstance(saved, Mapping):
             config.update(saved)
@@ -128,7 +245,7 @@ class _DynaqModule(nn.Module):
                 return
         try:
             tensors = {n: a for n, a in arrays.items() if n not in parts}
-            layer = type(self._layer)._from_tensors(weights, tensors, config)
+            layer = self._layer_type()._from_tensors(weights, tensors, config)
         except (TypeError, ValueError) as e:
             error_msgs.append(f"{where}: {e}")
             return
@@ -138,9 +255,9 @@ class _DynaqModule(nn.Module):
             return
         self._adopt(layer)
 
-    #: State-dict entries a module may have or not, besides its weights' biases (Linear's
-    #: calibrated input scale).
-    _optional: tuple[str, ...] = ()
+    @classmethod
+    def _layer_type(cls) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
 
     def _get_name(self) -> str:
         return "Dynaq" + type(self).__name__
@@ -161,16 +278,25 @@ class Linear(_DynaqModule):
     granularity : {"row", "tensor"}
         Activation scales per row (default: a row's result never depends on the rest of the
         batch) or one per call.
+    device : torch.device or str, optional
+        ``"meta"`` builds a skeleton (shapes only) to load a checkpoint into; otherwise the CPU.
 
     Notes
     -----
     Called on a CPU tensor of shape (..., in_features), it returns (..., out_features) in the
     input's dtype. float32 passes through numpy without a copy; float64, float16 and bfloat16
     are computed in float32 and converted back; other dtypes raise ``TypeError``, tensors on
-    other devices ``ValueError``. Inference only: no gradient flows through the layer.
+    other devices ``ValueError``. It calls the operator ``torch.ops.dynaq.linear``, so
+    ``torch.compile``, ``torch.export`` and ``torch.jit.trace`` record it. Inference only: a
+    backward through it raises.
+
+    Attributes (buffers): ``weight_panels`` (the packed int8 weight), ``weight_scale``,
+    ``bias`` (float32 or None), ``input_scale`` / ``input_zero_point`` (None unless calibrated).
+    ``weight`` is the int8 weight ``(out_features, in_features)`` (a new tensor).
     """
 
     _optional = ("input_scale", "input_zero_point")
+    _float32 = ("weight_scale", "bias", "input_scale")
 
     def __init__(
         self,
@@ -180,30 +306,47 @@ class Linear(_DynaqModule):
         *,
         per_channel: bool = True,
         granularity: str = "row",
+        device: Any = None,
     ) -> None:
         super().__init__()
         _check_granularity(granularity)
-        w = np.zeros((int(out_features), int(in_features)), dtype=np.float32)
-        b = np.zeros(int(out_features), dtype=np.float32) if bias else None
-        self._layer = _layers.Linear.from_float(
-            w, b, per_channel=per_channel, granularity=granularity
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.granularity = granularity
+        if device is not None and torch.device(device).type == "meta":
+            panels, scale = _meta_weight(self.out_features, self.in_features, per_channel)
+            self.register_buffer("weight" + _PANELS, panels, persistent=False)
+            self.register_buffer("weight_scale", scale)
+            b = torch.empty(self.out_features, device="meta") if bias else None
+            self.register_buffer("bias", b)
+            self.register_buffer("input_scale", None)
+            self.register_buffer("input_zero_point", None)
+            return
+        w = np.zeros((self.out_features, self.in_features), dtype=np.float32)
+        b_ = np.zeros(self.out_features, dtype=np.float32) if bias else None
+        self._adopt(
+            _layers.Linear.from_float(w, b_, per_channel=per_channel, granularity=granularity)
         )
 
     @classmethod
+    def _layer_type(cls) -> Any:
+        return _layers.Linear
+
+    @classmethod
     def from_layer(cls, layer: _layers.Linear) -> Linear:
-        """Wrap a numpy :class:`dynaq.layers.Linear` (shared, not copied)."""
+        """Wrap a numpy :class:`dynaq.layers.Linear` (its weight shared, not copied)."""
         if not isinstance(layer, _layers.Linear):
             raise TypeError(f"layer must be a dynaq.layers.Linear, got {type(layer).__name__}")
         mod = cls.__new__(cls)
         nn.Module.__init__(mod)
-        mod._layer = layer
+        mod._adopt(layer)
         return mod
 
     @classmethod
     def from_float(
         cls, mod: nn.Linear, *, per_channel: bool = True, granularity: str = "row"
     ) -> Linear:
-        """Quantize the weight of a float ``nn.Linear`` (any float dtype, any device).
+        """Quantize the weight of a float ``nn.Linear`` (any float dtype, any device). A module
+        on the ``meta`` device gives a skeleton of the same shape (to load a checkpoint into).
 
         Parameters
         ----------
@@ -219,62 +362,109 @@ class Linear(_DynaqModule):
         """
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"from_float needs a torch.nn.Linear, got {type(mod).__name__}")
-        w = param_numpy(mod.weight, "weight")
-        b = None if mod.bias is None else param_numpy(mod.bias, "bias")
-        layer = _layers.Linear.from_float(w, b, per_channel=per_channel, granularity=granularity)
-        out = cls.from_layer(layer)
+        if mod.weight.device.type == "meta":
+            out = cls(
+                mod.in_features, mod.out_features, mod.bias is not None,
+                per_channel=per_channel, granularity=granularity, device="meta",
+            )  # fmt: skip
+        else:
+            w = param_numpy(mod.weight, "weight")
+            b = None if mod.bias is None else param_numpy(mod.bias, "bias")
+            layer = _layers.Linear.from_float(
+                w, b, per_channel=per_channel, granularity=granularity
+            )
+            out = cls.from_layer(layer)
         out.train(mod.training)
         return out
 
+    def _adopt(self, layer: Any) -> None:
+        weights, tensors, config = layer._tensors()
+        pw = weights["weight"]
+        self.out_features, self.in_features = pw.shape
+        self.granularity = config["granularity"]
+        self._set_weight("weight", pw)
+        for name in ("bias", "input_scale", "input_zero_point"):
+            self._set_tensor(name, tensors.get(name))
+        ops.linear_layer(*self._op_tensors(), prepared=layer)
+
+    def _op_tensors(self) -> tuple[Any, ...]:
+        b = self._buffers
+        return (
+            b["weight_panels"], b["weight_scale"], b["bias"], self.out_features,
+            self.in_features, self.granularity, b["input_scale"], b["input_zero_point"],
+        )  # fmt: skip
+
+    def _layer_tensors(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        b = self._buffers
+        tensors = (b["weight_panels"], b["weight_scale"], b["bias"], b["input_scale"],
+                   b["input_zero_point"])  # fmt: skip
+        return tensors, (self.out_features, self.in_features, self.granularity)
+
     @property
     def layer(self) -> _layers.Linear:
-        """The underlying numpy :class:`dynaq.layers.Linear`."""
-        return self._layer
+        """The numpy :class:`dynaq.layers.Linear` of the buffers (shared memory; cached)."""
+        return ops.linear_layer(*self._op_tensors())
 
-    @property
-    def in_features(self) -> int:
-        """Size of each input row."""
-        return self._layer.in_features
+    def _weight_shapes(self) -> dict[str, tuple[int, int]]:
+        return {"weight": (self.out_features, self.in_features)}
 
-    @property
-    def out_features(self) -> int:
-        """Size of each output row."""
-        return self._layer.out_features
+    def _layer_config(self) -> dict[str, Any]:
+        return {"granularity": self.granularity}
 
     @property
     def per_channel(self) -> bool:
         """Whether the weights have one scale per output channel."""
-        return bool(self._layer.weight.per_channel)
+        return self.weight_scale.dim() == 1
 
     @property
-    def granularity(self) -> str:
-        """Activation scales per ``"row"`` or per ``"tensor"`` (one per call)."""
-        return str(self._layer.granularity)
+    def static(self) -> bool:
+        """Whether a calibrated (static) input scale is in use."""
+        return self.input_scale is not None
 
+    @property
     def weight(self) -> torch.Tensor:
-        """The dequantized weight (out_features, in_features), float32 (a new tensor)."""
-        return torch.from_numpy(np.ascontiguousarray(self._layer.weight.dequantize()))
+        """The int8 weight values (out_features, in_features), a new tensor."""
+        if self._on_meta():
+            return torch.empty((self.out_features, self.in_features), dtype=torch.int8,
+                               device="meta")  # fmt: skip
+        return torch.from_numpy(self.layer.weight.unpack()[0])
 
     def weight_int8(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The int8 weight values (out_features, in_features) and their float32 scales."""
-        values, scales = self._layer.weight.unpack()
-        return (
-            torch.from_numpy(np.array(values, dtype=np.int8)),
-            torch.from_numpy(np.array(scales, dtype=np.float32)),
-        )
+        return self.weight, self.weight_scale.clone()
 
-    def bias(self) -> Optional[torch.Tensor]:
-        """The float32 bias (out_features,) as a new tensor, or None."""
-        b = self._layer.bias
-        return None if b is None else torch.from_numpy(np.array(b, dtype=np.float32))
+    def dequantized_weight(self) -> torch.Tensor:
+        """``weight * scale`` (out_features, in_features), float32 (a new tensor)."""
+        return torch.from_numpy(np.ascontiguousarray(self.layer.weight.dequantize()))
+
+    def calibrate(self, samples: Any) -> Linear:
+        """Fix the input scale and zero point from calibration data (static mode), as
+        :meth:`dynaq.layers.Linear.calibrate`; ``samples``: tensors or arrays of shape
+        (..., in_features). Returns ``self``."""
+        if isinstance(samples, torch.Tensor):
+            samples = [samples]
+        arrays = [s.detach().float().cpu().numpy() if isinstance(s, torch.Tensor) else s
+                  for s in samples]  # fmt: skip
+        layer = _layers.Linear(self.layer.weight, self.layer.bias, granularity=self.granularity)
+        self._adopt(layer.calibrate(arrays))
+        return self
+
+    def reset_calibration(self) -> Linear:
+        """Back to dynamic quantization. Returns ``self``."""
+        layer = self.layer
+        self._adopt(_layers.Linear(layer.weight, layer.bias, granularity=self.granularity))
+        return self
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        x = to_numpy(input, "input", self._get_name())
-        return from_numpy(self._layer._forward(x, name="input"), input.dtype)
+        if direct(input):
+            return torch.from_numpy(self._direct_layer()._forward(input.numpy(), name="input"))
+        x = checked(input, "input", self._get_name(), self._on_meta())
+        y = ops.no_gradient(torch.ops.dynaq.linear(x, *self._op_tensors()), x, "linear")
+        return y if input.dtype == torch.float32 else y.to(input.dtype)
 
     def _check_loaded(self, layer: Any) -> Optional[str]:
         have = (layer.out_features, layer.in_features, layer.bias is not None)
-        want = (self.out_features, self.in_features, self._layer.bias is not None)
+        want = (self.out_features, self.in_features, self.bias is not None)
         if have != want:
             return (
                 f"the checkpoint holds a dynaq Linear with out_features={have[0]}, "
@@ -286,29 +476,35 @@ class Linear(_DynaqModule):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self._layer.bias is not None}, dtype=int8, per_channel={self.per_channel}, "
+            f"bias={self.bias is not None}, dtype=int8, per_channel={self.per_channel}, "
             f"granularity={self.granularity!r}"
         )
 
 
 class _Recurrent(_DynaqModule):
     _float_type: type[nn.Module] = nn.LSTM
-    _layer_type: Any = _layers.LSTM
+    _kind = "LSTM"
 
     def __init__(self, layer: Any) -> None:
         super().__init__()
-        if not isinstance(layer, self._layer_type):
+        if not isinstance(layer, self._layer_type()):
             raise TypeError(
-                f"layer must be a dynaq.layers.{self._layer_type.__name__}, got "
-                f"{type(layer).__name__} (use {type(self).__name__}.from_float for a torch module)"
+                f"layer must be a dynaq.layers.{self._kind}, got {type(layer).__name__} (use "
+                f"{type(self).__name__}.from_float for a torch module)"
             )
-        self._layer = layer
+        self.batch_first = bool(layer.batch_first)
+        self._adopt(layer)
+
+    @classmethod
+    def _layer_type(cls) -> Any:
+        return _layers.LSTM if cls._kind == "LSTM" else _layers.GRU
 
     @classmethod
     def from_float(
         cls, mod: nn.Module, *, per_channel: bool = True, granularity: str = "row"
     ) -> Any:
-        """Quantize a float ``nn.LSTM`` / ``nn.GRU`` (its configuration and weights).
+        """Quantize a float ``nn.LSTM`` / ``nn.GRU`` (its configuration and weights). A module
+        on the ``meta`` device gives a skeleton of the same shape.
 
         Parameters
         ----------
@@ -325,55 +521,111 @@ class _Recurrent(_DynaqModule):
             )
         if getattr(mod, "proj_size", 0):
             raise ValueError(f"{cls._float_type.__name__} with proj_size is not supported")
-        params = {k: param_numpy(v, k) for k, v in mod.named_parameters()}
-        layer = cls._layer_type(
-            params,
-            num_layers=mod.num_layers,
-            bidirectional=mod.bidirectional,
-            batch_first=mod.batch_first,
-            input_size=mod.input_size,
-            hidden_size=mod.hidden_size,
-            per_channel=per_channel,
-            granularity=granularity,
-        )
-        out = cls(layer)
+        if any(p.device.type == "meta" for p in mod.parameters()):
+            out = cls._skeleton(mod, per_channel, granularity)
+        else:
+            params = {k: param_numpy(v, k) for k, v in mod.named_parameters()}
+            layer = cls._layer_type()(
+                params,
+                num_layers=mod.num_layers,
+                bidirectional=mod.bidirectional,
+                batch_first=mod.batch_first,
+                input_size=mod.input_size,
+                hidden_size=mod.hidden_size,
+                per_channel=per_channel,
+                granularity=granularity,
+            )
+            out = cls(layer)
         out.train(mod.training)
         return out
 
+    @classmethod
+    def _skeleton(cls, mod: Any, per_channel: bool, granularity: str) -> Any:
+        _check_granularity(granularity)
+        out = cls.__new__(cls)
+        nn.Module.__init__(out)
+        out.input_size, out.hidden_size = int(mod.input_size), int(mod.hidden_size)
+        out.num_layers, out.bidirectional = int(mod.num_layers), bool(mod.bidirectional)
+        out.batch_first, out.bias = bool(mod.batch_first), bool(mod.bias)
+        out.granularity = granularity
+        for name, (n, k) in out._weight_shapes().items():
+            panels, scale = _meta_weight(n, k, per_channel)
+            out.register_buffer(name + _PANELS, panels, persistent=False)
+            out.register_buffer(name + "_scale", scale)
+        for sfx in ops.cell_names(out.num_layers, out.bidirectional):
+            for b in ("bias_ih", "bias_hh"):
+                g = out._gates() * out.hidden_size
+                t = torch.empty(g, device="meta") if out.bias else None
+                out.register_buffer(b + sfx, t)
+        return out
+
+    def _gates(self) -> int:
+        return 4 if self._kind == "LSTM" else 3
+
+    def _weight_shapes(self) -> dict[str, tuple[int, int]]:
+        g, h = self._gates() * self.hidden_size, self.hidden_size
+        dirs = 2 if self.bidirectional else 1
+        out = {}
+        for sfx in ops.cell_names(self.num_layers, self.bidirectional):
+            k = self.input_size if sfx.startswith("_l0") else h * dirs
+            out["weight_ih" + sfx], out["weight_hh" + sfx] = (g, k), (g, h)
+        return out
+
+    @property
+    def _float32(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(
+            name
+            for sfx in ops.cell_names(self.num_layers, self.bidirectional)
+            for name in (f"weight_ih{sfx}_scale", f"weight_hh{sfx}_scale", f"bias_ih{sfx}",
+                         f"bias_hh{sfx}")
+        )  # fmt: skip
+
+    def _layer_config(self) -> dict[str, Any]:
+        return {
+            "num_layers": self.num_layers,
+            "bidirectional": self.bidirectional,
+            "batch_first": self.batch_first,
+            "granularity": self.granularity,
+        }
+
+    def _params(self) -> list[torch.Tensor]:
+        out = []
+        for sfx in ops.cell_names(self.num_layers, self.bidirectional):
+            for w in ("weight_ih", "weight_hh"):
+                out += [self._buffers[w + sfx + _PANELS], self._buffers[w + sfx + "_scale"]]
+            if self.bias:
+                out += [self._buffers["bias_ih" + sfx], self._buffers["bias_hh" + sfx]]
+        return out  # type: ignore[return-value]
+
+    def _op_args(self) -> tuple[Any, ...]:
+        return (
+            self.bias, self.num_layers, self.bidirectional, self.batch_first, self.input_size,
+            self.hidden_size, self.granularity,
+        )  # fmt: skip
+
+    def _layer_tensors(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+        return tuple(self._params()), self._op_args()
+
+    def _adopt(self, layer: Any) -> None:
+        # batch_first belongs to the calling code, not to the weights.
+        layer.batch_first = getattr(self, "batch_first", layer.batch_first)
+        weights, tensors, config = layer._tensors()
+        self.input_size, self.hidden_size = int(layer.input_size), int(layer.hidden_size)
+        self.num_layers, self.bidirectional = int(layer.num_layers), bool(layer.bidirectional)
+        self.batch_first = bool(layer.batch_first)
+        self.bias = layer.cells[0][0].b_ih is not None
+        self.granularity = str(layer.granularity)
+        for name, pw in weights.items():
+            self._set_weight(name, pw)
+        for sfx in ops.cell_names(self.num_layers, self.bidirectional):
+            for b in ("bias_ih", "bias_hh"):
+                self._set_tensor(b + sfx, tensors.get(b + sfx))
+        ops.recurrent_layer(self._kind, self._params(), *self._op_args(), prepared=layer)
+
     @property
     def layer(self) -> Any:
-        """The underlying numpy :mod:`dynaq.layers` recurrent layer."""
-        return self._layer
-
-    @property
-    def input_size(self) -> int:
-        """Features of each input step."""
-        return int(self._layer.input_size)
-
-    @property
-    def hidden_size(self) -> int:
-        """Features of the hidden state."""
-        return int(self._layer.hidden_size)
-
-    @property
-    def num_layers(self) -> int:
-        """Number of stacked layers."""
-        return int(self._layer.num_layers)
-
-    @property
-    def bidirectional(self) -> bool:
-        """Whether each layer runs both directions."""
-        return bool(self._layer.bidirectional)
-
-    @property
-    def batch_first(self) -> bool:
-        """Whether input and output are (batch, seq, features)."""
-        return bool(self._layer.batch_first)
-
-    @property
-    def bias(self) -> bool:
-        """Whether the layer has biases."""
-        return self._layer.cells[0][0].b_ih is not None
+        """The numpy :mod:`dynaq.layers` recurrent layer of the buffers (shared; cached)."""
+        return ops.recurrent_layer(self._kind, self._params(), *self._op_args())
 
     @property
     def proj_size(self) -> int:
@@ -383,33 +635,37 @@ class _Recurrent(_DynaqModule):
     @property
     def per_channel(self) -> bool:
         """Whether the weights have one scale per output channel."""
-        return bool(self._layer.cells[0][0].w_ih.per_channel)
-
-    @property
-    def granularity(self) -> str:
-        """Activation scales per ``"row"`` or per ``"tensor"`` (one per call)."""
-        return str(self._layer.granularity)
+        return self._buffers["weight_ih_l0_scale"].dim() == 1  # type: ignore[union-attr]
 
     def flatten_parameters(self) -> None:
         """No-op, for code written for ``nn.LSTM`` / ``nn.GRU`` (the weights are packed)."""
 
-    def _input(self, input: Any) -> np.ndarray:
+    def _check_input(self, input: Any) -> None:
         if isinstance(input, nn.utils.rnn.PackedSequence):
             raise TypeError(
                 f"{self._get_name()} does not take a PackedSequence; pass a padded tensor "
                 "(torch.nn.utils.rnn.pad_packed_sequence) or keep this module in float "
                 "(exclude it in quantize_dynamic)"
             )
-        return to_numpy(input, "input", self._get_name())
 
-    def _config(self) -> tuple[Any, ...]:
-        return (
-            self.input_size,
-            self.hidden_size,
-            self.num_layers,
-            self.bidirectional,
-            self.bias,
-        )
+    def _run(self, input: Any, states: list[Any], names: list[str]) -> tuple[torch.Tensor, ...]:
+        """The layer on ``input`` and the initial ``states`` (none, or ``h_0`` [and ``c_0``]):
+        directly when every tensor is a plain float32 one, else through the operator."""
+        self._check_input(input)
+        if direct(input) and all(direct(s) for s in states):
+            arrays = [s.numpy() for s in states]
+            hx = (tuple(arrays) if len(arrays) == 2 else arrays[0]) if arrays else None
+            out, state = self._direct_layer()(input.numpy(), hx)
+            flat = state if isinstance(state, tuple) else (state,)
+            return (torch.from_numpy(out), *(torch.from_numpy(s) for s in flat))
+        owner, meta = self._get_name(), self._on_meta()
+        x = checked(input, "input", owner, meta)
+        hx = [checked(s, n, owner, meta) for s, n in zip(states, names)]
+        op = torch.ops.dynaq.lstm if self._kind == "LSTM" else torch.ops.dynaq.gru
+        outs = ops.no_gradient(op(x, hx, self._params(), *self._op_args()), x, self._kind.lower())
+        if input.dtype != torch.float32:
+            outs = tuple(o.to(input.dtype) for o in outs)
+        return tuple(outs)
 
     def _check_loaded(self, layer: Any) -> Optional[str]:
         have = (
@@ -419,7 +675,7 @@ class _Recurrent(_DynaqModule):
             bool(layer.bidirectional),
             layer.cells[0][0].b_ih is not None,
         )
-        want = self._config()
+        want = (self.input_size, self.hidden_size, self.num_layers, self.bidirectional, self.bias)
         if have != want:
             names = ("input_size", "hidden_size", "num_layers", "bidirectional", "bias")
             fmt = ", ".join
@@ -429,11 +685,6 @@ class _Recurrent(_DynaqModule):
                 f"{fmt(f'{n}={v}' for n, v in zip(names, want))}"
             )
         return None
-
-    def _adopt(self, layer: Any) -> None:
-        # batch_first belongs to the calling code, not to the weights.
-        layer.batch_first = self.batch_first
-        self._layer = layer
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
@@ -460,25 +711,25 @@ class LSTM(_Recurrent):
     input_size), (batch, seq, input_size) with ``batch_first``, or (seq, input_size) unbatched;
     ``hx = (h_0, c_0)`` of shape (num_layers * directions, batch, hidden_size); returns
     ``(output, (h_n, c_n))`` in the input's dtype. ``PackedSequence`` input raises
-    ``TypeError``. Inference only: no gradient flows, and dropout between layers is not applied.
+    ``TypeError``. It calls the operator ``torch.ops.dynaq.lstm``. Inference only: a backward
+    through it raises, and dropout between layers is not applied.
     """
 
     _float_type = nn.LSTM
-    _layer_type = _layers.LSTM
+    _kind = "LSTM"
 
     def forward(
         self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]] = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        name = self._get_name()
-        x = self._input(input)
-        state = None
+        states: list[Any] = []
         if hx is not None:
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise TypeError(f"{name}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}")
-            state = (to_numpy(hx[0], "h_0", name), to_numpy(hx[1], "c_0", name))
-        out, (h, c) = self._layer(x, state)
-        dt = input.dtype
-        return from_numpy(out, dt), (from_numpy(h, dt), from_numpy(c, dt))
+                raise TypeError(
+                    f"{self._get_name()}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}"
+                )
+            states = list(hx)
+        out, h, c = self._run(input, states, ["h_0", "c_0"])
+        return out, (h, c)
 
 
 class GRU(_Recurrent):
@@ -491,17 +742,22 @@ class GRU(_Recurrent):
 
     Notes
     -----
-    ``forward(input, hx=None)`` follows ``nn.GRU`` and returns ``(output, h_n)``; otherwise as
-    :class:`LSTM`.
+    ``forward(input, hx=None)`` follows ``nn.GRU`` and returns ``(output, h_n)``; it calls the
+    operator ``torch.ops.dynaq.gru``; otherwise as :class:`LSTM`.
     """
 
     _float_type = nn.GRU
-    _layer_type = _layers.GRU
+    _kind = "GRU"
 
     def forward(
         self, input: torch.Tensor, hx: Optional[torch.Tensor] = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self._input(input)
-        state = None if hx is None else to_numpy(hx, "h_0", self._get_name())
-        out, h = self._layer(x, state)
-        return from_numpy(out, input.dtype), from_numpy(h, input.dtype)
+        out, h = self._run(input, [] if hx is None else [hx], ["h_0"])
+        return out, h
+
+
+def safe_globals() -> list[type]:
+    """The classes a pickle of a whole quantized model references besides the model's own:
+    ``torch.serialization.safe_globals([MyModel, ..., *dynaq.torch.safe_globals()])`` lets
+    ``torch.load(path, weights_only=True)`` load it (the modules pickle as plain tensors)."""
+    return [Linear, LSTM, GRU]

@@ -8,6 +8,7 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional, Union
 
+import torch
 from torch import nn
 
 from .._dynaq import check_granularity as _check_granularity
@@ -94,8 +95,10 @@ def _excluder(exclude: Iterable[str], all_names: list[str]) -> Callable[[str], b
 def quantize_dynamic(
     model: nn.Module,
     qconfig_spec: Optional[Spec] = None,
-    *,
+    dtype: Any = None,
+    mapping: Optional[Mapping[Any, Any]] = None,
     inplace: bool = False,
+    *,
     per_channel: bool = True,
     granularity: str = "row",
     exclude: Iterable[str] = (),
@@ -121,6 +124,13 @@ def quantize_dynamic(
         that module and everything inside it and takes precedence over type entries (the
         closest named ancestor wins). dynaq always quantizes to int8, whatever a ``QConfig``
         says.
+    dtype : torch.dtype, optional
+        As in PyTorch's ``quantize_dynamic``, so that its calls run unchanged:
+        ``torch.qint8`` (or None, the same). dynaq quantizes to int8 only; any other dtype
+        raises ``ValueError``.
+    mapping : dict, optional
+        PyTorch's float-to-quantized module mapping; only None (dynaq's own modules) is
+        accepted.
     inplace : bool
         Modify ``model`` itself instead of a copy (a root ``nn.Linear``/``LSTM``/``GRU`` is
         still returned as a new module).
@@ -153,6 +163,16 @@ def quantize_dynamic(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if dtype is not None and dtype is not torch.qint8:
+        raise ValueError(
+            f"dtype={dtype}: dynaq quantizes weights to int8 with dynamically quantized int8 "
+            "activations (dtype=torch.qint8, the default); other dtypes are not supported"
+        )
+    if mapping is not None:
+        raise ValueError(
+            "mapping: dynaq swaps modules for its own (dynaq.torch.Linear, LSTM, GRU); choose "
+            "what to quantize with qconfig_spec and exclude instead"
+        )
     _check_granularity(granularity)
     default = {"per_channel": bool(per_channel), "granularity": granularity}
     types, names = _parse_spec(qconfig_spec, default)

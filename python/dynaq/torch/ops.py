@@ -1,0 +1,443 @@
+"""dynaq's operations as PyTorch operators: ``torch.ops.dynaq.linear``, ``.lstm`` and ``.gru``.
+
+Registered with ``torch.library`` under the namespace ``dynaq``, with a CPU implementation that
+calls dynaq's kernels and a fake (meta) implementation for shape inference, so that
+``torch.compile`` (``fullgraph=True`` included), ``torch.export`` and ``torch.jit.trace`` record
+them as operators instead of tracing into numpy. The TorchScript ONNX exporter writes each as a
+node of the custom domain ``dynaq`` (``dynaq::Linear``, ``dynaq::LSTM``, ``dynaq::GRU``) with its
+inputs. They are inference only: their outputs carry no autograd history, and the modules make
+a backward through them raise (:func:`no_gradient`).
+
+Weights travel as tensors in the layout the kernels read: ``weight_panels``, the int8 panels of
+:attr:`dynaq.PackedWeight.panels` (the same on every CPU), and ``weight_scale``. The native
+weight built from them is cached while those tensors live unchanged (:class:`Prepared`), so a
+module's buffers are packed once; the modules seed the cache with the weights they already
+hold, so their panels are never copied.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from .. import layers as _layers
+from .._dynaq import PackedWeight
+
+__all__ = ["Prepared", "PREPARED", "linear_layer", "recurrent_layer", "panels_tensor"]
+
+# --- the native objects behind the operators' tensors ----------------------------------------
+
+
+def versions(tensors: Sequence[Optional[torch.Tensor]]) -> tuple[Optional[int], ...]:
+    """The version counters of ``tensors`` (bumped by every in-place write); None for a missing
+    tensor or an inference tensor (which tracks none, and cannot be written outside inference
+    mode)."""
+    return tuple(None if t is None or t.is_inference() else t._version for t in tensors)
+
+
+def same(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """Whether two sequences hold the same objects (identity, not ``==``: tensors)."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+class Prepared:
+    """Native objects built from tensors, kept while the tensors live unchanged.
+
+    An entry is keyed by its first tensor (by identity, dropped when that tensor dies) and
+    remembers the tensors (held, so that their identities stay unique), their version counters
+    and the configuration; any difference builds the object again. Writes through ``.data``
+    bump no version counter: the modules' buffers are meant to be replaced
+    (``load_state_dict``), not written through ``.data``.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Any, ...]] = {}
+
+    def get(
+        self, tensors: Sequence[Optional[torch.Tensor]], config: Any, build: Callable[[], Any]
+    ) -> Any:
+        entry = self._entries.get(id(tensors[0]))
+        if (
+            entry is not None
+            and entry[0]() is tensors[0]
+            and entry[3] == config
+            and same(entry[1], tensors[1:])
+            and entry[2] == versions(tensors)
+        ):
+            return entry[4]
+        obj = build()
+        self.put(tensors, config, obj)
+        return obj
+
+    def put(self, tensors: Sequence[Optional[torch.Tensor]], config: Any, obj: Any) -> None:
+        head = tensors[0]
+        assert head is not None
+        key = id(head)
+        entries = self._entries
+        # The weak reference drops the entry with its key tensor (whose id may then be reused);
+        # the entry holds the other tensors, so while it lives no other tensor has their ids.
+        ref = weakref.ref(head, lambda _, key=key: entries.pop(key, None))
+        entries[key] = (ref, tuple(tensors[1:]), versions(tensors), config, obj)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+#: The process's cache of native layers built from torch tensors.
+PREPARED = Prepared()
+
+
+def _numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+    return None if t is None else t.detach().contiguous().numpy()
+
+
+def panels_tensor(pw: PackedWeight) -> torch.Tensor:
+    """``pw``'s panels as an int8 tensor sharing their memory (read-only by contract: torch
+    does not enforce numpy's flag, and the kernels read this memory)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(pw.panels)
+
+
+def _weight(panels: torch.Tensor, scale: torch.Tensor, n: int, k: int) -> PackedWeight:
+    """The native weight of panels and scales that no cache entry holds (copied)."""
+    if panels.device.type == "meta" or scale.device.type == "meta":
+        raise ValueError(
+            "the weights are on the meta device (a skeleton): load a checkpoint into the module "
+            "(load_state_dict) before calling it"
+        )
+    if panels.device.type != "cpu" or scale.device.type != "cpu":
+        raise ValueError(f"dynaq's weights must be on the CPU, not {panels.device}")
+    return PackedWeight.from_panels(_numpy(panels), _numpy(scale.to(torch.float32)), int(n), int(k))
+
+
+def linear_layer(
+    weight_panels: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    out_features: int,
+    in_features: int,
+    granularity: str,
+    input_scale: Optional[torch.Tensor] = None,
+    input_zero_point: Optional[torch.Tensor] = None,
+    *,
+    prepared: Optional[_layers.Linear] = None,
+) -> _layers.Linear:
+    """The numpy :class:`dynaq.layers.Linear` these tensors describe (cached; ``prepared``:
+    the layer they were made from, cached as it is)."""
+    tensors = (weight_panels, weight_scale, bias, input_scale, input_zero_point)
+    config = ("linear", int(out_features), int(in_features), granularity)
+    if prepared is not None:
+        PREPARED.put(tensors, config, prepared)
+        return prepared
+
+    def build() -> _layers.Linear:
+        pw = _weight(weight_panels, weight_scale, out_features, in_features)
+        named = {"bias": bias, "input_scale": input_scale, "input_zero_point": input_zero_point}
+        arrays = {k: _numpy(v) for k, v in named.items() if v is not None}
+        if "bias" in arrays:
+            arrays["bias"] = arrays["bias"].astype(np.float32, copy=False)
+        return _layers.Linear._from_tensors(
+            {"weight": pw},
+            arrays,
+            {"granularity": granularity},  # type: ignore[arg-type]
+        )
+
+    return PREPARED.get(tensors, config, build)
+
+
+_GATES = {"LSTM": 4, "GRU": 3}
+
+
+def cell_names(num_layers: int, bidirectional: bool) -> list[str]:
+    """The suffixes of a recurrent layer's cells in PyTorch's order (``_l0``, ``_l0_reverse``,
+    ``_l1``, ...)."""
+    dirs = ("", "_reverse") if bidirectional else ("",)
+    return [f"_l{layer}{d}" for layer in range(num_layers) for d in dirs]
+
+
+def recurrent_layer(
+    kind: str,
+    params: Sequence[torch.Tensor],
+    has_biases: bool,
+    num_layers: int,
+    bidirectional: bool,
+    batch_first: bool,
+    input_size: int,
+    hidden_size: int,
+    granularity: str,
+    *,
+    prepared: Any = None,
+) -> Any:
+    """The numpy :class:`dynaq.layers.LSTM` / ``GRU`` these tensors describe (cached;
+    ``prepared``: the layer they were made from).
+
+    ``params`` holds, per cell in :func:`cell_names` order, ``weight_ih`` panels and scale,
+    ``weight_hh`` panels and scale, then ``bias_ih`` and ``bias_hh`` when ``has_biases``."""
+    per_cell = 6 if has_biases else 4
+    cells = cell_names(num_layers, bidirectional)
+    if len(params) != per_cell * len(cells):
+        raise ValueError(
+            f"dynaq.{kind.lower()}: {len(params)} parameters for {len(cells)} cells of "
+            f"{per_cell} tensors"
+        )
+    config = (kind, has_biases, num_layers, bidirectional, batch_first, input_size, hidden_size,
+              granularity)  # fmt: skip
+    if prepared is not None:
+        PREPARED.put(list(params), config, prepared)
+        return prepared
+
+    def build() -> Any:
+        g = _GATES[kind] * hidden_size
+        weights: dict[str, PackedWeight] = {}
+        tensors: dict[str, np.ndarray] = {}
+        for i, sfx in enumerate(cells):
+            p = params[i * per_cell : (i + 1) * per_cell]
+            dirs = 2 if bidirectional else 1
+            k_ih = input_size if sfx.startswith("_l0") else hidden_size * dirs
+            weights["weight_ih" + sfx] = _weight(p[0], p[1], g, k_ih)
+            weights["weight_hh" + sfx] = _weight(p[2], p[3], g, hidden_size)
+            if has_biases:
+                tensors["bias_ih" + sfx] = _numpy(p[4].to(torch.float32))  # type: ignore[assignment]
+                tensors["bias_hh" + sfx] = _numpy(p[5].to(torch.float32))  # type: ignore[assignment]
+        cls = _layers.LSTM if kind == "LSTM" else _layers.GRU
+        return cls._from_tensors(
+            weights,
+            tensors,
+            {"num_layers": num_layers, "bidirectional": bidirectional,
+             "batch_first": batch_first, "granularity": granularity},
+        )  # fmt: skip
+
+    return PREPARED.get(list(params), config, build)
+
+
+# --- the operators ------------------------------------------------------------------------------
+
+_LIB = torch.library.Library("dynaq", "DEF")
+_LIB.define(
+    "linear(Tensor input, Tensor weight_panels, Tensor weight_scale, Tensor? bias, "
+    "int out_features, int in_features, str granularity='row', Tensor? input_scale=None, "
+    "Tensor? input_zero_point=None) -> Tensor"
+)
+_RNN_ARGS = (
+    "Tensor input, Tensor[] hx, Tensor[] params, bool has_biases, int num_layers, "
+    "bool bidirectional, bool batch_first, int input_size, int hidden_size, str granularity"
+)
+_LIB.define(f"lstm({_RNN_ARGS}) -> (Tensor, Tensor, Tensor)")
+_LIB.define(f"gru({_RNN_ARGS}) -> (Tensor, Tensor)")
+
+
+def _input(x: torch.Tensor, op: str) -> np.ndarray:
+    if x.dtype != torch.float32:
+        raise TypeError(f"dynaq.{op}: input must be float32, got {x.dtype}")
+    return (x.detach() if x.requires_grad else x).numpy()
+
+
+def _linear_cpu(
+    input: torch.Tensor,
+    weight_panels: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    out_features: int,
+    in_features: int,
+    granularity: str = "row",
+    input_scale: Optional[torch.Tensor] = None,
+    input_zero_point: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    layer = linear_layer(
+        weight_panels, weight_scale, bias, out_features, in_features, granularity, input_scale,
+        input_zero_point,
+    )  # fmt: skip
+    return torch.from_numpy(layer._forward(_input(input, "linear"), name="input"))
+
+
+def _linear_fake(
+    input: torch.Tensor,
+    weight_panels: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    out_features: int,
+    in_features: int,
+    granularity: str = "row",
+    input_scale: Optional[torch.Tensor] = None,
+    input_zero_point: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    torch._check(input.dtype == torch.float32, lambda: f"input must be float32, got {input.dtype}")
+    torch._check(input.dim() >= 1, lambda: "input must have at least 1 dimension")
+    torch._check(
+        input.shape[-1] == in_features,
+        lambda: (
+            f"input has shape {tuple(input.shape)}: its last axis must equal in_features = "
+            f"{in_features}"
+        ),
+    )
+    return input.new_empty((*input.shape[:-1], out_features))
+
+
+def _rnn_state(hx: Sequence[torch.Tensor], kind: str) -> Any:
+    if not hx:
+        return None
+    states = tuple(_input(h, kind.lower()) for h in hx)
+    return states if kind == "LSTM" else states[0]
+
+
+def _rnn_cpu(kind: str) -> Callable[..., Any]:
+    def impl(
+        input: torch.Tensor,
+        hx: Sequence[torch.Tensor],
+        params: Sequence[torch.Tensor],
+        has_biases: bool,
+        num_layers: int,
+        bidirectional: bool,
+        batch_first: bool,
+        input_size: int,
+        hidden_size: int,
+        granularity: str,
+    ) -> Any:
+        layer = recurrent_layer(
+            kind, params, has_biases, num_layers, bidirectional, batch_first, input_size,
+            hidden_size, granularity,
+        )  # fmt: skip
+        out, state = layer(_input(input, kind.lower()), _rnn_state(hx, kind))
+        if kind == "LSTM":
+            return torch.from_numpy(out), torch.from_numpy(state[0]), torch.from_numpy(state[1])
+        return torch.from_numpy(out), torch.from_numpy(state)
+
+    return impl
+
+
+def _rnn_fake(kind: str) -> Callable[..., Any]:
+    def impl(
+        input: torch.Tensor,
+        hx: Sequence[torch.Tensor],
+        params: Sequence[torch.Tensor],
+        has_biases: bool,
+        num_layers: int,
+        bidirectional: bool,
+        batch_first: bool,
+        input_size: int,
+        hidden_size: int,
+        granularity: str,
+    ) -> Any:
+        torch._check(input.dtype == torch.float32, lambda: "input must be float32")
+        torch._check(input.dim() in (2, 3), lambda: "input must be 2-D or 3-D")
+        torch._check(input.shape[-1] == input_size, lambda: f"input_size is {input_size}")
+        dirs = 2 if bidirectional else 1
+        if input.dim() == 2:
+            out = input.new_empty((input.shape[0], dirs * hidden_size))
+            h = input.new_empty((num_layers * dirs, hidden_size))
+        else:
+            batch = input.shape[0] if batch_first else input.shape[1]
+            out = input.new_empty((*input.shape[:-1], dirs * hidden_size))
+            h = input.new_empty((num_layers * dirs, batch, hidden_size))
+        return (out, h, torch.empty_like(h)) if kind == "LSTM" else (out, h)
+
+    return impl
+
+
+class NoGradient(torch.autograd.Function):
+    """Attaches to an operator's output a backward that raises: the operators' autograd key
+    falls through (no per-call cost), so the modules add this node when the input needs a
+    gradient, and a backward says why there is none instead of leaving earlier layers
+    silently without one."""
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, input: torch.Tensor, op: str) -> torch.Tensor:
+        ctx.op = op
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        raise RuntimeError(
+            f"dynaq.{ctx.op} has no gradient: dynaq's modules are for inference (their int8 "
+            "weights are not trained). Keep the layers you train in float (exclude them in "
+            "quantize_dynamic)."
+        )
+
+
+def no_gradient(out: Any, input: torch.Tensor, op: str) -> Any:
+    """``out`` (a tensor or a tuple of them), with :class:`NoGradient` attached when ``input``
+    needs a gradient."""
+    if not (input.requires_grad and torch.is_grad_enabled()):
+        return out
+    if isinstance(out, torch.Tensor):
+        return NoGradient.apply(out, input, op)
+    return tuple(NoGradient.apply(o, input, op) for o in out)
+
+
+_LIB.impl("linear", _linear_cpu, "CPU")
+_LIB.impl("linear", torch.library.fallthrough_kernel, "Autograd")
+torch.library.register_fake("dynaq::linear", _linear_fake, lib=_LIB)
+for _kind in ("LSTM", "GRU"):
+    _name = _kind.lower()
+    _LIB.impl(_name, _rnn_cpu(_kind), "CPU")
+    _LIB.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+    torch.library.register_fake(f"dynaq::{_name}", _rnn_fake(_kind), lib=_LIB)
+
+
+# --- ONNX (the TorchScript exporter) ------------------------------------------------------------
+
+
+def _register_onnx() -> None:
+    from torch.onnx import register_custom_op_symbolic
+    from torch.onnx.symbolic_helper import parse_args
+
+    @parse_args("v", "v", "v", "v", "i", "i", "s", "v", "v")
+    def linear(g, input, panels, scale, bias, out_features, in_features, granularity, s, zp):  # type: ignore[no-untyped-def]
+        inputs = [input, panels, scale] + [t for t in (bias, s, zp) if not _is_none(t)]
+        return g.op(
+            "dynaq::Linear",
+            *inputs,
+            out_features_i=out_features,
+            in_features_i=in_features,
+            granularity_s=granularity,
+            has_bias_i=int(not _is_none(bias)),
+            static_i=int(not _is_none(s)),
+            layout_s="K4N16",
+        )
+
+    def rnn(kind: str) -> Callable[..., Any]:
+        outputs = 3 if kind == "LSTM" else 2
+
+        @parse_args("v", "v", "v", "b", "i", "b", "b", "i", "i", "s")
+        def symbolic(g, input, hx, params, has_biases, num_layers, bidirectional, batch_first,  # type: ignore[no-untyped-def]
+                     input_size, hidden_size, granularity):  # fmt: skip
+            from torch.onnx.symbolic_helper import _unpack_list
+
+            args = [input, *_unpack_list(hx), *_unpack_list(params)]
+            return g.op(
+                f"dynaq::{kind}",
+                *args,
+                has_biases_i=int(has_biases),
+                num_layers_i=num_layers,
+                bidirectional_i=int(bidirectional),
+                batch_first_i=int(batch_first),
+                input_size_i=input_size,
+                hidden_size_i=hidden_size,
+                granularity_s=granularity,
+                num_states_i=len(_unpack_list(hx)),
+                layout_s="K4N16",
+                outputs=outputs,
+            )
+
+        return symbolic
+
+    register_custom_op_symbolic("dynaq::linear", linear, 1)
+    register_custom_op_symbolic("dynaq::lstm", rnn("LSTM"), 1)
+    register_custom_op_symbolic("dynaq::gru", rnn("GRU"), 1)
+
+
+def _is_none(v: Any) -> bool:
+    return v is None or (hasattr(v, "node") and v.node().mustBeNone())
+
+
+try:
+    _register_onnx()
+except (ImportError, AttributeError):  # pragma: no cover - a torch without the TorchScript exporter
+    pass
