@@ -572,7 +572,9 @@ def test_inplace_shared_modules_hooks_and_root():
     root = dt.quantize_dynamic(nn.Linear(4, 3))
     assert isinstance(root, dt.Linear)
     mha = nn.TransformerEncoderLayer(16, 2, 32, batch_first=False).eval()
-    qm = dt.quantize_dynamic(mha)
+    # MultiheadAttention calls its projections' weights directly: they stay float, and say so.
+    with pytest.warns(UserWarning, match=r"left 2 matmul weight\(s\) in float.*in_proj_weight"):
+        qm = dt.quantize_dynamic(mha)
     assert type(qm.self_attn.out_proj) is type(mha.self_attn.out_proj)  # read by MHA directly
     assert isinstance(qm.linear1, dt.Linear)
     x = torch.randn(5, 2, 16)
@@ -632,7 +634,8 @@ def test_compare_on_bert():
     assert result.rows[4]["shape"] == (4, 48, 512)
     out = result.output
     assert out["name"] == "<output>" and out["shape"] == (4, 48, 128)
-    ref, got = run(model, bert_inputs()), run(q, bert_inputs())
+    real = bert_inputs()["attention_mask"] != 0  # the padding of row 1 is not measured
+    ref, got = run(model, bert_inputs())[real], run(q, bert_inputs())[real]
     assert out["max_abs_error"] == pytest.approx(float((ref - got).abs().max()), rel=1e-6)
     assert out["rel_error"] == pytest.approx(rel_error(ref, got), rel=1e-6)
     text = result.table()

@@ -121,7 +121,21 @@ def _call(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
-def compare(model_fp32: nn.Module, model_q: nn.Module, inputs: Any) -> Comparison:
+def _real(t: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The positions of ``t`` the mask keeps (those of real tokens), when ``t`` is laid out as
+    the mask is (``(batch, seq, ...)`` for a ``(batch, seq)`` mask); else all of ``t``."""
+    if mask is None or t.dim() < mask.dim() or tuple(t.shape[: mask.dim()]) != tuple(mask.shape):
+        return t
+    return t[mask]
+
+
+def compare(
+    model_fp32: nn.Module,
+    model_q: nn.Module,
+    inputs: Any,
+    *,
+    attention_mask: Optional[torch.Tensor] = None,
+) -> Comparison:
     """Run a float model and its quantized version on the same inputs and measure the error.
 
     The layers compared are the modules of ``model_q`` whose type differs from the module of
@@ -136,17 +150,33 @@ def compare(model_fp32: nn.Module, model_q: nn.Module, inputs: Any) -> Compariso
     inputs : torch.Tensor, tuple or dict
         One tensor (``model(inputs)``), a tuple or list of positional arguments
         (``model(*inputs)``) or a dict of keyword arguments (``model(**inputs)``).
+    attention_mask : torch.Tensor, optional
+        Which positions are real tokens (nonzero) and which padding, e.g. ``(batch, seq)``:
+        every output laid out as ``(batch, seq, ...)`` is measured on the real positions only
+        (padding carries arbitrary values in both models and would drown the error of the real
+        tokens). By default, the ``attention_mask`` of a dict of ``inputs``; pass one
+        explicitly otherwise. Outputs of another layout are measured whole.
 
     Returns
     -------
     Comparison
-        ``.rows`` (per layer), ``.output`` (the model output), ``.table()`` / ``str()``. Model
+        ``.rows`` (per layer), ``.output`` (the model output), ``.table()`` / ``str()``; with a
+        mask, the errors are those of the real tokens (``shape`` stays the full one). Model
         outputs that are tuples or Hugging Face ``ModelOutput`` objects are measured on
         ``last_hidden_state`` (or ``logits``) when present, else on their first tensor.
     """
     for arg, m in (("model_fp32", model_fp32), ("model_q", model_q)):
         if not isinstance(m, nn.Module):
             raise TypeError(f"{arg} must be a torch.nn.Module, got {type(m).__name__}")
+    if attention_mask is None and isinstance(inputs, Mapping):
+        attention_mask = inputs.get("attention_mask")
+    mask = None
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() == 0:
+            raise TypeError("attention_mask must be a tensor of at least 1 dimension")
+        mask = attention_mask.detach().cpu() != 0
+        if not mask.any():
+            raise ValueError("attention_mask masks every position: nothing to compare")
     fp_mods = dict(model_fp32.named_modules())
     swapped = [
         (n, m)
@@ -159,6 +189,7 @@ def compare(model_fp32: nn.Module, model_q: nn.Module, inputs: Any) -> Compariso
     ]
     captured: dict[str, dict[str, list[torch.Tensor]]] = {"fp": {}, "q": {}}
     order: list[str] = []
+    q_shapes: dict[str, tuple[int, ...]] = {}
 
     def hook_for(side: str, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -167,7 +198,8 @@ def compare(model_fp32: nn.Module, model_q: nn.Module, inputs: Any) -> Compariso
                 return
             if side == "q" and name not in captured["q"]:
                 order.append(name)
-            captured[side].setdefault(name, []).append(t.detach().clone())
+                q_shapes[name] = tuple(t.shape)
+            captured[side].setdefault(name, []).append(_real(t.detach().cpu(), mask).clone())
 
         return hook
 
@@ -198,9 +230,11 @@ def compare(model_fp32: nn.Module, model_q: nn.Module, inputs: Any) -> Compariso
             a = torch.cat([t.reshape(-1) for t in fp_list])
             b = torch.cat([t.reshape(-1) for t in q_list])
         row = _error_stats(name, kinds[name], a, b)
-        row["shape"] = tuple(q_list[0].shape)
+        row["shape"] = tuple(q_shapes[name])
         row["calls"] = len(q_list)
         rows.append(row)
-    output = _error_stats("<output>", type(model_q).__name__, ref, got)
+    output = _error_stats("<output>", type(model_q).__name__, _real(ref.cpu(), mask),
+                          _real(got.cpu(), mask))  # fmt: skip
+    output["shape"] = tuple(got.shape)
     output["calls"] = 1
     return Comparison(rows, output)

@@ -345,12 +345,14 @@ class Linear(_DynaqModule):
     def from_float(
         cls, mod: nn.Linear, *, per_channel: bool = True, granularity: str = "row"
     ) -> Linear:
-        """Quantize the weight of a float ``nn.Linear`` (any float dtype, any device). A module
-        on the ``meta`` device gives a skeleton of the same shape (to load a checkpoint into).
+        """Quantize the weight of a float ``nn.Linear`` (any float dtype, any device), or of
+        transformers' ``Conv1D`` (GPT-2's projections, whose weight is stored ``(in, out)``: it
+        is quantized per output channel all the same). A module on the ``meta`` device gives a
+        skeleton of the same shape (to load a checkpoint into).
 
         Parameters
         ----------
-        mod : torch.nn.Linear
+        mod : torch.nn.Linear or transformers.pytorch_utils.Conv1D
         per_channel : bool
             Per-output-channel weight scales (default) or one scale for the tensor.
         granularity : {"row", "tensor"}
@@ -360,15 +362,24 @@ class Linear(_DynaqModule):
         -------
         Linear
         """
-        if not isinstance(mod, nn.Linear):
-            raise TypeError(f"from_float needs a torch.nn.Linear, got {type(mod).__name__}")
+        conv1d = type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and hasattr(mod, "nx")
+        if not (isinstance(mod, nn.Linear) or conv1d):
+            raise TypeError(
+                f"from_float needs a torch.nn.Linear (or transformers' Conv1D), got "
+                f"{type(mod).__name__}"
+            )
+        if conv1d:
+            # transformers' Conv1D computes x @ W + b with W stored (in, out).
+            in_features, out_features = int(mod.nx), int(mod.nf)
+        else:
+            in_features, out_features = mod.in_features, mod.out_features
         if mod.weight.device.type == "meta":
             out = cls(
-                mod.in_features, mod.out_features, mod.bias is not None,
+                in_features, out_features, mod.bias is not None,
                 per_channel=per_channel, granularity=granularity, device="meta",
             )  # fmt: skip
         else:
-            w = param_numpy(mod.weight, "weight")
+            w = param_numpy(mod.weight.t() if conv1d else mod.weight, "weight")
             b = None if mod.bias is None else param_numpy(mod.bias, "bias")
             layer = _layers.Linear.from_float(
                 w, b, per_channel=per_channel, granularity=granularity

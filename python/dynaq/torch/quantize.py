@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
 
+from .. import layers as _layers
 from .._dynaq import check_granularity as _check_granularity
+from . import _bridge
 from .modules import GRU, LSTM, Linear
 
 __all__ = ["quantize_dynamic"]
@@ -19,7 +22,7 @@ __all__ = ["quantize_dynamic"]
 Spec = Union[Iterable[Union[type, str]], Mapping[Union[type, str], Any]]
 
 _SWAPS: dict[type, Any] = {nn.Linear: Linear, nn.LSTM: LSTM, nn.GRU: GRU}
-_SUPPORTED = "torch.nn.Linear, torch.nn.LSTM and torch.nn.GRU"
+_SUPPORTED = "torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU and transformers' Conv1D"
 _OPTION_KEYS = ("per_channel", "granularity")
 
 
@@ -44,7 +47,7 @@ def _parse_spec(
     spec: Optional[Spec], default: dict[str, Any]
 ) -> tuple[dict[type, Optional[dict[str, Any]]], dict[str, Optional[dict[str, Any]]]]:
     if spec is None:
-        return {t: dict(default) for t in _SWAPS}, {}
+        return {t: dict(default) for t in _SWAPS}, {}  # and Conv1D, recognized by _swap_target
     if isinstance(spec, (str, bytes)) or not isinstance(spec, Iterable):
         raise TypeError(
             "qconfig_spec must be a set or list of module types and/or module names, or a "
@@ -57,7 +60,7 @@ def _parse_spec(
         if isinstance(key, str):
             names[key] = _options(value, repr(key), default)
         elif isinstance(key, type):
-            if key not in _SWAPS:
+            if key not in _SWAPS and not _is_conv1d_type(key):
                 raise TypeError(
                     f"qconfig_spec names {key.__module__}.{key.__qualname__}, which "
                     f"dynaq.torch.quantize_dynamic cannot quantize: it swaps {_SUPPORTED} "
@@ -182,27 +185,40 @@ def quantize_dynamic(
         if name not in modules:
             raise ValueError(f"qconfig_spec names module {name!r}, which is not in the model")
         mod = modules[name]
-        if names[name] is not None and not any(type(m) in _SWAPS for m in mod.modules()):
+        if names[name] is not None and not any(_swap_target(m) for m in mod.modules()):
             raise TypeError(
                 f"qconfig_spec names module {name!r} ({type(mod).__name__}), which is not one "
                 f"of {_SUPPORTED} and contains none"
             )
     if not inplace:
         model = copy.deepcopy(model)
+    tied = _tied_to_others(model)
     memo: dict[int, nn.Module] = {}
+    shared: dict[tuple[int, bool, bool], Any] = {}  # (id(weight), conv1d, per_channel) -> weight
+    left: dict[str, nn.Module] = {}  # modules kept in float on purpose (excluded, tied, unselected)
     unset: Any = object()
 
     def convert(mod: nn.Module, name: str, named: Any) -> nn.Module:
         # ``named``: the entry of the closest named ancestor (or this module), else ``unset``.
         named = names.get(name, named)
         if is_excluded(name):
+            left.update((f"{name}.{n}" if n else name, m) for n, m in mod.named_modules())
             return mod
-        if type(mod) in _SWAPS:
-            opts = types.get(type(mod)) if named is unset else named
-            if opts is None:
+        target = _swap_target(mod)
+        if target is not None:
+            if named is not unset:
+                opts = named
+            elif _is_conv1d_type(type(mod)):
+                opts = types.get(type(mod), conv1d_default)
+            else:
+                opts = types.get(type(mod))
+            if opts is None or id(getattr(mod, "weight", None)) in tied:
+                # A weight tied to a module that stays float (GPT-2's lm_head and wte): kept
+                # float and tied, not duplicated.
+                left[name] = mod
                 return mod
             if id(mod) not in memo:
-                memo[id(mod)] = _swap(mod, name, opts)
+                memo[id(mod)] = _swap(mod, name, opts, shared)
             return memo[id(mod)]
         # Not named_children(): it skips a module's second appearance, which must be swapped too.
         for child_name, child in list(mod._modules.items()):
@@ -213,12 +229,94 @@ def quantize_dynamic(
                 setattr(mod, child_name, new)
         return mod
 
-    return convert(model, "", unset)
+    conv1d_default = dict(default) if qconfig_spec is None else None
+    converted = convert(model, "", unset)
+    _warn_unhandled(converted, left, memo)
+    return converted
 
 
-def _swap(mod: nn.Module, name: str, opts: dict[str, Any]) -> nn.Module:
+def _is_conv1d_type(t: Any) -> bool:
+    """transformers' ``Conv1D`` (GPT-2 and the models built on it): a linear layer whose weight
+    is stored transposed, ``(in, out)``. Recognized without importing transformers."""
+    return (
+        isinstance(t, type)
+        and t.__name__ == "Conv1D"
+        and t.__module__.split(".")[0] == "transformers"
+    )
+
+
+def _swap_target(mod: nn.Module) -> Any:
+    """The dynaq module class that replaces ``mod``, or None."""
+    if type(mod) in _SWAPS:
+        return _SWAPS[type(mod)]
+    return Linear if _is_conv1d_type(type(mod)) else None
+
+
+def _tied_to_others(model: nn.Module) -> set[int]:
+    """The ids of the weights of swappable modules that another module, one that stays float,
+    shares (a tied ``lm_head`` and word embedding)."""
+    owners: dict[int, list[nn.Module]] = {}
+    for mod in model.modules():
+        for p in mod._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), []).append(mod)
+    return {
+        pid
+        for pid, mods in owners.items()
+        if len(mods) > 1 and any(_swap_target(m) is None for m in mods)
+        and any(_swap_target(m) is not None for m in mods)
+    }  # fmt: skip
+
+
+def _warn_unhandled(model: nn.Module, left: dict[str, nn.Module], swapped: dict[int, Any]) -> None:
+    """One warning naming the modules that hold matmul weights dynaq cannot take (3-D expert
+    weights, ``MultiheadAttention``'s packed projections, subclasses of the swapped types, ...)
+    with the share of matmul weight bytes they leave in float; never silence."""
+    kept_on_purpose = {id(m) for m in left.values()}
+    skip = (nn.Embedding, nn.EmbeddingBag, nn.modules.conv._ConvNd)
+    found: list[tuple[str, str, int]] = []
+    for name, mod in model.named_modules():
+        if id(mod) in kept_on_purpose or isinstance(mod, (*skip, Linear, LSTM, GRU)):
+            continue
+        if any(id(mod) == id(m) or name.startswith(n + ".") for n, m in left.items() if n):
+            continue
+        shapes = [
+            (pn, tuple(p.shape), p.numel() * p.element_size())
+            for pn, p in mod._parameters.items()
+            if p is not None and p.dim() >= 2 and p.dtype.is_floating_point
+        ]
+        for pn, shape, nbytes in shapes:
+            found.append((f"{name}.{pn}" if name else pn, f"{type(mod).__name__} {shape}", nbytes))
+    if not found:
+        return
+    float_bytes = sum(b for _, _, b in found)
+    done = sum(
+        m.in_features * m.out_features * 4 if isinstance(m, Linear) else 0 for m in swapped.values()
+    )
+    share = float_bytes / max(1, float_bytes + done)
+    listed = ", ".join(f"{n} ({what})" for n, what, _ in found[:8])
+    more = f", and {len(found) - 8} more" if len(found) > 8 else ""
+    warnings.warn(
+        f"dynaq.torch.quantize_dynamic left {len(found)} matmul weight(s) in float that it "
+        f"cannot quantize: {listed}{more}; they hold {100 * share:.1f}% of the model's matmul "
+        "weight bytes (as float32)",
+        stacklevel=3,
+    )
+
+
+def _swap(mod: nn.Module, name: str, opts: dict[str, Any], shared: dict[Any, Any]) -> nn.Module:
     try:
-        new = _SWAPS[type(mod)].from_float(mod, **opts)
+        cls = _swap_target(mod)
+        key = (id(getattr(mod, "weight", None)), _is_conv1d_type(type(mod)), opts["per_channel"])
+        if cls is Linear and key in shared and mod.weight.device.type != "meta":
+            # A weight shared by several linear modules is quantized once, its memory shared.
+            bias = None if mod.bias is None else _bridge.param_numpy(mod.bias, "bias")
+            layer = _layers.Linear(shared[key], bias, granularity=opts["granularity"])
+            new = Linear.from_layer(layer)
+        else:
+            new = cls.from_float(mod, **opts)
+            if cls is Linear and not new._on_meta():
+                shared[key] = new.layer.weight
     except (TypeError, ValueError) as e:
         raise type(e)(f"cannot quantize module {name or '<root>'!r} ({mod!r}): {e}") from e
     # As torch's swap_module does: keep the user's hooks.
