@@ -9,6 +9,7 @@ import fnmatch
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from typing import IO, Any, Callable, Optional, Union
@@ -212,6 +213,29 @@ def _copy_range(src: IO[bytes], dst: IO[bytes], start: int, n: int, where: str) 
         left -= len(chunk)
 
 
+#: The names transformers' ``from_pretrained`` reads a model folder's weights from
+#: (``model.safetensors``, its shards, ``model.<variant>.safetensors``). A dynaq file under one of
+#: them, beside a ``config.json``, would load in a plain ``from_pretrained`` with its int8 values
+#: taken for float weights, silently; ``model.dynaq.safetensors`` is the name to use.
+_TRANSFORMERS_WEIGHTS = re.compile(r"model(?:\.(?P<variant>[^.]+))?(?:-\d+-of-\d+)?\.safetensors")
+
+
+def _refuse_transformers_weights(dst: str) -> None:
+    for path in {dst, os.path.realpath(dst)}:
+        folder, name = os.path.split(path)
+        m = _TRANSFORMERS_WEIGHTS.fullmatch(name)
+        if m is None or m.group("variant") == "dynaq":
+            continue
+        if os.path.isfile(os.path.join(folder or ".", "config.json")):
+            raise ValueError(
+                f"{dst}: transformers loads this name as the float weights of the model in "
+                f"{folder or '.'!r} (config.json is there), and would read dynaq's int8 values "
+                "as floats; write model.dynaq.safetensors instead, and load it with "
+                '`import dynaq.transformers` and from_pretrained(folder, variant="dynaq", '
+                "quantization_config=DynaqConfig())"
+            )
+
+
 def quantize_file(
     src: PathLike,
     dst: PathLike,
@@ -256,8 +280,11 @@ def quantize_file(
     ValueError
         When ``src`` is not a valid safetensors file, is already quantized by dynaq, holds both
         a tensor to quantize ``W`` and a tensor named ``W_scale``, or a tensor to quantize
-        holds NaN or infinity (exclude it); the message names the file and tensor. ``dst`` is
-        then left untouched.
+        holds NaN or infinity (exclude it); the message names the file and tensor. Also when
+        ``dst`` is named as transformers names a model's weights (``model.safetensors``, its
+        shards) in a folder with a ``config.json``: a plain ``from_pretrained`` would read the
+        int8 values as floats (use ``model.dynaq.safetensors``). ``dst`` is then left
+        untouched.
     """
     from .. import __version__
 
@@ -280,6 +307,7 @@ def quantize_file(
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable, got {type(progress).__name__}")
     src_s, dst_s = os.fspath(src), os.fspath(dst)
+    _refuse_transformers_weights(dst_s)
     rows: list[TensorReport] = []
     # name -> (dtype, shape, offset in the spool, bytes)
     out: dict[str, tuple[str, tuple[int, ...], int, int]] = {}

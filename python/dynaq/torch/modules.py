@@ -434,11 +434,18 @@ class Linear(_DynaqModule):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The int8 weight values (out_features, in_features), a new tensor."""
+        """The int8 weight values (out_features, in_features), a new tensor (writing to it
+        changes nothing: the weight is packed once)."""
         if self._on_meta():
-            return torch.empty((self.out_features, self.in_features), dtype=torch.int8,
-                               device="meta")  # fmt: skip
-        return torch.from_numpy(self.layer.weight.unpack()[0])
+            w = torch.empty((self.out_features, self.in_features), dtype=torch.int8,
+                            device="meta")  # fmt: skip
+        else:
+            w = torch.from_numpy(self.layer.weight.unpack()[0])
+        # Model code that re-initializes weights in place (transformers' _init_weights, e.g.
+        # GPT-2's c_proj) must leave this copy alone: transformers' initializers skip a tensor
+        # marked so.
+        w._is_hf_initialized = True  # type: ignore[attr-defined]
+        return w
 
     def weight_int8(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The int8 weight values (out_features, in_features) and their float32 scales."""

@@ -1,0 +1,451 @@
+"""``DynaqConfig`` and ``DynaqHfQuantizer``: the hooks transformers (5.x) calls while it loads a
+model, and what they do. Design notes: ``docs/TRANSFORMERS.md``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import numpy as np
+
+try:
+    import torch
+    from torch import nn
+    from transformers.core_model_loading import ConversionOps
+    from transformers.quantizers import HfQuantizer
+    from transformers.quantizers.auto import (
+        AUTO_QUANTIZATION_CONFIG_MAPPING,
+        AUTO_QUANTIZER_MAPPING,
+        register_quantization_config,
+        register_quantizer,
+    )
+    from transformers.quantizers.quantizers_utils import get_module_from_name, should_convert_module
+    from transformers.utils.quantization_config import QuantizationConfigMixin
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "dynaq.transformers needs torch and transformers >= 5 (pip install 'dynaq[transformers]'); "
+        f"importing them failed: {e}"
+    ) from e
+
+from .. import _dynaq
+from .. import layers as _layers
+from ..torch import Linear
+from ..torch._bridge import param_numpy
+
+__all__ = ["DynaqConfig", "DynaqHfQuantizer", "register"]
+
+METHOD = "dynaq"
+#: The safetensors metadata written by save_pretrained: the format, and that Conv1D weights are
+#: stored as dynaq stores every weight, ``(out, in)`` (the CLI keeps a file's own layout).
+_META_FORMAT = "dynaq.format"
+_META_LAYOUT = "dynaq.layout"
+_LAYOUT = "out_in"
+_SCALE = _dynaq.SCALE_SUFFIX  # "_scale"
+_OPTIONAL = ("input_scale", "input_zero_point")
+#: Where a module keeps its packed weight between the moment it is read and the end of loading.
+#: On the module: transformers hands each tensor a copy of the quantizer, not the quantizer.
+_PENDING = "_dynaq_pending"
+
+
+def _is_conv1d(mod: Any) -> bool:
+    return type(mod).__name__ == "Conv1D" and type(mod).__module__.startswith("transformers.")
+
+
+class DynaqConfig(QuantizationConfigMixin):
+    """The ``quantization_config`` of a dynaq model (``quant_method: "dynaq"`` in config.json).
+
+    Parameters
+    ----------
+    per_channel : bool
+        One weight scale per output channel (default) or one per tensor.
+    granularity : {"row", "tensor"}
+        Activation scales per row (default) or one per call.
+    modules_to_not_convert : list of str, optional
+        Modules kept in float (names, prefixes or regular expressions, as transformers matches
+        them), in addition to those transformers keeps by default (tied weights and the output
+        embedding, which a quantized model must not duplicate).
+    format_version : int
+        The version of dynaq's on-disk form a saved model uses (written by dynaq; a folder from
+        a newer dynaq is refused rather than misread).
+    """
+
+    def __init__(
+        self,
+        per_channel: bool = True,
+        granularity: str = "row",
+        modules_to_not_convert: Optional[list[str]] = None,
+        format_version: int = _dynaq.FORMAT_VERSION,
+        **kwargs: Any,
+    ) -> None:
+        method = kwargs.pop("quant_method", METHOD)
+        if method != METHOD:
+            raise ValueError(f"DynaqConfig: quant_method must be {METHOD!r}, got {method!r}")
+        if kwargs:
+            raise TypeError(f"DynaqConfig got unknown option(s): {', '.join(sorted(kwargs))}")
+        self.quant_method = METHOD
+        self.per_channel = per_channel
+        self.granularity = granularity
+        self.modules_to_not_convert = modules_to_not_convert
+        self.format_version = format_version
+        self.post_init()
+
+    def post_init(self) -> None:
+        """Check every option (transformers calls it with the values of config.json too)."""
+        if not isinstance(self.per_channel, bool):
+            raise TypeError(
+                f"DynaqConfig: per_channel must be a bool, got {type(self.per_channel).__name__}"
+            )
+        if not isinstance(self.granularity, str):
+            raise TypeError(
+                f"DynaqConfig: granularity must be 'row' or 'tensor', got "
+                f"{type(self.granularity).__name__}"
+            )
+        try:
+            _dynaq.check_granularity(self.granularity)
+        except ValueError as e:
+            raise ValueError(f"DynaqConfig: {e}") from None
+        skip = self.modules_to_not_convert
+        if skip is not None and (
+            isinstance(skip, str)
+            or not isinstance(skip, (list, tuple))
+            or not all(isinstance(s, str) for s in skip)
+        ):
+            raise TypeError("DynaqConfig: modules_to_not_convert must be a list of module names")
+        if skip is not None:
+            self.modules_to_not_convert = list(skip)
+        v = self.format_version
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"DynaqConfig: format_version must be an int, got {type(v).__name__}")
+        if not 1 <= v <= _dynaq.FORMAT_VERSION:
+            raise ValueError(
+                f"DynaqConfig: format_version {v} is not one this dynaq reads (1 to "
+                f"{_dynaq.FORMAT_VERSION}); the model was saved by a newer dynaq: upgrade dynaq"
+            )
+
+
+def _checkpoint_header(files: Optional[list[str]]) -> tuple[dict[str, tuple[str, list[int]]], dict]:
+    """Every tensor's dtype and shape, and the metadata, of a model's safetensors files (their
+    headers only: nothing else is read)."""
+    tensors: dict[str, tuple[str, list[int]]] = {}
+    metadata: dict[str, str] = {}
+    for path in files or []:
+        if not str(path).endswith(".safetensors"):
+            continue
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        metadata.update(header.pop("__metadata__", None) or {})
+        for key, entry in header.items():
+            tensors[key] = (entry["dtype"], list(entry["shape"]))
+    return tensors, metadata
+
+
+class _Quantize(ConversionOps):
+    """Quantize on load: one float weight as it is read, packed at once (the float copy is
+    dropped); the module takes it when the whole model is loaded."""
+
+    def __init__(self, hf_quantizer: DynaqHfQuantizer) -> None:
+        self.hf_quantizer = hf_quantizer  # the attribute transformers looks for
+
+    def convert(
+        self,
+        input_dict: dict[str, Any],
+        model: Any = None,
+        full_layer_name: Optional[str] = None,
+        missing_keys: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        q = self.hf_quantizer
+        for key, value in input_dict.items():
+            value = value[0] if isinstance(value, list) else value
+            module, _ = get_module_from_name(model, key)
+            w = value.t() if getattr(module, "_dynaq_conv1d", False) else value
+            module.__dict__[_PENDING] = _dynaq.pack_weight(
+                param_numpy(w, key), per_channel=q.quantization_config.per_channel
+            )
+            _discard(missing_keys, key, key + _SCALE)
+        return {}
+
+
+class _Identity(ConversionOps):
+    def convert(self, input_dict: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return input_dict
+
+
+class _Deserialize(ConversionOps):
+    """Load a dynaq checkpoint: each ``X.weight`` with its ``X.weight_scale``. A dynaq module's
+    int8 weight is checked and packed; any other module gets float weights in its own dtype
+    (the CLI also quantizes embeddings: they are dequantized)."""
+
+    def __init__(self, hf_quantizer: DynaqHfQuantizer) -> None:
+        self.hf_quantizer = hf_quantizer
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return _Identity()  # saving writes the state dict as it is
+
+    def convert(
+        self,
+        input_dict: dict[str, Any],
+        model: Any = None,
+        full_layer_name: Optional[str] = None,
+        missing_keys: Any = None,
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        q = self.hf_quantizer
+        w = _one(input_dict.get("weight"))
+        s = _one(input_dict.get("weight" + _SCALE))
+        if w is None:
+            raise ValueError(f"{full_layer_name}{_SCALE} is in the checkpoint, its weight is not")
+        module, _ = get_module_from_name(model, full_layer_name)
+        if isinstance(module, Linear):
+            if s is None:
+                raise ValueError(f"{full_layer_name}: a dynaq layer needs its {_SCALE[1:]}")
+            module.__dict__[_PENDING] = q._load_weight(module, full_layer_name, w, s)
+            _discard(missing_keys, full_layer_name, full_layer_name + _SCALE)
+            return {}
+        target = module._parameters.get("weight")
+        dtype = target.dtype if target is not None else torch.get_default_dtype()
+        if s is not None:  # quantized by the CLI, but this module stays float: dequantize
+            if w.dtype != torch.int8:
+                raise ValueError(f"{full_layer_name}: a scaled weight must be int8, got {w.dtype}")
+            w = w.float() * (s.float().reshape(-1, *([1] * (w.dim() - 1))) if s.dim() else s)
+        elif not w.dtype.is_floating_point:
+            raise ValueError(
+                f"{full_layer_name}: {w.dtype} with no {full_layer_name}{_SCALE}; a float module "
+                "needs float weights"
+            )
+        return {"weight": w.to(dtype)}
+
+
+def _one(value: Any) -> Any:
+    return value[0] if isinstance(value, list) else value
+
+
+def _discard(missing_keys: Any, *keys: str) -> None:
+    if missing_keys is not None:
+        for k in keys:
+            missing_keys.discard(k)
+
+
+class DynaqHfQuantizer(HfQuantizer):
+    """transformers' side of dynaq (registered as ``"dynaq"``). Quantize on load: the model's
+    ``nn.Linear`` and ``Conv1D`` become meta :class:`dynaq.torch.Linear` skeletons before loading
+    and each weight is quantized as it is read. A dynaq checkpoint (``config.json`` says
+    ``quant_method: "dynaq"``, or its safetensors hold dynaq weights) loads as stored: the
+    modules swapped are those the checkpoint quantized."""
+
+    requires_calibration = False
+    serialized_names = {"weight": ["weight", "weight" + _SCALE]}
+
+    def __init__(self, quantization_config: DynaqConfig, **kwargs: Any) -> None:
+        super().__init__(quantization_config, **kwargs)
+        self._converted: list[str] = []
+        self._out_in = True
+
+    # --- environment -------------------------------------------------------------------------
+
+    def validate_environment(self, *args: Any, device_map: Any = None, **kwargs: Any) -> None:
+        where = set(map(str, device_map.values())) if isinstance(device_map, dict) else set()
+        if isinstance(device_map, (str, torch.device)):
+            where = {str(device_map)}
+        if where - {"cpu"}:
+            raise ValueError(
+                f"dynaq runs on the CPU: device_map places modules on {sorted(where - {'cpu'})}"
+            )
+
+    def update_dtype(self, dtype: Any) -> Any:
+        return dtype  # dynaq's scales and biases stay float32 whatever the model's dtype
+
+    # --- loading -----------------------------------------------------------------------------
+
+    def _process_model_before_weight_loading(
+        self, model: Any, checkpoint_files: Optional[list[str]] = None, **kwargs: Any
+    ) -> None:
+        tensors, metadata = _checkpoint_header(checkpoint_files)
+        scaled = {k[: -len(_SCALE)] for k in tensors if k.endswith(_SCALE)}
+        # A folder without a quantization_config whose weights are dynaq's (the CLI's file):
+        # load it as stored, not as float weights to quantize again.
+        if not self.pre_quantized and any(tensors.get(k, ("",))[0] == "I8" for k in scaled):
+            self.pre_quantized = True
+        self._out_in = metadata.get(_META_LAYOUT) == _LAYOUT
+        cfg = self.quantization_config
+        swap: dict[str, Any] = {}
+        if self.pre_quantized:
+            if tensors and not scaled:
+                raise ValueError(
+                    "config.json says quant_method 'dynaq' but the checkpoint holds no dynaq "
+                    "weight (no *.weight_scale): it is not a dynaq model (was it saved from a "
+                    "float load, without importing dynaq.transformers first?)"
+                )
+            modules = dict(model.named_modules())
+            # Tied weights stay float and tied (a file that quantized them is dequantized).
+            tied = getattr(model, "all_tied_weights_keys", None) or {}
+            tied_modules = {k.rsplit(".", 1)[0] for pair in tied.items() for k in pair}
+            for key in scaled:
+                name = _module_name(key[: -len(".weight")], modules, model)
+                mod = None if name is None or name in tied_modules else modules[name]
+                if type(mod) is nn.Linear or _is_conv1d(mod):
+                    swap[name] = (key, tensors)
+        else:
+            skip = self.get_modules_to_not_convert(
+                model, cfg.modules_to_not_convert, getattr(model, "_keep_in_fp32_modules", None),
+                add_default_skips=True,
+            )  # fmt: skip
+            self.modules_to_not_convert = skip
+            for name, mod in model.named_modules():
+                if name and (type(mod) is nn.Linear or _is_conv1d(mod)):
+                    if should_convert_module(name, skip):
+                        swap[name] = None
+        for name, found in swap.items():
+            mod = model.get_submodule(name)
+            conv1d = _is_conv1d(mod)
+            in_f, out_f = (mod.nx, mod.nf) if conv1d else (mod.in_features, mod.out_features)
+            per_channel = cfg.per_channel
+            if found is not None:  # as the checkpoint stores it
+                key, tensors = found
+                per_channel = len(tensors[key + _SCALE][1]) == 1
+            new = Linear(in_f, out_f, mod.bias is not None, per_channel=per_channel,
+                         granularity=cfg.granularity, device="meta")  # fmt: skip
+            new._dynaq_conv1d = conv1d  # type: ignore[attr-defined]
+            if found is not None:
+                # A calibrated input scale in the checkpoint: the skeleton has a place for it.
+                prefix = found[0][: -len("weight")]
+                for opt in _OPTIONAL:
+                    if prefix + opt in found[1]:
+                        new.register_buffer(opt, torch.empty((), device="meta"))
+            new.train(mod.training)
+            model.set_submodule(name, new)
+            self._converted.append(name)
+
+    def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
+        if self.pre_quantized:
+            return False
+        module, tensor_name = get_module_from_name(model, param_name)
+        return isinstance(module, Linear) and tensor_name == "weight"
+
+    def get_quantize_ops(self) -> ConversionOps:
+        return _Quantize(self)
+
+    def get_load_operations(self) -> dict[str, Any]:
+        return {"deserialize": _Deserialize}
+
+    def _load_weight(self, module: Linear, key: str, w: torch.Tensor, s: torch.Tensor) -> Any:
+        """A stored int8 weight and its scales as a PackedWeight, checked."""
+        arrays = {key: w.detach().cpu().contiguous().numpy(),
+                  key + _SCALE: s.detach().cpu().contiguous().numpy()}  # fmt: skip
+        if getattr(module, "_dynaq_conv1d", False) and not self._out_in:
+            # The CLI quantized a Conv1D weight as stored, (in, out), by rows: scales per input
+            # feature. Dequantize it and quantize it per output channel, as dynaq computes.
+            pw = _dynaq.weight_from_tensors(arrays, key)
+            return _dynaq.pack_weight(
+                np.ascontiguousarray(pw.dequantize().T),
+                per_channel=self.quantization_config.per_channel,
+            )
+        return _dynaq.weight_from_tensors(arrays, key)
+
+    def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
+        # transformers fills what the checkpoint lacked with uninitialised memory, and replaces
+        # non-persistent buffers (the panels) with it: every dynaq module is built again here,
+        # from its packed weight and the tensors that were loaded, or loading fails.
+        problems = []
+        for name in self._converted:
+            module = model.get_submodule(name)
+            pw = module.__dict__.pop(_PENDING, None)
+            if pw is None:
+                problems.append(f"{name}.weight is not in the checkpoint")
+                continue
+            tensors: dict[str, np.ndarray] = {}
+            absent = [
+                opt for opt in ("bias", *_OPTIONAL)
+                if module._buffers.get(opt) is not None
+                and (module._buffers[opt].device.type == "meta"
+                     or not getattr(module._buffers[opt], "_is_hf_initialized", False))
+            ]  # fmt: skip
+            if absent:
+                problems.extend(f"{name}.{opt} is not in the checkpoint" for opt in absent)
+                continue
+            for opt in ("bias", *_OPTIONAL):
+                t = module._buffers.get(opt)
+                if t is not None:
+                    tensors[opt] = t.detach().to("cpu", torch.float32).contiguous().numpy()
+            try:
+                layer = _layers.Linear._from_tensors(
+                    {"weight": pw}, tensors, {"granularity": self.quantization_config.granularity}
+                )
+            except (TypeError, ValueError) as e:
+                problems.append(f"{name}: {e}")
+                continue
+            if layer.weight.shape != (module.out_features, module.in_features):
+                problems.append(
+                    f"{name}: the checkpoint's weight is {layer.weight.shape}, the model's "
+                    f"({module.out_features}, {module.in_features})"
+                )
+                continue
+            module._adopt(layer)
+        if problems:
+            raise RuntimeError("dynaq could not load the model: " + "; ".join(problems))
+        return model
+
+    # --- saving, dequantizing, flags ---------------------------------------------------------
+
+    def get_state_dict_and_metadata(self, model: Any) -> tuple[None, dict[str, str]]:
+        return None, {_META_FORMAT: str(_dynaq.FORMAT_VERSION), _META_LAYOUT: _LAYOUT}
+
+    def _dequantize(self, model: Any, dtype: Any = None) -> Any:
+        dtype = dtype or torch.float32
+        for name, mod in list(model.named_modules()):
+            if not isinstance(mod, Linear):
+                continue
+            w = mod.dequantized_weight()
+            b = None if mod.bias is None else mod.bias.detach().clone()
+            if getattr(mod, "_dynaq_conv1d", False):
+                from transformers.pytorch_utils import Conv1D
+
+                new = Conv1D(mod.out_features, mod.in_features)
+                new.weight = nn.Parameter(w.t().contiguous().to(dtype))
+                new.bias = nn.Parameter(
+                    (b if b is not None else torch.zeros(mod.out_features)).to(dtype)
+                )
+            else:
+                new = nn.Linear(mod.in_features, mod.out_features, bias=b is not None,
+                                dtype=dtype)  # fmt: skip
+                with torch.no_grad():
+                    new.weight.copy_(w)
+                    if b is not None:
+                        new.bias.copy_(b)
+            model.set_submodule(name, new)
+        return model
+
+    def is_serializable(self, **kwargs: Any) -> bool:
+        return True
+
+    @property
+    def is_trainable(self) -> bool:
+        return False
+
+    @property
+    def is_compileable(self) -> bool:
+        return True
+
+
+def _module_name(name: str, modules: dict[str, Any], model: Any) -> Optional[str]:
+    """The model's module a checkpoint key's prefix names, allowing for the base model prefix
+    (a ``BertModel`` loads a ``BertForMaskedLM`` checkpoint, whose keys start ``bert.``)."""
+    if name in modules:
+        return name
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1 :] in modules:
+        return name[len(prefix) + 1 :]
+    if prefix and f"{prefix}.{name}" in modules:
+        return f"{prefix}.{name}"
+    return None
+
+
+def register() -> None:
+    """Register ``"dynaq"`` with transformers (once: a second import or a reload keeps the
+    first registration)."""
+    if METHOD not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+        register_quantization_config(METHOD)(DynaqConfig)
+    if METHOD not in AUTO_QUANTIZER_MAPPING:
+        register_quantizer(METHOD)(DynaqHfQuantizer)

