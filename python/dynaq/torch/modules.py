@@ -89,12 +89,7 @@ class _DynaqModule(nn.Module):
         and its options the same, else the shared cache."""
         memo = self.__dict__.get("_direct")
         tensors, config = self._layer_tensors()
-        if (
-            memo is not None
-            and memo[1] == config
-            and ops.same(memo[0], tensors)
-            and memo[2] == ops.versions(tensors)
-        ):
+        if memo is not None and memo[1] == config and ops.unchanged(tensors, memo[0], memo[2]):
             return memo[3]
         layer = self.layer
         self.__dict__["_direct"] = (tensors, config, ops.versions(tensors), layer)
@@ -410,6 +405,32 @@ class Linear(_DynaqModule):
         tensors = (b["weight_panels"], b["weight_scale"], b["bias"], b["input_scale"],
                    b["input_zero_point"])  # fmt: skip
         return tensors, (self.out_features, self.in_features, self.granularity)
+
+    def _direct_layer(self) -> Any:
+        # The generic check, unrolled: at 1 x 64 x 64 the whole call is ~6 us, and the
+        # generic one cost ~1.5 us of it.
+        memo = self.__dict__.get("_direct")
+        if memo is not None:
+            b = self._buffers
+            t, v, config, layer = memo
+            if (
+                b["weight_panels"] is t[0]
+                and b["weight_scale"] is t[1]
+                and b["bias"] is t[2]
+                and b["input_scale"] is t[3]
+                and b["input_zero_point"] is t[4]
+                and (v[0] is None or t[0]._version == v[0])
+                and (v[1] is None or t[1]._version == v[1])
+                and (v[2] is None or t[2]._version == v[2])
+                and (v[3] is None or t[3]._version == v[3])
+                and (v[4] is None or t[4]._version == v[4])
+                and config == (self.out_features, self.in_features, self.granularity)
+            ):
+                return layer
+        tensors, config = self._layer_tensors()
+        layer = self.layer
+        self.__dict__["_direct"] = (tensors, ops.versions(tensors), config, layer)
+        return layer
 
     @property
     def layer(self) -> _layers.Linear:
