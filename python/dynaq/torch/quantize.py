@@ -106,19 +106,27 @@ def quantize_dynamic(
     granularity: str = "row",
     exclude: Iterable[str] = (),
 ) -> nn.Module:
-    """Swap a model's ``nn.Linear`` / ``nn.LSTM`` / ``nn.GRU`` modules for dynaq int8 ones.
+    """Swap a model's ``nn.Linear`` / ``nn.LSTM`` / ``nn.GRU`` modules (and transformers'
+    ``Conv1D``) for dynaq int8 ones.
 
     Like ``torch.ao.quantization.quantize_dynamic``, with dynaq's kernels: int8 weights with
     per-output-channel scales and per-row activation scales by default, exact int32
     accumulation, and modules that save and load with ``torch.save`` and ``state_dict``.
+
+    Every projection: transformers' ``Conv1D`` (GPT-2's, weight stored ``(in, out)``) is
+    swapped too, quantized per output channel. A weight tied to a module that stays float (a
+    tied ``lm_head`` and the word embedding) stays float and tied, never duplicated; a weight
+    shared by several linear modules is packed once. Matmul weights that dynaq cannot take
+    (3-D expert weights, ``MultiheadAttention``'s projections) give one ``UserWarning`` naming
+    them and the share of the model's matmul weight bytes they leave in float.
 
     Parameters
     ----------
     model : torch.nn.Module
         The float model; it is deep-copied first unless ``inplace``.
     qconfig_spec : set, list or dict, optional
-        What to quantize. None (default): every ``nn.Linear``, ``nn.LSTM`` and ``nn.GRU``.
-        Otherwise module types (exactly those three; subclasses such as MultiheadAttention's
+        What to quantize. None (default): every ``nn.Linear``, ``nn.LSTM``, ``nn.GRU`` and
+        ``Conv1D``. Otherwise module types (exactly those; subclasses such as MultiheadAttention's
         ``out_proj`` are never swapped) and/or module names as ``named_modules()`` gives them;
         a name selects that module and, for a container, every supported module inside it. A
         dict maps each entry to None or False (do not quantize), a dict of options
@@ -158,7 +166,7 @@ def quantize_dynamic(
     Raises
     ------
     TypeError
-        ``qconfig_spec`` names a type other than the three, or a module that is not one of them
+        ``qconfig_spec`` names a type other than those, or a module that is not one of them
         and contains none; malformed arguments.
     ValueError
         A name in ``qconfig_spec`` or ``exclude`` is not in the model; a module cannot be

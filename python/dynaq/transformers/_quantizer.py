@@ -1,5 +1,5 @@
 """``DynaqConfig`` and ``DynaqHfQuantizer``: the hooks transformers (5.x) calls while it loads a
-model, and what they do. Design notes: ``docs/TRANSFORMERS.md``."""
+model, and what they do. Design notes: ``README.md`` beside this file."""
 
 from __future__ import annotations
 
