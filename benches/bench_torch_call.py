@@ -49,7 +49,8 @@ def main() -> None:
     q = dt.quantize_dynamic(fp)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tq = torch.ao.quantization.quantize_dynamic(fp, dtype=torch.qint8)
+        # (torch swaps children only: a root nn.Linear would come back unquantized)
+        tq = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(fp), dtype=torch.qint8)[0]
     x = torch.randn(m, k)
     cases: dict[str, Callable[[], object]] = {
         "nn.Linear float32": lambda: fp(x),

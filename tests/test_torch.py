@@ -560,6 +560,42 @@ def test_exclude_prefix_glob_and_typos():
         dt.quantize_dynamic(model, exclude="encoder.lay")  # prefixes match whole names
 
 
+def test_warning_names_only_matmul_weights_left_in_float():
+    class Tokens(nn.Module):  # ViT-style tables held as raw parameters: looked up, not multiplied
+        def __init__(self):
+            super().__init__()
+            self.position_embeddings = nn.Parameter(torch.randn(1, 17, 16))
+            self.cls_token = nn.Parameter(torch.randn(1, 1, 16))
+            self.mask_embedding = nn.Parameter(torch.randn(4, 16))
+
+    class Experts(nn.Module):  # a stack of expert matrices: a matmul weight dynaq cannot take
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = nn.Parameter(torch.randn(4, 32, 16))
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens = Tokens()
+            self.rnn = nn.LSTM(16, 16)
+            self.experts = Experts()
+            self.head = nn.Linear(16, 8)
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dt.quantize_dynamic(nn.Sequential(Tokens(), nn.Linear(16, 8)))  # nothing left: silent
+    with pytest.warns(UserWarning) as record:
+        dt.quantize_dynamic(Model())
+    (msg,) = [str(w.message) for w in record]
+    assert "left 1 matmul weight(s)" in msg and "experts.gate_up_proj" in msg
+    assert "position_embeddings" not in msg and "cls_token" not in msg
+    # The share counts every weight dynaq took, the LSTM's included: 4*32*16 floats left of
+    # 4*32*16 + LSTM (64*16 + 64*16) + head 8*16.
+    left, done = 4 * 32 * 16, 2 * 64 * 16 + 8 * 16
+    assert f"{100 * left / (left + done):.1f}%" in msg
+
+
 def test_inplace_shared_modules_hooks_and_root():
     shared = nn.Linear(8, 8)
     model = nn.Sequential(shared, nn.ReLU(), shared)

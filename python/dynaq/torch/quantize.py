@@ -276,6 +276,20 @@ def _tied_to_others(model: nn.Module) -> set[int]:
     }  # fmt: skip
 
 
+#: Parameter names of tables that are looked up or added, not multiplied: position and token
+#: embeddings held as raw parameters (ViT's ``position_embeddings``, ``cls_token``, CLIP's
+#: ``positional_embedding``), masks.
+_NOT_MATMUL = ("embed", "pos", "cls", "token", "mask", "bias")
+
+
+def _looks_like_matmul_weight(name: str, p: torch.Tensor) -> bool:
+    """A float parameter of 2 or more dimensions that is not a lookup table or an additive
+    term; for 3 or more dimensions, a stack (experts) rather than a leading axis of 1."""
+    if not p.dtype.is_floating_point or p.dim() < 2 or (p.dim() >= 3 and p.shape[0] == 1):
+        return False
+    return not any(word in name.lower() for word in _NOT_MATMUL)
+
+
 def _warn_unhandled(model: nn.Module, left: dict[str, nn.Module], swapped: dict[int, Any]) -> None:
     """One warning naming the modules that hold matmul weights dynaq cannot take (3-D expert
     weights, ``MultiheadAttention``'s packed projections, subclasses of the swapped types, ...)
@@ -291,16 +305,14 @@ def _warn_unhandled(model: nn.Module, left: dict[str, nn.Module], swapped: dict[
         shapes = [
             (pn, tuple(p.shape), p.numel() * p.element_size())
             for pn, p in mod._parameters.items()
-            if p is not None and p.dim() >= 2 and p.dtype.is_floating_point
+            if p is not None and _looks_like_matmul_weight(pn, p)
         ]
         for pn, shape, nbytes in shapes:
             found.append((f"{name}.{pn}" if name else pn, f"{type(mod).__name__} {shape}", nbytes))
     if not found:
         return
     float_bytes = sum(b for _, _, b in found)
-    done = sum(
-        m.in_features * m.out_features * 4 if isinstance(m, Linear) else 0 for m in swapped.values()
-    )
+    done = sum(4 * n * k for m in swapped.values() for n, k in m._weight_shapes().values())
     share = float_bytes / max(1, float_bytes + done)
     listed = ", ".join(f"{n} ({what})" for n, what, _ in found[:8])
     more = f", and {len(found) - 8} more" if len(found) > 8 else ""
