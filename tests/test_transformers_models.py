@@ -265,6 +265,26 @@ def test_compiled_decoder_generates_the_eager_tokens(backend, fullgraph):
     assert torch.equal(got, eager)
 
 
+# (transformers' own warnings while torch.jit.trace runs its code: a deprecation, and the
+# tracer's about transformers' Python-side checks of shapes)
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_encoder_export_and_trace_record_the_dynaq_ops():
+    q = dt.quantize_dynamic(bert())
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 400, (2, 12), generator=g)
+    ids2 = torch.randint(0, 400, (2, 12), generator=g)
+    with torch.no_grad():
+        ref2 = q(ids2).last_hidden_state
+    program = torch.export.export(q, (ids,))
+    assert str(program.graph).count("dynaq.linear") == 6 * 2 + 1
+    assert torch.equal(program.module()(ids2).last_hidden_state, ref2)
+    # (torch's own trace check trips on transformers' module names, float models too)
+    traced = torch.jit.trace(q, (ids,), strict=False, check_trace=False)
+    assert "dynaq::linear" in str(traced.inlined_graph)
+    assert torch.equal(traced(ids2)["last_hidden_state"], ref2)  # not the traced example's
+
+
 # --------------------------------------------------------------------------------------------
 # compare(): real tokens only
 # --------------------------------------------------------------------------------------------
