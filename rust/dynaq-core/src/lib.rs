@@ -30,6 +30,7 @@
 //! * [`safetensors`]: the one strict safetensors reader and writer (files, sealed blobs), on
 //!   [`json`], a strict JSON parser that quotes values as Python's `repr()` does in messages.
 //! * [`threads`]: the rayon pool, and the optional shared OpenMP team ([`threads::openmp`]).
+//! * [`int4`]: 4-bit weights (W4A8), being built: so far the quantizers.
 //!
 //! The choice of kernels runs one way: [`isa`] (the paths, CPU detection, the `DYNAQ_MAX_ISA`
 //! cap) <- [`kernel`] (what a kernel is: a struct with a tile size and one `unsafe fn`) <- `arch`
@@ -41,6 +42,7 @@ pub mod epilogue;
 pub mod error;
 pub mod format;
 pub mod gemm;
+pub mod int4;
 pub mod isa;
 pub mod json;
 pub mod kernel;

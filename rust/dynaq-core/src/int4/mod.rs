@@ -1,0 +1,8 @@
+//! 4-bit weights for int8 activations (W4A8): the parts built so far. Design notes, formulas and
+//! the plan of what comes next: `README.md` beside this file.
+//!
+//! * [`quant`]: choosing each group's grid (scale and minimum) by round-to-nearest min-max or by
+//!   a least-squares search, and coding a row's grids as u8 codes against two float32 factors
+//!   per row.
+
+pub mod quant;

@@ -1,0 +1,182 @@
+use super::*;
+
+/// A small deterministic generator (xorshift64*), normal by Box-Muller: no dependency, the same
+/// numbers everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        ((self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    /// Student's t with 4 degrees of freedom: heavy tails, as trained weights have.
+    fn student4(&mut self) -> f64 {
+        let chi2: f64 = (0..4).map(|_| self.normal().powi(2)).sum();
+        self.normal() / (chi2 / 4.0).sqrt()
+    }
+}
+
+fn matrix(rows: usize, cols: usize, seed: u64, heavy: bool) -> Vec<f32> {
+    let mut rng = Rng(seed);
+    (0..rows * cols)
+        .map(|_| (if heavy { rng.student4() } else { rng.normal() }) as f32)
+        .collect()
+}
+
+/// Relative Frobenius error of quantizing each row of `w` in groups of `group` (`cols` for
+/// per-channel), on searched or RTN grids, coded per row when `coded`.
+fn rel_error(w: &[f32], cols: usize, group: usize, method: Method, coded: bool) -> f64 {
+    let (mut err, mut norm) = (0.0f64, 0.0f64);
+    for row in w.chunks(cols) {
+        let grids: Vec<Grid> = row.chunks(group).map(|x| grid(x, method)).collect();
+        let decoded: Vec<Grid> = if coded {
+            let c = code_row(&grids);
+            (0..grids.len()).map(|g| c.grid(g)).collect()
+        } else {
+            grids
+        };
+        for (x, g) in row.chunks(group).zip(&decoded) {
+            err += g.sq_error(x);
+            norm += x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
+        }
+    }
+    (err / norm).sqrt()
+}
+
+#[test]
+fn rtn_rounds_to_the_nearest_level() {
+    let x = matrix(1, 512, 1, false);
+    for group in x.chunks(32) {
+        let g = rtn_grid(group);
+        assert!(g.scale > 0.0 && g.min <= 0.0);
+        for &v in group {
+            let err = (g.value(g.level(v)) - v).abs();
+            assert!(
+                err <= g.scale / 2.0 * (1.0 + 1e-6),
+                "{v}: {err} > {}",
+                g.scale / 2.0
+            );
+        }
+    }
+}
+
+#[test]
+fn constant_and_zero_groups_are_exact() {
+    for c in [0.0f32, -3.25, -1e-30] {
+        let x = [c; 32];
+        for method in [Method::Rtn, Method::Search] {
+            let g = grid(&x, method);
+            assert_eq!(g.sq_error(&x), 0.0, "{c} {method:?}");
+        }
+    }
+    assert_eq!(rtn_sym(&[0.0; 32]), 0.0);
+    assert_eq!(sym_error(&[0.0; 32], search_sym(&[0.0; 32])), 0.0);
+}
+
+#[test]
+fn extreme_magnitudes_give_finite_grids() {
+    let mut x = vec![0.0f32; 32];
+    x[0] = f32::MAX;
+    x[1] = -f32::MAX;
+    x[2] = 1e-40;
+    for method in [Method::Rtn, Method::Search] {
+        let g = grid(&x, method);
+        assert!(
+            g.scale.is_finite() && g.scale > 0.0 && g.min.is_finite(),
+            "{g:?}"
+        );
+        assert_eq!(g.value(g.level(f32::MAX)), f32::MAX);
+    }
+    let tiny: Vec<f32> = (0..32).map(|i| i as f32 * 1e-44).collect();
+    let g = search_grid(&tiny);
+    assert!(g.scale.is_finite() && g.sq_error(&tiny) <= rtn_grid(&tiny).sq_error(&tiny));
+}
+
+#[test]
+fn search_is_never_worse_than_rtn() {
+    let mut rng = Rng(7);
+    for case in 0..300 {
+        let len = [32, 64, 128, 200][case % 4];
+        let heavy = case % 3 == 0;
+        let x: Vec<f32> = (0..len)
+            .map(|_| {
+                (if heavy {
+                    rng.student4()
+                } else {
+                    rng.normal() * 0.02 + 0.01
+                }) as f32
+            })
+            .collect();
+        let (r, s) = (rtn_grid(&x), search_grid(&x));
+        assert!(s.sq_error(&x) <= r.sq_error(&x), "case {case}");
+        assert!(s.scale >= 0.0 && s.min <= 0.0);
+        let (rs, ss) = (rtn_sym(&x), search_sym(&x));
+        assert!(
+            sym_error(&x, ss) <= sym_error(&x, rs),
+            "case {case} (symmetric)"
+        );
+    }
+}
+
+#[test]
+fn codes_stay_in_range_and_decode_close() {
+    let x = matrix(4, 4096, 3, true);
+    for row in x.chunks(4096) {
+        let grids: Vec<Grid> = row.chunks(32).map(search_grid).collect();
+        let c = code_row(&grids);
+        assert!(c.fd > 0.0 && c.fm <= 0.0);
+        assert_eq!((c.cd.len(), c.cm.len()), (128, 128));
+        assert!(c.cd.contains(&255) && c.cm.contains(&255));
+        for (g, grid) in grids.iter().enumerate() {
+            let d = c.grid(g);
+            // Codes round to nearest: within half a code step of the searched values.
+            assert!((d.scale - grid.scale).abs() <= c.fd / 2.0 * 1.0001);
+            assert!((d.min - grid.min).abs() <= -c.fm / 2.0 * 1.0001);
+        }
+        let mut levels = vec![0u8; 4096];
+        c.levels(row, 32, &mut levels);
+        assert!(levels.iter().all(|&q| q <= QMAX));
+    }
+}
+
+/// The accuracy the W4A8 issue asks of group 32 (its targets are on `linear`'s output; with
+/// isotropic activations the weight error is that error less the activations' own).
+#[test]
+fn group_32_accuracy_gaussian_and_heavy_tailed() {
+    let (rows, cols) = (64, 2048);
+    for (heavy, target) in [(false, 0.072), (true, 0.086)] {
+        let w = matrix(rows, cols, if heavy { 11 } else { 10 }, heavy);
+        let rtn = rel_error(&w, cols, 32, Method::Rtn, false);
+        let searched = rel_error(&w, cols, 32, Method::Search, false);
+        let coded = rel_error(&w, cols, 32, Method::Search, true);
+        println!("heavy={heavy}: RTN {rtn:.4}, searched {searched:.4}, coded {coded:.4}");
+        assert!(
+            coded < target && searched < target,
+            "heavy={heavy}: {coded} / {searched}"
+        );
+        assert!(
+            searched < 0.93 * rtn,
+            "heavy={heavy}: {searched} vs RTN {rtn}"
+        );
+    }
+}
+
+/// Per-channel on heavy-tailed rows: the clipping search ends far below min-max RTN, whose
+/// steps the outliers stretch (the issue asks >= 35% below; K = 4096).
+#[test]
+fn per_channel_search_beats_rtn_on_heavy_tails() {
+    let cols = 4096;
+    let w = matrix(16, cols, 12, true);
+    let rtn = rel_error(&w, cols, cols, Method::Rtn, false);
+    let searched = rel_error(&w, cols, cols, Method::Search, false);
+    println!("per-channel, K = {cols}: RTN {rtn:.4}, searched {searched:.4}");
+    assert!(searched < 0.65 * rtn, "{searched} vs RTN {rtn}");
+}
