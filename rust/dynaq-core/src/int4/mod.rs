@@ -5,4 +5,10 @@
 //!   a least-squares search, and coding a row's grids as u8 codes against two float32 factors
 //!   per row.
 
+//! * [`weight`]: [`Int4Weight`], a weight quantized and packed (`K8N16` nibbles) with its
+//!   per-group column sums, and [`weight::linear_ref`], the scalar oracle of `linear` on it.
+
 pub mod quant;
+pub mod weight;
+
+pub use weight::Int4Weight;

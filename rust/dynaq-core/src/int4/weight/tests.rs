@@ -1,0 +1,207 @@
+use super::*;
+use crate::reference::{asym_params, minmax, quantize_u8};
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn values(&mut self, len: usize, scale: f64) -> Vec<f32> {
+        (0..len)
+            .map(|_| ((self.next() * 2.0 - 1.0) * scale) as f32)
+            .collect()
+    }
+}
+
+const SHAPES: [(usize, usize); 7] = [
+    (1, 32),
+    (3, 64),
+    (17, 128),
+    (16, 96),
+    (33, 256),
+    (5, 384),
+    (0, 64),
+];
+
+fn cases() -> Vec<(usize, usize, Option<usize>, bool)> {
+    let mut out = vec![];
+    for &(n, k) in &SHAPES {
+        for group in [Some(32), Some(64), Some(128), None] {
+            if group.is_some_and(|g| k % g != 0) {
+                continue;
+            }
+            for symmetric in [false, true] {
+                out.push((n, k, group, symmetric));
+            }
+        }
+    }
+    // Per channel, K not a multiple of 8 (padding nibbles), odd N.
+    for (n, k) in [(3, 13), (17, 1), (19, 9)] {
+        out.push((n, k, None, false));
+        out.push((n, k, None, true));
+    }
+    out
+}
+
+#[test]
+fn packing_holds_the_quantizer_levels() {
+    let mut rng = Rng(1);
+    for (n, k, group, symmetric) in cases() {
+        let w = rng.values(n * k, 0.5);
+        let q = Int4Weight::from_float(&w, n, k, group, symmetric, Method::Search).unwrap();
+        let size = group.unwrap_or(k);
+        assert_eq!(
+            (q.shape(), q.group(), q.per_channel()),
+            ((n, k), size, group.is_none())
+        );
+        let values = q.values();
+        for col in 0..n {
+            for kk in 0..k {
+                let grid = q.grid(col, kk / size);
+                // The stored level is the one the decoded grid rounds to.
+                assert_eq!(
+                    values[col * k + kk],
+                    grid.level(w[col * k + kk]),
+                    "{n}x{k} {group:?}"
+                );
+            }
+            for g in 0..q.groups() {
+                let brute: i32 = (g * size..(g + 1) * size)
+                    .map(|kk| values[col * k + kk] as i32)
+                    .sum();
+                assert_eq!(q.qsum(col, g), brute);
+            }
+        }
+        // Padding (columns beyond n, k beyond the last block's real ones) holds s = 0.
+        let real: usize = n * k;
+        let nonzero_nibbles: usize = q
+            .panels()
+            .iter()
+            .map(|b| (b & 0x0F != 0) as usize + (b >> 4 != 0) as usize)
+            .sum();
+        assert!(nonzero_nibbles <= real);
+        if symmetric {
+            for col in 0..n {
+                for g in 0..q.groups() {
+                    let grid = q.grid(col, g);
+                    assert_eq!(grid.min, (-8.0 * grid.scale as f64) as f32);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dequantized_error_is_that_of_the_grids() {
+    let mut rng = Rng(2);
+    let (n, k) = (8, 256);
+    let w = rng.values(n * k, 1.0);
+    for group in [Some(32), None] {
+        let q = Int4Weight::from_float(&w, n, k, group, false, Method::Search).unwrap();
+        let d = q.dequantize();
+        let err: f64 = d
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+            .sum();
+        let norm: f64 = w.iter().map(|v| (*v as f64).powi(2)).sum();
+        let rel = (err / norm).sqrt();
+        // Uniform weights on 16 levels: about 1/(15·sqrt(3)) / (1/sqrt(3)) = 0.067 of the norm.
+        assert!(rel < 0.075, "{group:?}: {rel}");
+    }
+}
+
+#[test]
+fn bad_shapes_groups_and_values_are_refused() {
+    let w = vec![0.5f32; 4 * 96];
+    let e = Int4Weight::from_float(&w, 4, 96, Some(48), false, Method::Rtn).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("group_size must be 32, 64, 128 or None"),
+        "{e}"
+    );
+    let e = Int4Weight::from_float(&w, 4, 96, Some(64), false, Method::Rtn).unwrap_err();
+    assert!(
+        e.to_string().contains("does not divide in_features = 96"),
+        "{e}"
+    );
+    assert!(Int4Weight::from_float(&w, 4, 95, None, false, Method::Rtn).is_err());
+    let mut bad = w.clone();
+    bad[2 * 96 + 5] = f32::NAN;
+    let e = Int4Weight::from_float(&bad, 4, 96, Some(32), false, Method::Rtn).unwrap_err();
+    assert_eq!(e, Error::NonFinite { row: Some(2) });
+}
+
+/// The oracle against float64 arithmetic on the dequantized weight, and the integer identity the
+/// kernels will use (they sum `P = Σ a·(q − 8)`, not `Σ a·q`).
+#[test]
+fn oracle_matches_float64_and_the_kernels_decomposition() {
+    let mut rng = Rng(3);
+    for (n, k, group, symmetric) in cases() {
+        let m = 3;
+        let w = rng.values(n * k, 0.3);
+        let q = Int4Weight::from_float(&w, n, k, group, symmetric, Method::Search).unwrap();
+        let x = rng.values(m * k, 2.0);
+        let (mut a, mut zx, mut sx) = (vec![0u8; m * k], vec![], vec![]);
+        for r in 0..m {
+            let mm = minmax(&x[r * k..(r + 1) * k]);
+            let (s, z) = asym_params(mm.min, mm.max);
+            quantize_u8(&x[r * k..(r + 1) * k], s, z, &mut a[r * k..(r + 1) * k]);
+            zx.push(z as i32);
+            sx.push(s);
+        }
+        let bias = rng.values(n, 1.0);
+        let y = linear_ref(&a, &zx, &sx, m, &q, Some(&bias));
+        let deq = q.dequantize();
+        let size = q.group();
+        for r in 0..m {
+            for col in 0..n {
+                let exact: f64 = (0..k)
+                    .map(|kk| {
+                        sx[r] as f64
+                            * (a[r * k + kk] as f64 - zx[r] as f64)
+                            * deq[col * k + kk] as f64
+                    })
+                    .sum::<f64>()
+                    + bias[col] as f64;
+                let scale: f64 = (0..k)
+                    .map(|kk| {
+                        (sx[r] as f64
+                            * (a[r * k + kk] as f64 - zx[r] as f64)
+                            * deq[col * k + kk] as f64)
+                            .abs()
+                    })
+                    .sum::<f64>()
+                    + bias[col].abs() as f64;
+                let got = y[r * n + col] as f64;
+                assert!(
+                    (got - exact).abs() <= 1e-5 * scale + 1e-30,
+                    "{n}x{k} {group:?} {symmetric}: {got} vs {exact}"
+                );
+                // Σ_g cd·P + 8·Σ_g cd·A − zx·Σ_g cd·Q == Σ_g cd·(Σ a·q − zx·Q).
+                let (_, _, cd, _) = q.codes(col);
+                let (mut lhs, mut rhs) = (0i64, 0i64);
+                for (g, &c) in cd.iter().enumerate() {
+                    let ks = g * size..(g + 1) * size;
+                    let p: i64 = ks
+                        .clone()
+                        .map(|kk| a[r * k + kk] as i64 * (q.level(col, kk) as i64 - 8))
+                        .sum();
+                    let asum: i64 = ks.clone().map(|kk| a[r * k + kk] as i64).sum();
+                    let t: i64 = ks
+                        .map(|kk| a[r * k + kk] as i64 * q.level(col, kk) as i64)
+                        .sum();
+                    let c = c as i64;
+                    lhs += c * p + 8 * c * asum - zx[r] as i64 * c * q.qsum(col, g) as i64;
+                    rhs += c * (t - zx[r] as i64 * q.qsum(col, g) as i64);
+                }
+                assert_eq!(lhs, rhs);
+            }
+        }
+    }
+}
