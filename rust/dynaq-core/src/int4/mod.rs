@@ -7,7 +7,10 @@
 
 //! * [`weight`]: [`Int4Weight`], a weight quantized and packed (`K8N16` nibbles) with its
 //!   per-group column sums, and [`weight::linear_ref`], the scalar oracle of `linear` on it.
+//! * [`format`]: the weight as plain named tensors (`W`, `W_scale`, `W_min`, `W_gscale`,
+//!   `W_gmin`) and back, every tensor checked.
 
+pub mod format;
 pub mod quant;
 pub mod weight;
 

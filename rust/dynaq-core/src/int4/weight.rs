@@ -72,43 +72,144 @@ impl Int4Weight {
         {
             return Err(Error::NonFinite { row: Some(row) });
         }
-        let groups = k / size;
-        let mut out = Int4Weight {
+        let probe = Int4Weight::empty(n, k, size, group.is_none(), symmetric);
+        let (mut levels, mut fd, mut fm) = (
+            vec![0u8; n * k],
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut cd, mut cm) = (
+            Vec::with_capacity(n * probe.groups()),
+            Vec::with_capacity(n * probe.groups()),
+        );
+        for r in 0..n {
+            let (row, q) = (&w[r * k..(r + 1) * k], &mut levels[r * k..(r + 1) * k]);
+            let coded = probe.code(row, method);
+            coded.levels(row, size, q);
+            fd.push(coded.fd);
+            fm.push(coded.fm);
+            cd.extend(&coded.cd);
+            cm.extend(&coded.cm);
+        }
+        Ok(probe.assemble(&levels, fd, fm, cd, cm))
+    }
+
+    /// A weight from its stored parts (levels `n x k` in `0..=15`, row factors, codes), every
+    /// part checked: what a reader builds. Per channel (`group` None) the codes are all 1;
+    /// symmetric weights have `fm = −8·fd` and `cm = cd`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        n: usize,
+        k: usize,
+        group: Option<usize>,
+        symmetric: bool,
+        levels: &[u8],
+        fd: Vec<f32>,
+        fm: Vec<f32>,
+        cd: Vec<u8>,
+        cm: Vec<u8>,
+    ) -> Result<Int4Weight> {
+        let size = match group {
+            None => k.max(1),
+            Some(g) if GROUP_SIZES.contains(&g) && k.is_multiple_of(g) => g,
+            Some(g) => {
+                return Err(Error::Shape(format!(
+                    "group size {g} does not fit in_features = {k}"
+                )))
+            }
+        };
+        let probe = Int4Weight::empty(n, k, size, group.is_none(), symmetric);
+        let groups = probe.groups();
+        if levels.len() != n * k
+            || fd.len() != n
+            || fm.len() != n
+            || cd.len() != n * groups
+            || cm.len() != n * groups
+        {
+            return Err(Error::Shape(format!(
+                "the parts do not fit a ({n}, {k}) weight in groups of {size}"
+            )));
+        }
+        if levels.iter().any(|&q| q > quant::QMAX) {
+            return Err(Error::Value("levels must be in 0..=15".into()));
+        }
+        if fd.iter().chain(&fm).any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite { row: None });
+        }
+        if fd.iter().any(|&d| d < 0.0) || fm.iter().any(|&m| m > 0.0) {
+            return Err(Error::Value(
+                "row scale factors must be >= 0 and minimum factors <= 0".into(),
+            ));
+        }
+        if group.is_none() && (cd.iter().chain(&cm).any(|&c| c != 1)) {
+            return Err(Error::Value(
+                "a per-channel weight has no group codes".into(),
+            ));
+        }
+        if symmetric && (cm != cd || fd.iter().zip(&fm).any(|(d, m)| *m != -8.0 * d)) {
+            return Err(Error::Value(
+                "a symmetric weight's minima must be -8 scales".into(),
+            ));
+        }
+        Ok(probe.assemble(levels, fd, fm, cd, cm))
+    }
+
+    fn empty(n: usize, k: usize, group: usize, per_channel: bool, symmetric: bool) -> Int4Weight {
+        Int4Weight {
             n,
             k,
-            group: size,
-            per_channel: group.is_none(),
+            group,
+            per_channel,
             symmetric,
-            panels: vec![0; n.div_ceil(PANEL) * k.div_ceil(8) * BLOCK_BYTES],
-            fd: Vec::with_capacity(n),
-            fm: Vec::with_capacity(n),
-            cd: Vec::with_capacity(n * groups),
-            cm: Vec::with_capacity(n * groups),
-            qsum: Vec::with_capacity(n * groups),
-        };
-        let mut levels = vec![0u8; k];
-        for (col, row) in w.chunks(k.max(1)).take(n).enumerate() {
-            let coded = out.code(row, method);
-            coded.levels(row, size, &mut levels);
-            for (kk, &q) in levels.iter().enumerate() {
-                out.set_level(col, kk, q);
-            }
-            out.qsum.extend(
-                levels
-                    .chunks(size)
-                    .map(|g| g.iter().map(|&q| q as i32).sum::<i32>()),
-            );
-            out.fd.push(coded.fd);
-            out.fm.push(coded.fm);
-            out.cd.extend(&coded.cd);
-            out.cm.extend(&coded.cm);
+            panels: Vec::new(),
+            fd: Vec::new(),
+            fm: Vec::new(),
+            cd: Vec::new(),
+            cm: Vec::new(),
+            qsum: Vec::new(),
         }
-        Ok(out)
+    }
+
+    /// Packs checked parts: the panels and the per-group level sums.
+    fn assemble(
+        mut self,
+        levels: &[u8],
+        fd: Vec<f32>,
+        fm: Vec<f32>,
+        cd: Vec<u8>,
+        cm: Vec<u8>,
+    ) -> Int4Weight {
+        let (n, k) = (self.n, self.k);
+        self.panels = vec![0; n.div_ceil(PANEL) * k.div_ceil(8) * BLOCK_BYTES];
+        for (col, row) in levels.chunks(k.max(1)).take(n).enumerate() {
+            for (kk, &q) in row.iter().enumerate() {
+                self.set_level(col, kk, q);
+            }
+        }
+        let groups = self.groups();
+        for col in 0..n {
+            for g in 0..groups {
+                let span = self.span(g);
+                self.qsum
+                    .push(levels[col * k..][span].iter().map(|&q| q as i32).sum());
+            }
+        }
+        (self.fd, self.fm, self.cd, self.cm) = (fd, fm, cd, cm);
+        self
     }
 
     /// The coded grids of one row.
     fn code(&self, row: &[f32], method: Method) -> CodedRow {
         let size = self.group;
+        if row.is_empty() {
+            // in_features = 0: nothing to quantize, one (empty) per-channel group.
+            return CodedRow {
+                fd: 0.0,
+                fm: if self.symmetric { -0.0 } else { 0.0 },
+                cd: vec![1],
+                cm: vec![1],
+            };
+        }
         if self.symmetric {
             let scales: Vec<Grid> = row
                 .chunks(size)
@@ -182,9 +283,18 @@ impl Int4Weight {
         self.symmetric
     }
 
-    /// Groups per row.
+    /// Groups per row (1 per channel, also when `k` is 0).
     pub fn groups(&self) -> usize {
-        self.k.checked_div(self.group).unwrap_or(0)
+        if self.per_channel {
+            1
+        } else {
+            self.k / self.group
+        }
+    }
+
+    /// The k of group `g`.
+    pub fn span(&self, g: usize) -> std::ops::Range<usize> {
+        (g * self.group).min(self.k)..((g + 1) * self.group).min(self.k)
     }
 
     /// The `K8N16` panels.
@@ -258,24 +368,24 @@ pub fn linear_ref(
     w: &Int4Weight,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
-    let (n, k, size, groups) = (w.n, w.k, w.group, w.groups());
+    let (n, k, groups) = (w.n, w.k, w.groups());
     assert_eq!(a.len(), m * k);
     let mut out = vec![0.0f32; m * n];
     for r in 0..m {
         let row = &a[r * k..(r + 1) * k];
-        let asum: Vec<i64> = row
-            .chunks(size.max(1))
-            .map(|g| g.iter().map(|&v| v as i64).sum())
+        let asum: Vec<i64> = (0..groups)
+            .map(|g| row[w.span(g)].iter().map(|&v| v as i64).sum())
             .collect();
         for col in 0..n {
             let (fd, fm, cd, cm) = w.codes(col);
             let (mut x1, mut x2) = (0i64, 0i64);
             for g in 0..groups {
-                let t: i64 = (g * size..(g + 1) * size)
+                let t: i64 = w
+                    .span(g)
                     .map(|kk| row[kk] as i64 * w.level(col, kk) as i64)
                     .sum();
                 x1 += cd[g] as i64 * (t - zx[r] as i64 * w.qsum(col, g) as i64);
-                x2 += cm[g] as i64 * (asum[g] - zx[r] as i64 * size as i64);
+                x2 += cm[g] as i64 * (asum[g] - zx[r] as i64 * w.span(g).len() as i64);
             }
             let y = if w.symmetric {
                 // min = −8·scale: one integer, `Σ_g cd·Σ (a − zx)·(q − 8)`, one float product.
