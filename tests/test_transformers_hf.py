@@ -182,6 +182,21 @@ def test_llama_keeps_the_output_embedding_float(llama_dir, tmp_path):
     assert torch.equal(_logits(again, ids), _logits(q, ids))
 
 
+def test_sharded_checkpoints_round_trip(llama_dir, tmp_path):
+    fp = _load(llama_dir)
+    fp.save_pretrained(tmp_path / "float", max_shard_size="40KB")
+    assert (tmp_path / "float" / "model.safetensors.index.json").exists()
+    q = _load(str(tmp_path / "float"), quantization_config=DynaqConfig())
+    q.save_pretrained(tmp_path / "q", max_shard_size="30KB")
+    shards = sorted(p.name for p in (tmp_path / "q").glob("model-*.safetensors"))
+    assert len(shards) > 1
+    again = _load(str(tmp_path / "q"))
+    ids = _ids()
+    assert torch.equal(_logits(again, ids), _logits(q, ids))
+    unsharded = _load(llama_dir, quantization_config=DynaqConfig())
+    assert torch.equal(_logits(q, ids), _logits(unsharded, ids))
+
+
 def test_bfloat16_model_keeps_float32_scales(llama_dir):
     q = _load(llama_dir, quantization_config=DynaqConfig(), dtype=torch.bfloat16)
     lin = q.model.layers[0].self_attn.q_proj
