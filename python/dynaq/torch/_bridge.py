@@ -1,5 +1,6 @@
-"""What the modules accept (CPU, dense, float32; float64, float16 and bfloat16 converted), and
-when a call may skip the dispatcher."""
+"""What the modules accept (CPU, dense, float32; float64, float16 and bfloat16 converted), when
+a call may skip the dispatcher, and which foreign modules are linear layers (transformers'
+``Conv1D``)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,14 @@ def checked(x: Any, name: str, owner: str, meta: bool = False) -> torch.Tensor:
     if x.layout != torch.strided:
         raise TypeError(f"{owner}: {name} must be a dense tensor, got layout {x.layout}")
     return x
+
+
+def is_conv1d(t: Any) -> bool:
+    """Whether ``t`` (a module or a module type) is transformers' ``Conv1D`` (GPT-2 and the
+    models built on it): a linear layer whose weight is stored transposed, ``(in, out)``, with
+    ``nx`` inputs and ``nf`` outputs. Recognized without importing transformers."""
+    cls = t if isinstance(t, type) else type(t)
+    return cls.__name__ == "Conv1D" and cls.__module__.split(".")[0] == "transformers"
 
 
 def param_numpy(p: torch.Tensor, name: str) -> np.ndarray:

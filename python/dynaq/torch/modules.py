@@ -24,7 +24,7 @@ from .. import layers as _layers
 from .._dynaq import PackedWeight
 from .._dynaq import check_granularity as _check_granularity
 from . import ops
-from ._bridge import checked, direct, param_numpy
+from ._bridge import checked, direct, is_conv1d, param_numpy
 
 __all__ = ["GRU", "LSTM", "Linear", "safe_globals"]
 
@@ -357,7 +357,7 @@ class Linear(_DynaqModule):
         -------
         Linear
         """
-        conv1d = type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and hasattr(mod, "nx")
+        conv1d = is_conv1d(mod)
         if not (isinstance(mod, nn.Linear) or conv1d):
             raise TypeError(
                 f"from_float needs a torch.nn.Linear (or transformers' Conv1D), got "

@@ -60,7 +60,7 @@ def _parse_spec(
         if isinstance(key, str):
             names[key] = _options(value, repr(key), default)
         elif isinstance(key, type):
-            if key not in _SWAPS and not _is_conv1d_type(key):
+            if key not in _SWAPS and not _bridge.is_conv1d(key):
                 raise TypeError(
                     f"qconfig_spec names {key.__module__}.{key.__qualname__}, which "
                     f"dynaq.torch.quantize_dynamic cannot quantize: it swaps {_SUPPORTED} "
@@ -216,7 +216,7 @@ def quantize_dynamic(
         if target is not None:
             if named is not unset:
                 opts = named
-            elif _is_conv1d_type(type(mod)):
+            elif _bridge.is_conv1d(mod):
                 opts = types.get(type(mod), conv1d_default)
             else:
                 opts = types.get(type(mod))
@@ -243,21 +243,11 @@ def quantize_dynamic(
     return converted
 
 
-def _is_conv1d_type(t: Any) -> bool:
-    """transformers' ``Conv1D`` (GPT-2 and the models built on it): a linear layer whose weight
-    is stored transposed, ``(in, out)``. Recognized without importing transformers."""
-    return (
-        isinstance(t, type)
-        and t.__name__ == "Conv1D"
-        and t.__module__.split(".")[0] == "transformers"
-    )
-
-
 def _swap_target(mod: nn.Module) -> Any:
     """The dynaq module class that replaces ``mod``, or None."""
     if type(mod) in _SWAPS:
         return _SWAPS[type(mod)]
-    return Linear if _is_conv1d_type(type(mod)) else None
+    return Linear if _bridge.is_conv1d(mod) else None
 
 
 def _tied_to_others(model: nn.Module) -> set[int]:
@@ -327,7 +317,7 @@ def _warn_unhandled(model: nn.Module, left: dict[str, nn.Module], swapped: dict[
 def _swap(mod: nn.Module, name: str, opts: dict[str, Any], shared: dict[Any, Any]) -> nn.Module:
     try:
         cls = _swap_target(mod)
-        key = (id(getattr(mod, "weight", None)), _is_conv1d_type(type(mod)), opts["per_channel"])
+        key = (id(getattr(mod, "weight", None)), _bridge.is_conv1d(mod), opts["per_channel"])
         if cls is Linear and key in shared and mod.weight.device.type != "meta":
             # A weight shared by several linear modules is quantized once, its memory shared.
             bias = None if mod.bias is None else _bridge.param_numpy(mod.bias, "bias")

@@ -3,7 +3,6 @@ model, and what they do. Design notes: ``README.md`` beside this file."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Optional
 
 import numpy as np
@@ -29,8 +28,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from .. import _dynaq
 from .. import layers as _layers
+from ..safetensors._io import _open, _read_header
 from ..torch import Linear
-from ..torch._bridge import param_numpy
+from ..torch._bridge import is_conv1d, param_numpy
 
 __all__ = ["DynaqConfig", "DynaqHfQuantizer", "register"]
 
@@ -45,10 +45,6 @@ _OPTIONAL = ("input_scale", "input_zero_point")
 #: Where a module keeps its packed weight between the moment it is read and the end of loading.
 #: On the module: transformers hands each tensor a copy of the quantizer, not the quantizer.
 _PENDING = "_dynaq_pending"
-
-
-def _is_conv1d(mod: Any) -> bool:
-    return type(mod).__name__ == "Conv1D" and type(mod).__module__.startswith("transformers.")
 
 
 class DynaqConfig(QuantizationConfigMixin):
@@ -125,27 +121,30 @@ class DynaqConfig(QuantizationConfigMixin):
 
 def _checkpoint_header(files: Optional[list[str]]) -> tuple[dict[str, tuple[str, list[int]]], dict]:
     """Every tensor's dtype and shape, and the metadata, of a model's safetensors files (their
-    headers only: nothing else is read)."""
+    headers only, read and checked by dynaq's one safetensors reader)."""
     tensors: dict[str, tuple[str, list[int]]] = {}
     metadata: dict[str, str] = {}
     for path in files or []:
         if not str(path).endswith(".safetensors"):
             continue
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        metadata.update(header.pop("__metadata__", None) or {})
-        for key, entry in header.items():
-            tensors[key] = (entry["dtype"], list(entry["shape"]))
+        with _open(path) as f:
+            header = _read_header(f, str(path))
+        metadata.update(header.metadata)
+        tensors.update((e.name, (e.dtype, list(e.shape))) for e in header.entries)
     return tensors, metadata
 
 
-class _Quantize(ConversionOps):
-    """Quantize on load: one float weight as it is read, packed at once (the float copy is
-    dropped); the module takes it when the whole model is loaded."""
+class _Op(ConversionOps):
+    """What both of dynaq's loading operations share: the quantizer they serve (under the
+    attribute name transformers looks for) and the signature transformers calls."""
 
     def __init__(self, hf_quantizer: DynaqHfQuantizer) -> None:
-        self.hf_quantizer = hf_quantizer  # the attribute transformers looks for
+        self.hf_quantizer = hf_quantizer
+
+
+class _Quantize(_Op):
+    """Quantize on load: one float weight as it is read, packed at once (the float copy is
+    dropped); the module takes it when the whole model is loaded."""
 
     def convert(
         self,
@@ -157,7 +156,7 @@ class _Quantize(ConversionOps):
     ) -> dict[str, torch.Tensor]:
         q = self.hf_quantizer
         for key, value in input_dict.items():
-            value = value[0] if isinstance(value, list) else value
+            value = _one(value)
             module, _ = get_module_from_name(model, key)
             w = value.t() if getattr(module, "_dynaq_conv1d", False) else value
             module.__dict__[_PENDING] = _dynaq.pack_weight(
@@ -172,13 +171,10 @@ class _Identity(ConversionOps):
         return input_dict
 
 
-class _Deserialize(ConversionOps):
+class _Deserialize(_Op):
     """Load a dynaq checkpoint: each ``X.weight`` with its ``X.weight_scale``. A dynaq module's
     int8 weight is checked and packed; any other module gets float weights in its own dtype
     (the CLI also quantizes embeddings: they are dequantized)."""
-
-    def __init__(self, hf_quantizer: DynaqHfQuantizer) -> None:
-        self.hf_quantizer = hf_quantizer
 
     @property
     def reverse_op(self) -> ConversionOps:
@@ -285,7 +281,7 @@ class DynaqHfQuantizer(HfQuantizer):
             for key in scaled:
                 name = _module_name(key[: -len(".weight")], modules, model)
                 mod = None if name is None or name in tied_modules else modules[name]
-                if type(mod) is nn.Linear or _is_conv1d(mod):
+                if type(mod) is nn.Linear or is_conv1d(mod):
                     swap[name] = (key, tensors)
         else:
             skip = self.get_modules_to_not_convert(
@@ -294,12 +290,12 @@ class DynaqHfQuantizer(HfQuantizer):
             )  # fmt: skip
             self.modules_to_not_convert = skip
             for name, mod in model.named_modules():
-                if name and (type(mod) is nn.Linear or _is_conv1d(mod)):
+                if name and (type(mod) is nn.Linear or is_conv1d(mod)):
                     if should_convert_module(name, skip):
                         swap[name] = None
         for name, found in swap.items():
             mod = model.get_submodule(name)
-            conv1d = _is_conv1d(mod)
+            conv1d = is_conv1d(mod)
             in_f, out_f = (mod.nx, mod.nf) if conv1d else (mod.in_features, mod.out_features)
             per_channel = cfg.per_channel
             if found is not None:  # as the checkpoint stores it
@@ -368,7 +364,7 @@ class DynaqHfQuantizer(HfQuantizer):
             for opt in ("bias", *_OPTIONAL):
                 t = module._buffers.get(opt)
                 if t is not None:
-                    tensors[opt] = t.detach().to("cpu", torch.float32).contiguous().numpy()
+                    tensors[opt] = param_numpy(t, f"{name}.{opt}")
             try:
                 layer = _layers.Linear._from_tensors(
                     {"weight": pw}, tensors, {"granularity": self.quantization_config.granularity}

@@ -48,6 +48,14 @@ impl Grid {
         (self.scale as f64 * q as f64 + self.min as f64) as f32
     }
 
+    /// The grid coded as `scale = fd·cd`, `min = fm·cm` (see [`code_row`]).
+    pub fn decode(fd: f32, cd: u8, fm: f32, cm: u8) -> Grid {
+        Grid {
+            scale: (fd as f64 * cd as f64) as f32,
+            min: (fm as f64 * cm as f64) as f32,
+        }
+    }
+
     /// The squared error of `x` quantized on this grid (f64).
     pub fn sq_error(self, x: &[f32]) -> f64 {
         x.iter()
@@ -185,10 +193,7 @@ pub struct CodedRow {
 impl CodedRow {
     /// Group `g`'s decoded grid.
     pub fn grid(&self, g: usize) -> Grid {
-        Grid {
-            scale: (self.fd as f64 * self.cd[g] as f64) as f32,
-            min: (self.fm as f64 * self.cm[g] as f64) as f32,
-        }
+        Grid::decode(self.fd, self.cd[g], self.fm, self.cm[g])
     }
 
     /// The levels of a row (`row.len()` a multiple of `group`), rounded on the decoded grids.

@@ -52,20 +52,7 @@ impl Int4Weight {
                 w.len()
             )));
         }
-        let size = match group {
-            None => k.max(1),
-            Some(g) if GROUP_SIZES.contains(&g) && k.is_multiple_of(g) => g,
-            Some(g) if GROUP_SIZES.contains(&g) => {
-                return Err(Error::Shape(format!(
-                    "group_size {g} does not divide in_features = {k}"
-                )))
-            }
-            Some(g) => {
-                return Err(Error::Value(format!(
-                    "group_size must be 32, 64, 128 or None, got {g}"
-                )))
-            }
-        };
+        let size = group_len(group, k)?;
         if let Some(row) = w
             .chunks(k.max(1))
             .position(|r| r.iter().any(|v| !v.is_finite()))
@@ -109,15 +96,7 @@ impl Int4Weight {
         cd: Vec<u8>,
         cm: Vec<u8>,
     ) -> Result<Int4Weight> {
-        let size = match group {
-            None => k.max(1),
-            Some(g) if GROUP_SIZES.contains(&g) && k.is_multiple_of(g) => g,
-            Some(g) => {
-                return Err(Error::Shape(format!(
-                    "group size {g} does not fit in_features = {k}"
-                )))
-            }
-        };
+        let size = group_len(group, k)?;
         let probe = Int4Weight::empty(n, k, size, group.is_none(), symmetric);
         let groups = probe.groups();
         if levels.len() != n * k
@@ -305,10 +284,7 @@ impl Int4Weight {
     /// The decoded grid of column `col`, group `g`.
     pub fn grid(&self, col: usize, g: usize) -> Grid {
         let i = col * self.groups() + g;
-        Grid {
-            scale: (self.fd[col] as f64 * self.cd[i] as f64) as f32,
-            min: (self.fm[col] as f64 * self.cm[i] as f64) as f32,
-        }
+        Grid::decode(self.fd[col], self.cd[i], self.fm[col], self.cm[i])
     }
 
     /// Row factors and codes of column `col`: `(fd, fm, cd, cm)`.
@@ -341,6 +317,21 @@ impl Int4Weight {
             );
         }
         out
+    }
+}
+
+/// The length of a group along K: `group` when it is one of [`GROUP_SIZES`] and divides `k`,
+/// the whole row (`k`, at least 1) per channel (`None`).
+fn group_len(group: Option<usize>, k: usize) -> Result<usize> {
+    match group {
+        None => Ok(k.max(1)),
+        Some(g) if GROUP_SIZES.contains(&g) && k.is_multiple_of(g) => Ok(g),
+        Some(g) if GROUP_SIZES.contains(&g) => Err(Error::Shape(format!(
+            "group_size {g} does not divide in_features = {k}"
+        ))),
+        Some(g) => Err(Error::Value(format!(
+            "group_size must be 32, 64, 128 or None, got {g}"
+        ))),
     }
 }
 
