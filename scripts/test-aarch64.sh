@@ -95,8 +95,12 @@ run_tests() {
     summary=$(echo "$out" | grep -E '^test result:' | sed 's/; finished in.*//')
     printf '    %-11s %s\n' "$t:" "$summary"
     case $t in
-      dispatch) echo "$out" | grep -E '^DYNAQ_MAX_ISA=' | sed 's/^/      /' ;;
-      paths) echo "$out" | grep -E '^[A-Za-z0-9]+: kernel ' | sort -u | sed 's/^/      /' ;;
+      # (informational: two test threads may interleave their printed lines, so a line may
+      # not start where it should; that must not fail the run)
+      dispatch) echo "$out" | grep -oE 'DYNAQ_MAX_ISA=[a-z0-9]+: active path [a-z0-9]+' |
+          sed 's/^/      /' || true ;;
+      paths) echo "$out" | grep -oE '[A-Za-z0-9]+: kernel [^ ]+ \([^)]*\)' | sort -u |
+          sed 's/^/      /' || true ;;
     esac
   done
 }
