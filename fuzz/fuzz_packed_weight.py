@@ -1,9 +1,9 @@
 """Fuzz target: ``dynaq.PackedWeight.from_bytes`` on arbitrary bytes.
 
 The first byte selects a mode: odd means "fix the checksum", so that mutations reach the
-header and value checks instead of stopping at the checksum: for format version 2 (a sealed
-safetensors buffer) the ``dynaq.crc32`` digits are recomputed, for version 1 (``DYNAQPW``) the
-last 4 bytes. The rest is the serialized weight. Documented outcomes: a ``PackedWeight``, or
+header and value checks instead of stopping at the checksum: for format versions 2 and 3 (a
+sealed safetensors buffer; 3 when the weight is 4-bit) the ``dynaq.crc32`` digits are
+recomputed, for version 1 (``DYNAQPW``) the last 4 bytes. The rest is the serialized weight. Documented outcomes: a ``PackedWeight``, or
 ``ValueError`` (``"PackedWeight bytes: ..."``: corrupt, truncated, unknown version, implausible
 shape), or ``MemoryError``. Anything else, a crash, a weight that does not survive
 ``to_bytes()``/``from_bytes()`` unchanged, or whose ``linear`` differs between paths, is a
@@ -56,6 +56,15 @@ _STAGES = (
     "exceeds the supported maximum",
     "is -128",
     "scales must be finite",
+    # 4-bit weights (format version 3)
+    "rows of level pairs",
+    "has shape",
+    "present without",
+    "unused high nibbles",
+    "no group codes",
+    "NaN or infinity",
+    "does not divide",
+    "overflow float32",
     # version 1
     "shorter than",
     "unknown flags",
@@ -117,9 +126,15 @@ def test_one_input(data: bytes) -> None:
     ).to_bytes():
         raise AssertionError("PackedWeight changed through to_bytes()/from_bytes()")
     n, k = w.shape
-    values, scales = w.unpack()
-    assert values.shape == (n, k) and values.dtype == np.int8
-    assert (values != -128).all() and np.isfinite(scales).all() and (scales > 0).all()
+    if w.bits == 8:
+        values, scales = w.unpack()
+        assert values.shape == (n, k) and values.dtype == np.int8
+        assert (values != -128).all() and np.isfinite(scales).all() and (scales > 0).all()
+    else:
+        levels, scales, minima = w.unpack()
+        assert levels.shape == (n, k) and levels.dtype == np.uint8 and (levels <= 15).all()
+        assert np.isfinite(scales).all() and (scales >= 0).all()
+        assert np.isfinite(minima).all() and (minima <= 0).all()
     if n * k > 1 << 16 or n > 1 << 12:
         return
     # Every path computes the same linear with it.

@@ -42,6 +42,18 @@ def packed_weights(out: dict[str, list[bytes]]) -> None:
         for b in (pw.to_bytes(), _version_1(pw)):
             _put("packed_weight", b"\x00" + b, out)  # checksum as stored
             _put("packed_weight", b"\x01" + b, out)  # checksum fixed by the target
+    # 4-bit weights (format version 3): group-wise and per channel, both grids.
+    for n, k, opts in [
+        (3, 32, dict(group_size=32)),
+        (5, 64, dict(group_size=32, symmetric=True)),
+        (2, 128, dict(group_size=128)),
+        (3, 7, dict(group_size=None)),
+        (4, 5, dict(group_size=None, symmetric=True)),
+    ]:
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        b = dynaq.pack_weight(w, bits=4, **opts).to_bytes()
+        _put("packed_weight", b"\x00" + b, out)
+        _put("packed_weight", b"\x01" + b, out)
 
 
 def _version_1(pw: dynaq.PackedWeight) -> bytes:

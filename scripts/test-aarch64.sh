@@ -71,7 +71,7 @@ for line in open(sys.argv[1]):
         print(m["target"]["name"], m["executable"])
 ' "$cache/tests.json")
 isas_bin=$CARGO_TARGET_DIR/$triple/debug/examples/isas
-for t in dynaq_core dispatch openmp_team paths guard_pages; do
+for t in dynaq_core dispatch openmp_team paths paths_int4 guard_pages; do
   [ -n "${bins[$t]:-}" ] || { echo "test binary $t not found"; exit 1; }
 done
 file -b "${bins[paths]}" | grep -q 'ARM aarch64' || { echo "not an aarch64 binary"; exit 1; }
@@ -82,8 +82,9 @@ echo "built in $(elapsed)"
 run_tests() {
   local cpu=$1 cap=$2 test_paths=$3 t out summary
   echo "--- qemu-aarch64 -cpu $cpu, DYNAQ_MAX_ISA=$cap, paths tested: ${test_paths:-none}"
-  for t in dynaq_core dispatch openmp_team paths guard_pages; do
-    if { [ "$t" = paths ] || [ "$t" = guard_pages ]; } && [ -z "$test_paths" ]; then
+  for t in dynaq_core dispatch openmp_team paths paths_int4 guard_pages; do
+    if { [ "$t" = paths ] || [ "$t" = paths_int4 ] || [ "$t" = guard_pages ]; } &&
+      [ -z "$test_paths" ]; then
       continue
     fi
     if ! out=$(DYNAQ_MAX_ISA=$cap DYNAQ_TEST_PATHS=$test_paths DYNAQ_TEST_QUICK=1 \
@@ -99,7 +100,7 @@ run_tests() {
       # not start where it should; that must not fail the run)
       dispatch) echo "$out" | grep -oE 'DYNAQ_MAX_ISA=[a-z0-9]+: active path [a-z0-9]+' |
           sed 's/^/      /' || true ;;
-      paths) echo "$out" | grep -oE '[A-Za-z0-9]+: kernel [^ ]+ \([^)]*\)' | sort -u |
+      paths | paths_int4) echo "$out" | grep -oE '[A-Za-z0-9]+: (4-bit )?kernel [^ ]+ \([^)]*\)' | sort -u |
           sed 's/^/      /' || true ;;
     esac
   done

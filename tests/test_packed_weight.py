@@ -359,9 +359,14 @@ def test_bad_magic_and_version_rejected():
     for junk in (b"NOTDYNAQ" + b[8:], b"DYNAQPW" + b[7:]):
         with pytest.raises(ValueError, match="^PackedWeight bytes: "):
             dynaq.PackedWeight.from_bytes(junk)
-    for version in ("0", "1", "3", "9"):
+    for version in ("0", "1", "4", "9"):
         with pytest.raises(ValueError, match=f"(?i)format version {version} is not supported"):
             dynaq.PackedWeight.from_bytes(with_metadata(b, "dynaq.format", version))
+    # Version 3 (written when a weight is 4-bit) is read as version 2: the tensors say what
+    # they hold.
+    assert dynaq.PackedWeight.from_bytes(with_metadata(b, "dynaq.format", "3")) == (
+        dynaq.PackedWeight.from_bytes(b)
+    )
     with pytest.raises(ValueError, match="holds a 'Linearxxxxxx', not a 'PackedWeight'"):
         dynaq.PackedWeight.from_bytes(with_metadata(b + b"", "dynaq.kind", "Linear" + "x" * 6))
     # Version-1 bytes (DYNAQPW) are still read; other versions of them are refused.

@@ -9,6 +9,7 @@
 //! Dependencies run one way: [`crate::isa`] (paths, detection) <- [`crate::kernel`] (what a
 //! kernel is) <- `arch` (the SIMD kernels) <- this module.
 
+use crate::int4::kernel::{Int4Kernel, SCALAR_INT4};
 use crate::isa::{active_isa, best_up_to, Isa};
 use crate::kernel::{GemmKernel, QuantKernels, SCALAR_GEMM, SCALAR_QUANT};
 
@@ -26,6 +27,18 @@ pub fn gemm_kernel(isa: Isa) -> &'static GemmKernel {
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => &crate::arch::aarch64::neon::GEMM,
         _ => &SCALAR_GEMM,
+    }
+}
+
+/// The 4-bit GEMM kernel for the best supported path not above `isa`.
+///
+/// The AVX-512 path runs the AVX2 4-bit kernel (every AVX-512 CPU has AVX2) until a 4-bit
+/// AVX-512 kernel exists; the aarch64 paths run the scalar one until theirs do.
+pub fn int4_kernel(isa: Isa) -> &'static Int4Kernel {
+    match best_up_to(isa) {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni | Isa::Avx2 => &crate::arch::x86_64::avx2_int4::GEMM_INT4,
+        _ => &SCALAR_INT4,
     }
 }
 
@@ -64,6 +77,10 @@ pub fn kernel_report() -> Vec<KernelInfo> {
         KernelInfo {
             op: "gemm",
             kernel: g.name.to_string(),
+        },
+        KernelInfo {
+            op: "gemm_int4",
+            kernel: int4_kernel(isa).name.to_string(),
         },
         KernelInfo {
             op: "minmax",

@@ -55,7 +55,13 @@ impl QuantizedA {
     /// Makes this buffer `m x k`, reusing its memory. Values are stale until written; the
     /// padding past `k` in each row is zero, as the kernels need.
     pub fn reshape(&mut self, m: usize, k: usize) -> Result<()> {
-        let lda = k.div_ceil(4) * 4;
+        self.reshape_aligned(m, k, 4)
+    }
+
+    /// [`QuantizedA::reshape`] with rows padded to a multiple of `align` (4 for the int8
+    /// kernels, 8 for the 4-bit ones, which read 8 k at a time).
+    pub fn reshape_aligned(&mut self, m: usize, k: usize, align: usize) -> Result<()> {
+        let lda = k.div_ceil(align) * align;
         let len = m
             .checked_mul(lda)
             .ok_or_else(|| crate::Error::Memory(format!("activations {m} x {k} are too large")))?;
@@ -100,6 +106,10 @@ impl QuantizedA {
     pub fn strided_mut(&mut self) -> (&mut [u8], usize) {
         (&mut self.data, self.lda)
     }
+    /// The whole buffer and its row stride.
+    pub fn strided(&self) -> (&[u8], usize) {
+        (&self.data, self.lda)
+    }
     /// `sum_k a[i][k]` for each row.
     pub fn row_sums(&self) -> Vec<i64> {
         (0..self.m)
@@ -120,8 +130,8 @@ impl QuantizedA {
 ///   than it saves.
 /// * Items are numbered M-block-major, so consecutive items share their block of A.
 #[derive(Debug, Clone, Copy)]
-struct Plan {
-    threads: usize,
+pub(crate) struct Plan {
+    pub(crate) threads: usize,
     m_tiles: usize,
     n_tiles: usize,
     nt_per: usize,
@@ -130,17 +140,17 @@ struct Plan {
 }
 
 /// Activation bytes per M block (256 KiB: a quarter of Zen 4's and Skylake-SP's 1 MiB L2).
-const A_BLOCK_BYTES: usize = 256 << 10;
+pub(crate) const A_BLOCK_BYTES: usize = 256 << 10;
 /// Weight bytes of one group of N tiles (LOOP 2): half of a 1 MiB L2, the other half for the
 /// block of activations.
-const B_GROUP_BYTES: usize = 512 << 10;
+pub(crate) const B_GROUP_BYTES: usize = 512 << 10;
 /// Below this many multiply-adds (about 2.5 us on one core), a GEMM runs on one thread: a
 /// spinning worker joins within ~2 us, a sleeping one too late to matter (and is not waited for).
 const PARALLEL_MIN_MACS: usize = 1 << 20;
 
 impl Plan {
     /// `macs` is the GEMM's real work, `m * n * k`.
-    fn new(
+    pub(crate) fn new(
         m_tiles: usize,
         n_tiles: usize,
         mr: usize,
@@ -187,13 +197,13 @@ impl Plan {
         }
     }
 
-    fn items(&self) -> usize {
+    pub(crate) fn items(&self) -> usize {
         self.m_blocks * self.n_blocks
     }
 
     /// Tiles of item `idx`: M tiles spread evenly over the M blocks (their sizes differ by at
     /// most one tile), N tiles in blocks of `nt_per`.
-    fn item(&self, idx: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    pub(crate) fn item(&self, idx: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
         let (mb, nb) = (idx / self.n_blocks, idx % self.n_blocks);
         let m_at = |b: usize| b * self.m_tiles / self.m_blocks;
         (
@@ -264,7 +274,7 @@ pub fn gemm<E: Epilogue>(kernel: &GemmKernel, a: &QuantizedA, b: &PackedB, epi: 
 /// From this many multiply-adds (about 40 us on one core), a multi-threaded GEMM may run on a
 /// shared OpenMP team ([`crate::threads::share_openmp_team`]), whose closing barrier waits for
 /// every team thread, also one that has to wake first (~30 us).
-const TEAM_MIN_MACS: usize = 1 << 24;
+pub(crate) const TEAM_MIN_MACS: usize = 1 << 24;
 
 thread_local! {
     /// Per-thread buffer of activations widened to i16 for [`AFormat::I16`] kernels, reused

@@ -30,7 +30,8 @@
 //! * [`safetensors`]: the one strict safetensors reader and writer (files, sealed blobs), on
 //!   [`json`], a strict JSON parser that quotes values as Python's `repr()` does in messages.
 //! * [`threads`]: the rayon pool, and the optional shared OpenMP team ([`threads::openmp`]).
-//! * [`int4`]: 4-bit weights (W4A8), being built: the quantizers, the packed weight, its oracle.
+//! * [`int4`]: 4-bit weights (W4A8): the quantizers, the packed weight, its oracle, the kernel
+//!   type and the driver.
 //!
 //! The choice of kernels runs one way: [`isa`] (the paths, CPU detection, the `DYNAQ_MAX_ISA`
 //! cap) <- [`kernel`] (what a kernel is: a struct with a tile size and one `unsafe fn`) <- `arch`

@@ -6,10 +6,11 @@
 //! is safe to call directly; the bindings check their arguments first and name them in their
 //! errors.
 
-use crate::dispatch::gemm_kernel;
+use crate::dispatch::{gemm_kernel, int4_kernel};
 use crate::epilogue::{IntegerEpilogue, LinearEpilogue};
 use crate::error::{Error, Result};
 use crate::gemm::{gemm, QuantizedA, SharedOut};
+use crate::int4::{self, gemm::Int4Linear};
 use crate::pack::{PackedB, MAX_K};
 use crate::quant::{quantize_u8_rows, Granularity, Matrix, Quantization, Scheme, U8Out};
 use crate::weight::PackedWeight;
@@ -61,7 +62,7 @@ pub fn quantize_activations(
     how: Quantization,
 ) -> Result<(QuantizedA, Vec<f32>, Vec<i32>)> {
     let mut s = Scratch::default();
-    quantize_into(&mut s, isa, x, how)?;
+    quantize_into(&mut s, isa, x, how, 4)?;
     Ok((s.a, s.sx, s.zx))
 }
 
@@ -82,9 +83,17 @@ thread_local! {
     static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
 }
 
-fn quantize_into(s: &mut Scratch, isa: Isa, x: Matrix<'_, f32>, how: Quantization) -> Result<()> {
+/// Quantizes `x` into the scratch buffers, rows padded to a multiple of `align` (4 for the
+/// int8 kernels, 8 for the 4-bit ones).
+fn quantize_into(
+    s: &mut Scratch,
+    isa: Isa,
+    x: Matrix<'_, f32>,
+    how: Quantization,
+    align: usize,
+) -> Result<()> {
     let m = x.rows();
-    s.a.reshape(m, x.cols())?;
+    s.a.reshape_aligned(m, x.cols(), align)?;
     let groups = match how.granularity {
         Granularity::Row => m,
         Granularity::Tensor => 1,
@@ -174,7 +183,22 @@ fn linear_with(
     how: Quantization,
     out: &mut [f32],
 ) -> Result<()> {
-    quantize_into(s, isa, x, how)?;
+    let w8 = match (w.int8(), w.int4()) {
+        (Some(w8), _) => w8,
+        (None, Some(w4)) => {
+            quantize_into(s, isa, x, how, 8)?;
+            let call = Int4Linear {
+                a: &s.a,
+                zx: &s.zx,
+                sx: &s.sx,
+                w: w4,
+                bias,
+            };
+            return int4::gemm::linear(int4_kernel(isa), &call, out);
+        }
+        (None, None) => unreachable!("a weight is int8 or 4-bit"),
+    };
+    quantize_into(s, isa, x, how, 4)?;
     let kernel = gemm_kernel(isa);
     let epi = LinearEpilogue {
         kernel,
@@ -182,11 +206,11 @@ fn linear_with(
         n: w.n(),
         zx: &s.zx,
         sx: &s.sx,
-        colsum: w.packed().colsums(),
-        sw: w.scales_full(),
+        colsum: w8.packed().colsums(),
+        sw: w8.scales_full(),
         bias,
     };
-    gemm(kernel, &s.a, w.packed(), &epi)
+    gemm(kernel, &s.a, w8.packed(), &epi)
 }
 
 /// An 8-bit integer operand of `matmul_integer`.

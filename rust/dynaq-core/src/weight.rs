@@ -1,17 +1,34 @@
-//! `PackedWeight`: a float weight quantized once to symmetric int8 and packed for the kernels.
+//! `PackedWeight`: a float weight quantized once and packed for the kernels, to symmetric int8
+//! ([`Int8Weight`]) or to 4 bits ([`Int4Weight`], groups along K or per channel).
 //!
-//! The packed layout (`K4N16` panels with column sums, [`crate::pack`]) is the same on every CPU
-//! and path; it is never stored: [`crate::format`] stores the int8 values and the scales as
-//! plain tensors, and loading packs them again.
+//! The packed layouts (`K4N16` panels with column sums, [`crate::pack`]; `K8N16` nibbles,
+//! [`crate::int4`]) are the same on every CPU and path; they are never stored: [`crate::format`]
+//! stores the values and the scales as plain tensors, and loading packs them again.
 
 use crate::error::{try_zeroed, Error, Result};
+use crate::int4::quant::Method;
+use crate::int4::Int4Weight;
 use crate::pack::{PackedB, MAX_K};
 use crate::quant::{quantize_i8_rows, Granularity, Matrix};
 use crate::Isa;
 
-/// A quantized, packed `torch.nn.Linear`-style weight (`out_features x in_features`).
+/// A quantized, packed `torch.nn.Linear`-style weight (`out_features x in_features`): int8 or
+/// 4-bit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedWeight {
+    inner: Inner,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Inner {
+    Int8(Int8Weight),
+    Int4(Int4Weight),
+}
+
+/// A symmetric int8 weight: values in `[-127, 127]`, one scale per output channel or one in
+/// all, packed `K4N16` with column sums.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Int8Weight {
     per_channel: bool,
     scales: Vec<f32>,
     scales_full: Vec<f32>,
@@ -88,6 +105,106 @@ impl PackedWeight {
         Self::with_scales(PackedB::from_panels(panels, n, k)?, scales, per_channel)
     }
 
+    /// Quantizes a float weight (`n x k`, row-major) to 4 bits: groups of `group` (32, 64 or
+    /// 128, dividing `k`) along K or per channel (`None`), asymmetric or symmetric, grids by
+    /// `method` ([`crate::int4::quant`]). A NaN or infinity is refused.
+    pub fn from_float_int4(
+        w: &[f32],
+        n: usize,
+        k: usize,
+        group: Option<usize>,
+        symmetric: bool,
+        method: Method,
+    ) -> Result<Self> {
+        check_k(k)?;
+        Int4Weight::from_float(w, n, k, group, symmetric, method).map(Self::from_int4)
+    }
+
+    /// A 4-bit weight.
+    pub fn from_int4(w: Int4Weight) -> Self {
+        PackedWeight {
+            inner: Inner::Int4(w),
+        }
+    }
+
+    /// The int8 weight, when it is one.
+    pub fn int8(&self) -> Option<&Int8Weight> {
+        match &self.inner {
+            Inner::Int8(w) => Some(w),
+            Inner::Int4(_) => None,
+        }
+    }
+
+    /// The 4-bit weight, when it is one.
+    pub fn int4(&self) -> Option<&Int4Weight> {
+        match &self.inner {
+            Inner::Int4(w) => Some(w),
+            Inner::Int8(_) => None,
+        }
+    }
+
+    /// 8 or 4.
+    pub fn bits(&self) -> u32 {
+        match &self.inner {
+            Inner::Int8(_) => 8,
+            Inner::Int4(_) => 4,
+        }
+    }
+
+    /// The group size along K of a group-wise 4-bit weight; `None` per channel (or per
+    /// tensor) and for int8.
+    pub fn group_size(&self) -> Option<usize> {
+        match &self.inner {
+            Inner::Int4(w) if !w.per_channel() => Some(w.group()),
+            _ => None,
+        }
+    }
+
+    /// Whether the grid is symmetric about zero (always so for int8).
+    pub fn symmetric(&self) -> bool {
+        match &self.inner {
+            Inner::Int8(_) => true,
+            Inner::Int4(w) => w.symmetric(),
+        }
+    }
+
+    /// `out_features`.
+    pub fn n(&self) -> usize {
+        match &self.inner {
+            Inner::Int8(w) => w.packed.n(),
+            Inner::Int4(w) => w.shape().0,
+        }
+    }
+    /// `in_features`.
+    pub fn k(&self) -> usize {
+        match &self.inner {
+            Inner::Int8(w) => w.packed.k(),
+            Inner::Int4(w) => w.shape().1,
+        }
+    }
+    /// Whether the scales are per output channel or finer (int8 may have one per tensor;
+    /// 4-bit weights always have one per channel or per group).
+    pub fn per_channel(&self) -> bool {
+        match &self.inner {
+            Inner::Int8(w) => w.per_channel,
+            Inner::Int4(_) => true,
+        }
+    }
+    /// Bytes held in memory.
+    pub fn nbytes(&self) -> usize {
+        match &self.inner {
+            Inner::Int8(w) => w.nbytes(),
+            Inner::Int4(w) => w.nbytes(),
+        }
+    }
+    /// The weight as the kernels see it, row-major `(n, k)` float32.
+    pub fn dequantize(&self) -> Vec<f32> {
+        match &self.inner {
+            Inner::Int8(w) => w.dequantize(),
+            Inner::Int4(w) => w.dequantize(),
+        }
+    }
+
     /// The weight of `packed` with `scales` (checked by [`check_scales`]).
     fn with_scales(packed: PackedB, scales: &[f32], per_channel: bool) -> Result<Self> {
         let n = packed.n();
@@ -101,13 +218,17 @@ impl PackedWeight {
             full
         };
         Ok(PackedWeight {
-            per_channel,
-            scales: scales.to_vec(),
-            scales_full,
-            packed,
+            inner: Inner::Int8(Int8Weight {
+                per_channel,
+                scales: scales.to_vec(),
+                scales_full,
+                packed,
+            }),
         })
     }
+}
 
+impl Int8Weight {
     /// `out_features`.
     pub fn n(&self) -> usize {
         self.packed.n()
@@ -203,7 +324,7 @@ mod tests {
     fn from_panels_round_trips_and_checks() {
         let w = PackedWeight::from_quantized(&[1, -2, 3, 127, -127, 0], &[0.5, 2.0], 2, 3, true)
             .unwrap();
-        let data = w.packed().data().to_vec();
+        let data = w.int8().unwrap().packed().data().to_vec();
         let back = PackedWeight::from_panels(data.clone(), &[0.5, 2.0], 2, 3, true).unwrap();
         assert_eq!(back, w);
         let mut bad = data.clone();

@@ -5,7 +5,8 @@
 //! over-write in a SIMD tail faults) or against the leading one (its first element is the first
 //! accessible byte: any under-read faults). Every public entry that takes caller memory runs on
 //! such buffers with lengths 0..=67 and ragged shapes, on every detected path, and must give
-//! exactly what the scalar path gives on ordinary vectors.
+//! exactly what the scalar path gives on ordinary vectors. 4-bit weights too (their kernels,
+//! `linear` and their bytes), at the end.
 //!
 //! A fault kills the test binary with SIGSEGV, which `cargo test` reports as a failure.
 
@@ -14,8 +15,11 @@
 mod common;
 
 use common::{paths, scale, Rng, Scale};
-use dynaq_core::dispatch::{gemm_kernel, quant_kernels};
+use dynaq_core::dispatch::{gemm_kernel, int4_kernel, quant_kernels};
 use dynaq_core::gemm::K_CHUNK;
+use dynaq_core::int4::kernel::{Int4Kernel, Int4Tile};
+use dynaq_core::int4::quant::Method;
+use dynaq_core::int4::weight::BLOCK_BYTES as INT4_BLOCK_BYTES;
 use dynaq_core::kernel::{AData, AFormat, Tile};
 use dynaq_core::ops::{self, Int8Data, MatmulOperand, MatmulShape};
 use dynaq_core::pack::{PackedB, GROUP_BYTES, PANEL};
@@ -584,34 +588,15 @@ fn weight_constructors_and_bytes_against_guards() {
                 let w = PackedWeight::from_bytes(&gb).unwrap();
                 assert_eq!(w, want, "{what}: from_bytes");
                 assert_eq!(w.to_bytes(), bytes, "{what}: round trip");
-                // Every truncation and one flipped bit in each byte: clean errors, no fault.
-                let step = if scale() == Scale::Small { 7 } else { 1 };
-                for cut in (0..bytes.len()).step_by(step) {
-                    let gb = Guarded::new(&bytes[..cut], place);
-                    let r = PackedWeight::from_bytes(&gb);
-                    assert!(
-                        matches!(r, Err(Error::Corrupt(_))),
-                        "{what}: cut {cut}: {r:?}"
-                    );
-                }
-                for i in (0..bytes.len()).step_by(step) {
-                    let mut b = bytes.clone();
-                    b[i] ^= 1 << (i % 8);
-                    let gb = Guarded::new(&b, place);
-                    let r = PackedWeight::from_bytes(&gb);
-                    assert!(
-                        matches!(r, Err(Error::Corrupt(_))),
-                        "{what}: flip {i}: {r:?}"
-                    );
-                }
+                every_corruption_is_refused(&bytes, place, &what);
                 // The packers on guarded operands.
                 let p = PackedB::from_nk(&gv, n, k).unwrap();
-                assert_eq!(&p, want.packed(), "{what}: from_nk");
+                assert_eq!(&p, want.int8().unwrap().packed(), "{what}: from_nk");
                 let kn: Vec<i8> = (0..k * n).map(|i| values[(i % n) * k + i / n]).collect();
                 let gkn = Guarded::new(&kn, place);
                 assert_eq!(
                     &PackedB::from_kn(&gkn, k, n).unwrap(),
-                    want.packed(),
+                    want.int8().unwrap().packed(),
                     "{what}"
                 );
             }
@@ -805,5 +790,164 @@ fn microkernels_against_guards() {
                 }
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4-bit weights.
+// ---------------------------------------------------------------------------------------------
+
+/// Each path's 4-bit microkernel on operands of exactly the lengths it addresses, against the
+/// scalar kernel on ordinary vectors.
+#[test]
+fn int4_microkernels_against_guards() {
+    let mut rng = Rng::new(109);
+    let shapes: &[(usize, usize)] = if scale() == Scale::Small {
+        &[(1, 1), (2, 3), (1, 4)]
+    } else {
+        &[(1, 1), (1, 2), (2, 1), (2, 3), (3, 4), (1, 5)]
+    };
+    for isa in paths() {
+        let kern = int4_kernel(isa);
+        let scalar = int4_kernel(Isa::Scalar);
+        for rows in 1..=kern.mr {
+            for panels in 1..=kern.np {
+                for &(groups, group_blocks) in shapes {
+                    for code_step in [0, PANEL] {
+                        let blocks = groups * group_blocks;
+                        let (lda, lds, ldc) = (8 * blocks, groups, panels * PANEL);
+                        let panel_stride = blocks * INT4_BLOCK_BYTES;
+                        let code_stride = if code_step == 0 {
+                            PANEL
+                        } else {
+                            groups * PANEL
+                        };
+                        let a: Vec<u8> = (0..(rows - 1) * lda + 8 * blocks)
+                            .map(|_| rng.u8())
+                            .collect();
+                        let asum: Vec<i32> = (0..(rows - 1) * lds + groups)
+                            .map(|_| rng.below(255 * 8 * group_blocks as u64) as i32)
+                            .collect();
+                        let b: Vec<u8> = (0..(panels - 1) * panel_stride
+                            + blocks * INT4_BLOCK_BYTES)
+                            .map(|_| rng.u8())
+                            .collect();
+                        let codes_len =
+                            (panels - 1) * code_stride + (groups - 1) * code_step + PANEL;
+                        let cd: Vec<u8> = (0..codes_len).map(|_| rng.u8()).collect();
+                        let cm: Vec<u8> = (0..codes_len).map(|_| rng.u8()).collect();
+                        let c_len = (rows - 1) * ldc + panels * PANEL;
+                        let run = |k: &Int4Kernel, bufs: [&[u8]; 4], asum: &[i32]| {
+                            let (mut c1, mut c2) = (vec![0i32; c_len], vec![0i32; c_len]);
+                            k.run(&mut Int4Tile {
+                                rows,
+                                panels,
+                                groups,
+                                group_blocks,
+                                a: bufs[0],
+                                lda,
+                                asum,
+                                lds,
+                                b: bufs[1],
+                                panel_stride,
+                                cd: bufs[2],
+                                cm: bufs[3],
+                                code_stride,
+                                code_step,
+                                c1: &mut c1,
+                                c2: &mut c2,
+                                ldc,
+                            });
+                            (c1, c2)
+                        };
+                        let want = run(scalar, [&a, &b, &cd, &cm], &asum);
+                        for place in PLACES {
+                            let (ga, gb) = (Guarded::new(&a, place), Guarded::new(&b, place));
+                            let (gcd, gcm) = (Guarded::new(&cd, place), Guarded::new(&cm, place));
+                            let gs = Guarded::new(&asum, place);
+                            let got = run(kern, [&ga, &gb, &gcd, &gcm], &gs);
+                            assert_eq!(
+                                got, want,
+                                "{} {rows}x{panels} groups {groups}x{group_blocks} step \
+                                 {code_step} {place:?}",
+                                kern.name
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `linear` on 4-bit weights with guarded activations, bias and output, and the weight's bytes
+/// (whole, every truncation, flipped bits) read from guarded memory.
+#[test]
+fn int4_linear_and_bytes_against_guards() {
+    let mut rng = Rng::new(110);
+    for (m, n, k, group) in [
+        (1, 1, 32, Some(32)),
+        (3, 17, 64, Some(32)),
+        (5, 33, 128, Some(64)),
+        (2, 5, 13, None),
+        (9, 16, 256, Some(128)),
+        (4, 3, 0, None),
+    ] {
+        let x: Vec<f32> = (0..m * k).map(|_| rng.unit() * 3.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|_| rng.unit()).collect();
+        let bias: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+        let symmetric = (m + n) % 2 == 0;
+        let pw = PackedWeight::from_float_int4(&w, n, k, group, symmetric, Method::Search).unwrap();
+        let how = Quantization::dynamic(Granularity::Row);
+        let mut want = vec![0f32; m * n];
+        let xm = Matrix::new(&x, m, k).unwrap();
+        ops::linear(Isa::Scalar, xm, &pw, Some(&bias), how, &mut want).unwrap();
+        let bytes = pw.to_bytes();
+        for place in PLACES {
+            let what = format!("{m}x{n}x{k} {group:?} {place:?}");
+            let gw = Guarded::new(&w, place);
+            let gpw =
+                PackedWeight::from_float_int4(&gw, n, k, group, symmetric, Method::Search).unwrap();
+            assert_eq!(gpw, pw, "{what}: from_float_int4");
+            for isa in paths() {
+                let gx = Guarded::new(&x, place);
+                let gb = Guarded::new(&bias, place);
+                let mut out = Guarded::filled(f32::NAN, m * n, place);
+                let gxm = Matrix::new(&gx, m, k).unwrap();
+                ops::linear(isa, gxm, &pw, Some(&gb), how, &mut out).unwrap();
+                assert_eq!(bits(&out), bits(&want), "{isa:?} {what}");
+            }
+            let gb = Guarded::new(&bytes, place);
+            assert_eq!(
+                PackedWeight::from_bytes(&gb).unwrap(),
+                pw,
+                "{what}: from_bytes"
+            );
+            every_corruption_is_refused(&bytes, place, &what);
+        }
+    }
+}
+
+/// Every truncation of a weight's `bytes`, and one flipped bit in each byte (every 7th under
+/// `DYNAQ_TEST_SCALE=small`), read from guarded memory: a clean `Corrupt` error, no fault.
+fn every_corruption_is_refused(bytes: &[u8], place: Place, what: &str) {
+    let step = if scale() == Scale::Small { 7 } else { 1 };
+    for cut in (0..bytes.len()).step_by(step) {
+        let gb = Guarded::new(&bytes[..cut], place);
+        let r = PackedWeight::from_bytes(&gb);
+        assert!(
+            matches!(r, Err(Error::Corrupt(_))),
+            "{what}: cut {cut}: {r:?}"
+        );
+    }
+    for i in (0..bytes.len()).step_by(step) {
+        let mut b = bytes.to_vec();
+        b[i] ^= 1 << (i % 8);
+        let gb = Guarded::new(&b, place);
+        let r = PackedWeight::from_bytes(&gb);
+        assert!(
+            matches!(r, Err(Error::Corrupt(_))),
+            "{what}: flip {i}: {r:?}"
+        );
     }
 }

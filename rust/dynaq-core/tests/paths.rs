@@ -235,7 +235,7 @@ fn check_linear(m: usize, n: usize, k: usize, x: &[f32], wq: &[i8], gran: Granul
     let colsum: Vec<i32> = (0..n)
         .map(|j| wq[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum())
         .collect();
-    assert_eq!(w.packed().colsums(), &colsum[..]);
+    assert_eq!(w.int8().unwrap().packed().colsums(), &colsum[..]);
     let mut first_q: Option<Vec<u8>> = None;
     for isa in paths() {
         let (qa, sx, zx) = ops::quantize_activations(

@@ -17,6 +17,7 @@
 
 use crate::errors::{shape, type_error, value_error};
 pub use crate::gil::detach;
+use dynaq_core::int4::quant::Method;
 use dynaq_core::quant::Granularity;
 use numpy::npyffi::{self, npy_intp, PY_ARRAY_API};
 use numpy::{
@@ -397,6 +398,115 @@ pub fn granularity(py: Python<'_>, value: &str) -> PyResult<Granularity> {
             "granularity must be 'tensor' or 'row', got {}",
             PyString::new(py, other).repr()?
         ))),
+    }
+}
+
+/// How a float weight is quantized (`pack_weight`'s options, checked).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WeightSpec {
+    /// Symmetric int8, one scale per output channel or per tensor.
+    Int8 { per_channel: bool },
+    /// 4-bit levels in groups of `group` along K (`None`: per channel).
+    Int4 {
+        group: Option<usize>,
+        symmetric: bool,
+        method: Method,
+    },
+}
+
+/// `pack_weight`'s `group_size` as passed: absent (the default: groups of
+/// [`DEFAULT_GROUP_SIZE`] for 4 bits), `None` (per channel), or a size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupSizeArg {
+    /// Not passed.
+    Unset,
+    /// `None`: one group per output channel.
+    PerChannel,
+    /// A size, checked against the supported ones where K is known.
+    Size(usize),
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for GroupSizeArg {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        if obj.is_none() {
+            return Ok(GroupSizeArg::PerChannel);
+        }
+        let bad = || {
+            let r = obj.repr().map_or_else(|_| "?".into(), |r| r.to_string());
+            value_error(format!("group_size must be 32, 64, 128 or None, got {r}"))
+        };
+        if obj.is_instance_of::<pyo3::types::PyBool>() {
+            return Err(bad());
+        }
+        obj.extract::<usize>()
+            .map(GroupSizeArg::Size)
+            .map_err(|_| bad())
+    }
+}
+
+/// The group size 4-bit weights get when none is given.
+pub const DEFAULT_GROUP_SIZE: usize = 32;
+
+/// `pack_weight`'s options as a [`WeightSpec`]. `ValueError` for bits other than 4 and 8,
+/// options that do not apply to the bits asked for, and unknown methods; the group size itself
+/// (32, 64 or 128 dividing K) is checked where K is known.
+pub fn weight_spec(
+    py: Python<'_>,
+    bits: i64,
+    per_channel: bool,
+    group_size: GroupSizeArg,
+    symmetric: Option<bool>,
+    method: Option<&str>,
+) -> PyResult<WeightSpec> {
+    match bits {
+        8 => {
+            if group_size != GroupSizeArg::Unset {
+                return Err(value_error(
+                    "group_size applies to bits=4 only (int8 weights have one scale per output \
+                     channel, or per tensor with per_channel=False)",
+                ));
+            }
+            if symmetric == Some(false) {
+                return Err(value_error(
+                    "int8 weights are symmetric; symmetric=False applies to bits=4 only",
+                ));
+            }
+            if method.is_some() {
+                return Err(value_error("method applies to bits=4 only"));
+            }
+            Ok(WeightSpec::Int8 { per_channel })
+        }
+        4 => {
+            if !per_channel {
+                return Err(value_error(
+                    "per_channel=False (one scale per tensor) is int8 only; 4-bit weights have \
+                     scales per group (group_size=32, 64, 128) or per output channel \
+                     (group_size=None)",
+                ));
+            }
+            let method = match method.unwrap_or("search") {
+                "search" => Method::Search,
+                "rtn" => Method::Rtn,
+                other => {
+                    return Err(value_error(format!(
+                        "method must be 'search' or 'rtn', got {}",
+                        PyString::new(py, other).repr()?
+                    )))
+                }
+            };
+            Ok(WeightSpec::Int4 {
+                group: match group_size {
+                    GroupSizeArg::Unset => Some(DEFAULT_GROUP_SIZE),
+                    GroupSizeArg::PerChannel => None,
+                    GroupSizeArg::Size(g) => Some(g),
+                },
+                symmetric: symmetric.unwrap_or(false),
+                method,
+            })
+        }
+        other => Err(value_error(format!("bits must be 8 or 4, got {other}"))),
     }
 }
 

@@ -6,6 +6,7 @@ use crate::args::{self, detach, float_array};
 use crate::errors::{to_py, type_error, value_error};
 use crate::weight::{int8_values, PyPackedWeight};
 use dynaq_core::format::{self, Tensor};
+use dynaq_core::int4::Int4Weight;
 use dynaq_core::safetensors::{self, Dtype, TensorInfo};
 use dynaq_core::PackedWeight;
 use numpy::{
@@ -88,8 +89,10 @@ fn metadata<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     Ok(d.into_any())
 }
 
-/// The tensors that store a weight under ``name``: ``{name: int8 values (out, in),
-/// name + "_scale": float32 scales, (out,) per channel or () per tensor}``.
+/// The tensors that store a weight under ``name``: int8, ``{name: int8 values (out, in),
+/// name + "_scale": float32 scales, (out,) per channel or () per tensor}``; 4-bit, ``name``
+/// as uint8 ``(ceil(out / 2), in)`` (two rows' levels per byte), ``name + "_scale"`` and, as
+/// the weight needs them, ``_min``, ``_gscale`` and ``_gmin``.
 #[pyfunction]
 #[pyo3(signature = (weight, name = "weight"))]
 pub fn weight_tensors<'py>(
@@ -104,8 +107,10 @@ pub fn weight_tensors<'py>(
     Ok(d)
 }
 
-/// The weight stored under ``name`` in ``tensors`` (a mapping holding ``name`` and
-/// ``name + "_scale"``, as :func:`weight_tensors` gives them), every field checked.
+/// The weight stored under ``name`` in ``tensors`` (a mapping holding the tensors
+/// :func:`weight_tensors` gives: ``name`` and ``name + "_scale"``, and for a 4-bit weight,
+/// whose ``name`` is a uint8 array, ``_min``, ``_gscale`` and ``_gmin`` as it has them), every
+/// field checked.
 #[pyfunction]
 #[pyo3(signature = (tensors, name = "weight"))]
 pub fn weight_from_tensors(
@@ -119,7 +124,31 @@ pub fn weight_from_tensors(
             .get_item(key)
             .map_err(|_| value_error(format!("tensor {key:?} is missing")))
     };
-    let (values, n, k) = int8_values(&get(name)?, name)?;
+    let values = get(name)?;
+    if args::ndarray(&values, name, "an array")
+        .ok()
+        .and_then(|a| a.cast::<PyUntypedArray>().ok().and_then(|u| dtype_of(u)))
+        == Some(Dtype::U8)
+    {
+        // A 4-bit weight: every part the mapping holds, checked by the core's reader.
+        let mut parts = Vec::new();
+        for part in format::weight_part_names(name) {
+            if let Ok(obj) = tensors.get_item(&part) {
+                parts.push(to_tensor(&part, &obj)?);
+            }
+        }
+        let find = |t: &str| {
+            parts
+                .iter()
+                .find(|p| p.name == t)
+                .map(|p| (p.dtype, p.shape.as_slice(), p.data.as_slice()))
+        };
+        let inner = detach(py, || Int4Weight::from_tensors(name, find))
+            .map(PackedWeight::from_int4)
+            .map_err(to_py)?;
+        return Ok(PyPackedWeight { inner });
+    }
+    let (values, n, k) = int8_values(&values, name)?;
     let scales = float_array(&get(&scale)?, &scale)?;
     let (vs, ss, sshape) = (values.as_slice(), scales.as_slice(), scales.shape());
     let inner = detach(py, || PackedWeight::from_stored(vs, n, k, ss, sshape)).map_err(to_py)?;

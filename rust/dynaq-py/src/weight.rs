@@ -1,6 +1,6 @@
 //! `PackedWeight`: the Python face of `dynaq_core::PackedWeight`, and `pack_weight`.
 
-use crate::args::{self, detach, float_array, int8_array};
+use crate::args::{self, detach, float_array, int8_array, GroupSizeArg, WeightSpec};
 use crate::errors::{named, shape, to_py, type_error, value_error, Role};
 use dynaq_core::isa::active_isa;
 use dynaq_core::pack::PackedB;
@@ -8,11 +8,13 @@ use dynaq_core::PackedWeight;
 use numpy::ndarray::ArrayView1;
 use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyTuple};
 
-/// A weight quantized once to symmetric int8 (one scale per output channel, or one in all),
-/// in the layout every kernel path reads. The layout does not depend on the CPU: a weight
-/// packed on one machine, or on one path, computes the same results on every other.
+/// A weight quantized once, in the layout every kernel path reads: symmetric int8 (one scale per
+/// output channel, or one in all), or 4-bit levels with a scale and minimum per group of 32, 64
+/// or 128 along the input features (or per output channel). The layout does not depend on the
+/// CPU: a weight packed on one machine, or on one path, computes the same results on every
+/// other.
 ///
 /// Build one with :func:`dynaq.pack_weight` or :meth:`PackedWeight.from_quantized`. It is
 /// immutable and can be shared between threads; it pickles, and ``to_bytes()`` /
@@ -23,12 +25,22 @@ pub struct PyPackedWeight {
 }
 
 /// Quantizes a float weight `(out_features, in_features)` (the ``torch.nn.Linear``
-/// convention), naming it `name` in errors.
+/// convention) to int8, naming it `name` in errors.
 pub fn pack(
     py: Python<'_>,
     weight: &Bound<'_, PyAny>,
     name: &str,
     per_channel: bool,
+) -> PyResult<PackedWeight> {
+    pack_as(py, weight, name, WeightSpec::Int8 { per_channel })
+}
+
+/// Quantizes a float weight as `spec` says, naming it `name` in errors.
+pub fn pack_as(
+    py: Python<'_>,
+    weight: &Bound<'_, PyAny>,
+    name: &str,
+    spec: WeightSpec,
 ) -> PyResult<PackedWeight> {
     let w = float_array(weight, name)?;
     let &[n, k] = w.shape() else {
@@ -39,18 +51,36 @@ pub fn pack(
     };
     let isa = active_isa();
     let ws = w.as_slice();
-    detach(py, || PackedWeight::from_float(isa, ws, n, k, per_channel))
-        .map_err(|e| named(e, name, Role::Weight))
+    detach(py, || match spec {
+        WeightSpec::Int8 { per_channel } => PackedWeight::from_float(isa, ws, n, k, per_channel),
+        WeightSpec::Int4 {
+            group,
+            symmetric,
+            method,
+        } => PackedWeight::from_float_int4(ws, n, k, group, symmetric, method),
+    })
+    .map_err(|e| named(e, name, Role::Weight))
 }
 
-/// Quantize a float weight once to symmetric int8 for the kernels.
+/// Quantize a float weight once for the kernels: to symmetric int8 (the default) or to 4 bits.
 ///
 /// Parameters
 /// ----------
 /// weight : array_like of float, shape (out_features, in_features)
 ///     The ``torch.nn.Linear`` convention. float64 and float16 are converted.
 /// per_channel : bool
-///     One scale per output channel (default, more accurate) or one for the whole tensor.
+///     int8: one scale per output channel (default, more accurate) or one for the whole
+///     tensor. 4-bit weights are always per group or per channel.
+/// bits : int
+///     8 (default) or 4.
+/// group_size : int or None
+///     4-bit only: 32 (the default), 64 or 128 input features share a scale and a minimum
+///     (the group size must divide ``in_features``); ``None`` gives one per output channel.
+/// symmetric : bool
+///     4-bit only: levels ``scale * (q - 8)`` instead of the default ``scale * q + minimum``.
+/// method : str
+///     4-bit only: ``"search"`` (default) chooses each group's scale and minimum by a
+///     least-squares search, ``"rtn"`` by min-max round-to-nearest.
 ///
 /// Returns
 /// -------
@@ -59,19 +89,29 @@ pub fn pack(
 /// Raises
 /// ------
 /// TypeError
-///     When ``weight`` is not a float array.
+///     When ``weight`` is not a float array, or an unknown option is passed.
 /// ValueError
 ///     When it is not 2-D, has more than 2**24 columns, or holds NaN or infinity (always
-///     checked: a non-finite weight would poison every call).
+///     checked: a non-finite weight would poison every call); when ``bits`` is not 8 or 4, an
+///     option does not apply to the bits asked for, or the group size is not 32, 64, 128 or
+///     ``None`` or does not divide ``in_features``.
 #[pyfunction]
-#[pyo3(signature = (weight, *, per_channel = true))]
+#[pyo3(signature = (
+    weight, *, per_channel = true, bits = 8, group_size = GroupSizeArg::Unset, symmetric = None,
+    method = None
+))]
 pub fn pack_weight(
     py: Python<'_>,
     weight: &Bound<'_, PyAny>,
     per_channel: bool,
+    bits: i64,
+    group_size: GroupSizeArg,
+    symmetric: Option<bool>,
+    method: Option<&str>,
 ) -> PyResult<PyPackedWeight> {
+    let spec = args::weight_spec(py, bits, per_channel, group_size, symmetric, method)?;
     Ok(PyPackedWeight {
-        inner: pack(py, weight, "weight", per_channel)?,
+        inner: pack_as(py, weight, "weight", spec)?,
     })
 }
 
@@ -194,7 +234,12 @@ impl PyPackedWeight {
     /// the layout that is the same on every CPU (``PackedWeight.from_panels`` takes it back).
     #[getter]
     fn panels<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyArray1<i8>>> {
-        let view = ArrayView1::from(slf.get().inner.packed().data());
+        let Some(w8) = slf.get().inner.int8() else {
+            return Err(value_error(
+                "a 4-bit weight has no int8 panels; weight_tensors() gives its stored form",
+            ));
+        };
+        let view = ArrayView1::from(w8.packed().data());
         // SAFETY: the panels live in this frozen object's `PackedWeight`, which is never
         // modified, moved out of or reallocated; the array keeps this object (its base) alive,
         // so the memory outlives the array.
@@ -234,16 +279,46 @@ impl PyPackedWeight {
         self.inner.k()
     }
 
-    /// Whether each output channel has its own scale.
+    /// Whether each output channel has its own scales (always so for 4-bit weights).
     #[getter]
     fn per_channel(&self) -> bool {
         self.inner.per_channel()
     }
 
-    /// The scales (float32; ``(out_features,)`` per channel, ``(1,)`` per tensor).
+    /// Bits per weight value: 8 or 4.
     #[getter]
-    fn scales<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f32>> {
-        self.inner.scales().to_vec().into_pyarray(py)
+    fn bits(&self) -> u32 {
+        self.inner.bits()
+    }
+
+    /// Input features per scale of a 4-bit weight (32, 64 or 128); ``None`` when there is one
+    /// scale per output channel (or per tensor), and for int8.
+    #[getter]
+    fn group_size(&self) -> Option<usize> {
+        self.inner.group_size()
+    }
+
+    /// Whether the levels are symmetric about zero (always so for int8).
+    #[getter]
+    fn symmetric(&self) -> bool {
+        self.inner.symmetric()
+    }
+
+    /// The scales, float32: int8 ``(out_features,)`` per channel or ``(1,)`` per tensor;
+    /// 4-bit ``(out_features, groups)`` (one group per channel when ``group_size`` is None).
+    #[getter]
+    fn scales<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match (self.inner.int8(), self.inner.int4()) {
+            (Some(w), _) => Ok(w.scales().to_vec().into_pyarray(py).into_any()),
+            (None, Some(w)) => {
+                let (scales, _) = w.grids();
+                Ok(scales
+                    .into_pyarray(py)
+                    .reshape([w.shape().0, w.groups()])?
+                    .into_any())
+            }
+            (None, None) => unreachable!("a weight is int8 or 4-bit"),
+        }
     }
 
     /// Bytes of memory the packed weight holds.
@@ -252,11 +327,37 @@ impl PyPackedWeight {
         self.inner.nbytes()
     }
 
-    /// ``(values, scales)``: int8 ``(out_features, in_features)`` and float32 scales.
-    fn unpack<'py>(&self, py: Python<'py>) -> PyResult<Unpacked<'py>> {
+    /// int8: ``(values, scales)``, int8 ``(out_features, in_features)`` and the float32
+    /// scales. 4-bit: ``(levels, scales, minima)``, uint8 levels in 0..15
+    /// ``(out_features, in_features)`` and float32 ``(out_features, groups)``: input feature
+    /// ``i`` of output ``o`` is ``levels[o, i] * scales[o, g] + minima[o, g]`` with
+    /// ``g = i // group_size`` (``g = 0`` per channel); symmetric weights have
+    /// ``minima = -8 * scales``.
+    fn unpack<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let (n, k) = (self.inner.n(), self.inner.k());
-        let v = detach(py, || self.inner.values());
-        Ok((v.into_pyarray(py).reshape([n, k])?, self.scales(py)))
+        match (self.inner.int8(), self.inner.int4()) {
+            (Some(w), _) => {
+                let v = detach(py, || w.values());
+                let (values, scales): Unpacked<'py> = (
+                    v.into_pyarray(py).reshape([n, k])?,
+                    w.scales().to_vec().into_pyarray(py),
+                );
+                PyTuple::new(py, [values.into_any(), scales.into_any()])
+            }
+            (None, Some(w)) => {
+                let (levels, (scales, minima)) = detach(py, || (w.values(), w.grids()));
+                let g = w.groups();
+                PyTuple::new(
+                    py,
+                    [
+                        levels.into_pyarray(py).reshape([n, k])?.into_any(),
+                        scales.into_pyarray(py).reshape([n, g])?.into_any(),
+                        minima.into_pyarray(py).reshape([n, g])?.into_any(),
+                    ],
+                )
+            }
+            (None, None) => unreachable!("a weight is int8 or 4-bit"),
+        }
     }
 
     /// ``values * scale`` as float32 ``(out_features, in_features)``.
@@ -286,16 +387,24 @@ impl PyPackedWeight {
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "PackedWeight(out_features={}, in_features={}, per_channel={}, nbytes={})",
-            self.inner.n(),
-            self.inner.k(),
-            if self.inner.per_channel() {
-                "True"
-            } else {
-                "False"
-            },
-            self.inner.nbytes()
-        )
+        let py_bool = |b: bool| if b { "True" } else { "False" };
+        let (n, k, nbytes) = (self.inner.n(), self.inner.k(), self.inner.nbytes());
+        if self.inner.bits() == 4 {
+            let group = self
+                .inner
+                .group_size()
+                .map_or("None".to_string(), |g| g.to_string());
+            format!(
+                "PackedWeight(out_features={n}, in_features={k}, bits=4, group_size={group}, \
+                 symmetric={}, nbytes={nbytes})",
+                py_bool(self.inner.symmetric())
+            )
+        } else {
+            format!(
+                "PackedWeight(out_features={n}, in_features={k}, per_channel={}, \
+                 nbytes={nbytes})",
+                py_bool(self.inner.per_channel())
+            )
+        }
     }
 }

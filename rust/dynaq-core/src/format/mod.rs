@@ -1,10 +1,12 @@
 //! dynaq's one on-disk form: quantized weights as what they are, plain named tensors in the
 //! safetensors layout ([`crate::safetensors`]), under one format version, [`FORMAT_VERSION`].
 //!
-//! A weight stored under the name `W` is two tensors: `W`, the int8 values (`I8`, shape
+//! An int8 weight stored under the name `W` is two tensors: `W`, the int8 values (`I8`, shape
 //! `(out_features, in_features)`, each in `[-127, 127]`), and `W_scale` ([`scale_name`]), the
-//! float32 scales (`F32`, shape `(out_features,)` per channel or `()` per tensor). Anything
-//! else (biases, calibrated input scales) is a tensor of its own. The same names serve every
+//! float32 scales (`F32`, shape `(out_features,)` per channel or `()` per tensor). A 4-bit
+//! weight is `W` as `U8` (two rows' levels per byte) and `W_scale`, with `W_min`, `W_gscale`
+//! and `W_gmin` as it needs them ([`crate::int4::format`]). Anything else (biases, calibrated
+//! input scales) is a tensor of its own. The same names serve every
 //! container: `PackedWeight.to_bytes()` (a blob holding `weight` and `weight_scale`), the layers'
 //! bytes, the torch modules' state dicts (`weight`, `weight_scale`, `bias` as ordinary tensors)
 //! and the files `python -m dynaq quantize` writes.
@@ -19,15 +21,29 @@
 pub mod legacy;
 
 use crate::error::{Error, Result};
+use crate::int4::format as int4_format;
+use crate::int4::Int4Weight;
 use crate::json::{self, Value};
 use crate::pack::MAX_K;
 use crate::safetensors::{self, Dtype, Header, TensorInfo};
 use crate::weight::PackedWeight;
 
-/// The version of every form dynaq writes (blobs, state dicts, files). Version 1 was the
-/// release before it: `DYNAQPW`/`DYNAQLY` blobs, one opaque `uint8` tensor per torch module,
-/// `.dynaq_scale` tensors in files.
+/// The version of every form dynaq writes (blobs, state dicts, files) while it holds int8
+/// weights only. Version 1 was the release before it: `DYNAQPW`/`DYNAQLY` blobs, one opaque
+/// `uint8` tensor per torch module, `.dynaq_scale` tensors in files.
 pub const FORMAT_VERSION: u32 = 2;
+/// The version written when some weight is 4-bit (a reader of version 2 would not know the
+/// `U8` form of `W`). Readers take versions 2 and 3 alike: the tensors say what they hold.
+pub const FORMAT_VERSION_INT4: u32 = 3;
+
+/// The version to write for these weights: [`FORMAT_VERSION_INT4`] when one is 4-bit.
+pub fn version_for<'a>(weights: impl IntoIterator<Item = &'a PackedWeight>) -> u32 {
+    if weights.into_iter().any(|w| w.bits() == 4) {
+        FORMAT_VERSION_INT4
+    } else {
+        FORMAT_VERSION
+    }
+}
 /// The metadata key of the format version.
 pub const FORMAT_KEY: &str = "dynaq.format";
 /// The metadata key of what a blob holds.
@@ -65,11 +81,17 @@ impl PackedWeight {
         }
     }
 
-    /// The two tensors that store this weight under `name`: its values and its scales.
-    pub fn tensors(&self, name: &str) -> [Tensor; 2] {
-        let values: Vec<u8> = self.values().iter().map(|&v| v as u8).collect();
-        let scales: Vec<u8> = self.scales().iter().flat_map(|s| s.to_le_bytes()).collect();
-        [
+    /// The tensors that store this weight under `name`: its values and its scales (and, for
+    /// a 4-bit weight, its minima and group codes).
+    pub fn tensors(&self, name: &str) -> Vec<Tensor> {
+        let w = match (self.int8(), self.int4()) {
+            (Some(w), _) => w,
+            (None, Some(w4)) => return w4.tensors(name),
+            (None, None) => unreachable!("a weight is int8 or 4-bit"),
+        };
+        let values: Vec<u8> = w.values().iter().map(|&v| v as u8).collect();
+        let scales: Vec<u8> = w.scales().iter().flat_map(|s| s.to_le_bytes()).collect();
+        vec![
             Tensor {
                 name: name.to_string(),
                 dtype: Dtype::I8,
@@ -131,7 +153,7 @@ pub fn write_blob(
     }
     all.extend(tensors.iter().cloned());
     let names: Vec<&str> = weights.iter().map(|(n, _)| *n).collect();
-    let version = FORMAT_VERSION.to_string();
+    let version = version_for(weights.iter().map(|(_, w)| *w)).to_string();
     let quantized = json_string_list(&names);
     let mut metadata = vec![
         (FORMAT_KEY, version.as_str()),
@@ -162,6 +184,7 @@ pub fn json_string_list(names: &[&str]) -> String {
 /// A blob read and checked by [`read_blob`].
 pub struct Blob<'a> {
     header: Header,
+    version: u32,
     data: &'a [u8],
     quantized: Vec<String>,
     what: String,
@@ -181,7 +204,7 @@ pub fn read_blob<'a>(bytes: &'a [u8], kind: &str) -> Result<Blob<'a>> {
     let version = header
         .get_metadata(FORMAT_KEY)
         .ok_or_else(|| corrupt(format!("no {FORMAT_KEY} metadata (not a dynaq blob)")))?;
-    check_version(version).map_err(&corrupt)?;
+    let version = check_version(version).map_err(&corrupt)?;
     match header.get_metadata(KIND_KEY) {
         Some(k) if k == kind => {}
         Some(k) => {
@@ -197,19 +220,21 @@ pub fn read_blob<'a>(bytes: &'a [u8], kind: &str) -> Result<Blob<'a>> {
         quantized_names(header.get_metadata(QUANTIZED_KEY).unwrap_or("[]")).map_err(&corrupt)?;
     Ok(Blob {
         header,
+        version,
         data,
         quantized,
         what,
     })
 }
 
-/// `Ok` for the version this build writes; the message otherwise.
-pub fn check_version(text: &str) -> std::result::Result<(), String> {
+/// The version, when it is one this build writes (2, and 3 with 4-bit weights); the message
+/// otherwise.
+pub fn check_version(text: &str) -> std::result::Result<u32, String> {
     match text.parse::<u32>() {
-        Ok(v) if v == FORMAT_VERSION => Ok(()),
+        Ok(v) if v == FORMAT_VERSION || v == FORMAT_VERSION_INT4 => Ok(v),
         Ok(v) => Err(format!(
-            "format version {v} is not supported (this build reads version {FORMAT_VERSION}, and \
-             the DYNAQPW/DYNAQLY bytes of version 1)"
+            "format version {v} is not supported (this build reads versions {FORMAT_VERSION} and \
+             {FORMAT_VERSION_INT4}, and the DYNAQPW/DYNAQLY bytes of version 1)"
         )),
         Err(_) => Err(format!("bad {FORMAT_KEY} metadata {text:?}")),
     }
@@ -253,7 +278,7 @@ impl<'a> Blob<'a> {
     pub fn is_weight_part(&self, name: &str) -> bool {
         self.quantized
             .iter()
-            .any(|w| w == name || scale_name(w) == name)
+            .any(|w| weight_part_names(w).iter().any(|p| p == name))
     }
 
     /// The quantized weight stored under `name`, every field checked.
@@ -263,6 +288,19 @@ impl<'a> Blob<'a> {
             .header
             .tensor(name)
             .ok_or_else(|| corrupt("missing".into()))?;
+        if values.dtype == Dtype::U8 && self.version >= FORMAT_VERSION_INT4 {
+            let find = |t: &str| {
+                self.header
+                    .tensor(t)
+                    .map(|i| (i.dtype, i.shape.as_slice(), i.bytes(self.data)))
+            };
+            return Int4Weight::from_tensors(name, find)
+                .map(PackedWeight::from_int4)
+                .map_err(|e| match e {
+                    Error::Memory(_) => e,
+                    e => corrupt(e.to_string()),
+                });
+        }
         let scale = scale_name(name);
         let scales = self
             .header
@@ -279,6 +317,17 @@ impl<'a> Blob<'a> {
             e => corrupt(e.to_string()),
         })
     }
+}
+
+/// Every tensor name a weight stored under `name` may use (int8: the first two).
+pub fn weight_part_names(name: &str) -> [String; 5] {
+    [
+        name.to_string(),
+        scale_name(name),
+        int4_format::min_name(name),
+        int4_format::gscale_name(name),
+        int4_format::gmin_name(name),
+    ]
 }
 
 /// A weight from its two stored tensors (dtypes and shapes checked).

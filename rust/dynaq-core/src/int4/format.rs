@@ -2,7 +2,7 @@
 //! per byte, shape `(ceil(N/2), K)`), `W_scale` (F32 `(N,)`), `W_min` (F32 `(N,)`, absent when
 //! symmetric), `W_gscale` and `W_gmin` (U8 `(N, K/G)`, absent per channel; `W_gmin` absent when
 //! symmetric). The tensors describe themselves: N is `len(W_scale)`, K is `W.shape[1]`, G is
-//! `K / W_gscale.shape[1]`. Not wired into the containers yet.
+//! `K / W_gscale.shape[1]`. The blobs ([`crate::format`]) store 4-bit weights this way.
 
 use super::weight::{Int4Weight, GROUP_SIZES};
 use crate::error::{Error, Result};
@@ -43,8 +43,8 @@ impl Int4Weight {
             let (d, m, c, cmin) = self.codes(col);
             fd.push(d);
             fm.push(m);
-            cd.extend_from_slice(c);
-            cm.extend_from_slice(cmin);
+            cd.extend_from_slice(&c);
+            cm.extend_from_slice(&cmin);
         }
         let groups = self.groups();
         let mut out = vec![

@@ -72,27 +72,29 @@ pub fn rtn_grid(x: &[f32]) -> Grid {
 }
 
 /// The least-squares search (see the module notes). Groups longer than 128 (per-channel rows)
-/// also try clipped ranges, `r * [lo, hi]` for r down to 0.05: outliers in a long row would
-/// otherwise stretch every step.
+/// also try clipped ranges, `r * [lo, hi]` for r down to 0.05 (every 0.05, then every 0.01
+/// around the best): outliers in a long row would otherwise stretch every step.
+///
+/// Candidates are compared by the error of their refit grid on their own levels (from the
+/// sums of the fit, no second pass over the group); the best is then re-rounded and refit
+/// twice, and kept only if its true error beats round-to-nearest's.
 pub fn search_grid(x: &[f32]) -> Grid {
     let (lo, hi) = range(x);
     let lo = lo.min(0.0);
-    let mut best = rtn_grid(x);
-    let mut best_err = best.sq_error(x);
+    let rtn = rtn_grid(x);
     if hi <= lo {
-        return best;
+        return rtn;
     }
     let width = hi as f64 - lo as f64;
-    let try_levels = |levels: &[u8], best: &mut Grid, best_err: &mut f64| {
-        if let Some(g) = fit(x, levels) {
-            let e = g.sq_error(x);
-            if e < *best_err {
-                *best = g;
-                *best_err = e;
+    let mut levels = vec![0u8; x.len()];
+    let mut best: Option<(Grid, f64)> = None;
+    let consider = |levels: &[u8], best: &mut Option<(Grid, f64)>| {
+        if let Some((g, e)) = fit(x, levels) {
+            if best.is_none_or(|(_, b)| e < b) {
+                *best = Some((g, e));
             }
         }
     };
-    let mut levels = vec![0u8; x.len()];
     // Rescaled ranges: 14.0 to 16.0 steps across [lo, hi], in 20 increments.
     for step in 0..=20 {
         let iscale = (QMAX as f64 - 1.0 + 0.1 * step as f64) / width;
@@ -101,26 +103,51 @@ pub fn search_grid(x: &[f32]) -> Grid {
                 .round_ties_even()
                 .clamp(0.0, QMAX as f64) as u8;
         }
-        try_levels(&levels, &mut best, &mut best_err);
+        consider(&levels, &mut best);
     }
     if x.len() > 128 {
-        for step in 1..=95 {
-            let r = 1.0 - 0.01 * step as f64;
+        let clipped = |r: f64, levels: &mut [u8], best: &mut Option<(Grid, f64)>| -> f64 {
             let g = grid_for((lo as f64 * r) as f32, (hi as f64 * r) as f32);
             for (q, &v) in levels.iter_mut().zip(x) {
                 *q = g.level(v);
             }
-            try_levels(&levels, &mut best, &mut best_err);
+            let before = best.map_or(f64::INFINITY, |(_, e)| e);
+            consider(levels, best);
+            best.map_or(f64::INFINITY, |(_, e)| e).min(before)
+        };
+        let (mut best_r, mut best_e) = (1.0, f64::INFINITY);
+        for step in 1..=19 {
+            let r = 1.0 - 0.05 * step as f64;
+            let e = clipped(r, &mut levels, &mut best);
+            if e < best_e {
+                (best_r, best_e) = (r, e);
+            }
+        }
+        for d in [-4i32, -3, -2, -1, 1, 2, 3, 4] {
+            let r = best_r + 0.01 * d as f64;
+            if r > 0.0 && r < 1.0 {
+                clipped(r, &mut levels, &mut best);
+            }
         }
     }
-    // Two rounds of re-rounding on the best grid and refitting (each can only help).
+    let Some((mut grid, _)) = best else {
+        return rtn;
+    };
+    // Two rounds of re-rounding on the best grid and refitting.
     for _ in 0..2 {
         for (q, &v) in levels.iter_mut().zip(x) {
-            *q = best.level(v);
+            *q = grid.level(v);
         }
-        try_levels(&levels, &mut best, &mut best_err);
+        match fit(x, &levels) {
+            Some((g, _)) if g.sq_error(x) < grid.sq_error(x) => grid = g,
+            _ => break,
+        }
     }
-    best
+    if grid.sq_error(x) < rtn.sq_error(x) {
+        grid
+    } else {
+        rtn
+    }
 }
 
 /// Symmetric round to nearest: `w ~ scale * s`, `s` in `-8..=7`. The scale puts the
@@ -262,17 +289,19 @@ fn grid_for(lo: f32, hi: f32) -> Grid {
 }
 
 /// The least-squares grid for fixed levels: minimises `sum (scale * q + min - x)^2` over
-/// `(scale, min)`, with `min <= 0` (then `scale = sum qx / sum q^2`) and `scale >= 0`. None when
-/// the levels are all equal (no scale to fit).
-fn fit(x: &[f32], levels: &[u8]) -> Option<Grid> {
+/// `(scale, min)`, with `min <= 0` (then `scale = sum qx / sum q^2`) and `scale >= 0`, and
+/// that sum at the optimum (the error on these levels; rounding `x` on the new grid can only
+/// lower it). None when the levels are all equal (no scale to fit).
+fn fit(x: &[f32], levels: &[u8]) -> Option<(Grid, f64)> {
     let n = x.len() as f64;
-    let (mut sq, mut sq2, mut sx, mut sqx) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let (mut sq, mut sq2, mut sx, mut sqx, mut sx2) = (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
     for (&q, &v) in levels.iter().zip(x) {
         let (q, v) = (q as f64, v as f64);
         sq += q;
         sq2 += q * q;
         sx += v;
         sqx += q * v;
+        sx2 += v * v;
     }
     let det = n * sq2 - sq * sq;
     if det <= 0.0 {
@@ -287,10 +316,17 @@ fn fit(x: &[f32], levels: &[u8]) -> Option<Grid> {
     if scale.is_nan() || scale <= 0.0 || !scale.is_finite() || !min.is_finite() {
         return None;
     }
-    Some(Grid {
-        scale: scale as f32,
-        min: min as f32,
-    })
+    let err = scale * scale * sq2 + 2.0 * scale * min * sq + n * min * min
+        - 2.0 * scale * sqx
+        - 2.0 * min * sx
+        + sx2;
+    Some((
+        Grid {
+            scale: scale as f32,
+            min: min as f32,
+        },
+        err.max(0.0),
+    ))
 }
 
 #[cfg(test)]

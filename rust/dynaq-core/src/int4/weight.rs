@@ -3,18 +3,27 @@
 //! per-group column sums the integer epilogue needs. Layout and formulas: `README.md`.
 
 use super::quant::{self, code_row, CodedRow, Grid, Method};
-use crate::error::{Error, Result};
+use crate::error::{try_zeroed, Error, Result};
 
 /// Columns per panel, as for int8 (`pack::PANEL`).
 pub const PANEL: usize = 16;
 /// Bytes per block of 8 k in a panel: 16 columns x 8 nibbles.
 pub const BLOCK_BYTES: usize = 64;
+/// A block of rows coded by one work item: its index, its rows' grids and their levels.
+type CodedBlock = (usize, Vec<CodedRow>, Vec<u8>);
+
+/// Rows quantized per work item of [`Int4Weight::from_float`].
+const ROWS_PER_ITEM: usize = 16;
 /// The group sizes along K (per-channel aside).
 pub const GROUP_SIZES: [usize; 3] = [32, 64, 128];
 
 /// A 4-bit weight of shape `(n, k)` (the `nn.Linear` convention). Level `q` of column `n` at
 /// `k` stands for `fd[n]·cd[n][g]·q + fm[n]·cm[n][g]` (asymmetric) or `fd[n]·cd[n][g]·(q − 8)`
 /// (symmetric), `g = k / group`; per channel, `group == k` and the codes are 1.
+///
+/// Besides the levels, it keeps what the kernels read next to them: the codes of each panel
+/// and group as 16 bytes (`cd_panels`, `cm_panels`), and per column the constants of the
+/// epilogue, `C1 = Σ_g cd·Q_g` and `C2 = Σ_g cm·G` (`README.md`, "The arithmetic").
 #[derive(Clone, Debug, PartialEq)]
 pub struct Int4Weight {
     n: usize,
@@ -22,14 +31,18 @@ pub struct Int4Weight {
     group: usize,
     per_channel: bool,
     symmetric: bool,
-    /// `K8N16` panels of signed nibbles `s = q − 8` (padding: `s = 0`).
+    /// `K8N16` panels of the levels `q` (padding: 0).
     panels: Vec<u8>,
     fd: Vec<f32>,
     fm: Vec<f32>,
-    cd: Vec<u8>,
-    cm: Vec<u8>,
-    /// `Σ q` per column and group (`n x groups`).
-    qsum: Vec<i32>,
+    /// `cd` per panel and group, 16 columns each (padding columns: 0).
+    cd_panels: Vec<u8>,
+    /// `cm` likewise.
+    cm_panels: Vec<u8>,
+    /// `C1 = Σ_g cd·Q_g` per column.
+    c1: Vec<i64>,
+    /// `C2 = Σ_g cm·G` per column.
+    c2: Vec<i64>,
 }
 
 impl Int4Weight {
@@ -60,25 +73,45 @@ impl Int4Weight {
             return Err(Error::NonFinite { row: Some(row) });
         }
         let probe = Int4Weight::empty(n, k, size, group.is_none(), symmetric);
-        let (mut levels, mut fd, mut fm) = (
-            vec![0u8; n * k],
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
+        let groups = probe.groups();
+        // `n` is not bounded by the input when `k = 0`: every allocation must fail as an error.
+        let mut levels: Vec<u8> = try_zeroed(n * k, "4-bit levels")?;
+        let (mut fd, mut fm): (Vec<f32>, Vec<f32>) =
+            (try_zeroed(n, "row factors")?, try_zeroed(n, "row factors")?);
+        let (mut cd, mut cm): (Vec<u8>, Vec<u8>) = (
+            try_zeroed(n * groups, "codes")?,
+            try_zeroed(n * groups, "codes")?,
         );
-        let (mut cd, mut cm) = (
-            Vec::with_capacity(n * probe.groups()),
-            Vec::with_capacity(n * probe.groups()),
-        );
-        for r in 0..n {
-            let (row, q) = (&w[r * k..(r + 1) * k], &mut levels[r * k..(r + 1) * k]);
-            let coded = probe.code(row, method);
-            coded.levels(row, size, q);
-            fd.push(coded.fd);
-            fm.push(coded.fm);
-            cd.extend(&coded.cd);
-            cm.extend(&coded.cm);
+        // The search costs ~0.3 us per weight: rows are coded on every thread, in blocks whose
+        // results are gathered by index (each block's rows are disjoint).
+        let blocks = n.div_ceil(ROWS_PER_ITEM);
+        let done: std::sync::Mutex<Vec<CodedBlock>> = std::sync::Mutex::new(Vec::new());
+        crate::threads::for_each_index(blocks, crate::threads::num_threads() - 1, |b| {
+            let rows = b * ROWS_PER_ITEM..((b + 1) * ROWS_PER_ITEM).min(n);
+            let mut q = vec![0u8; rows.len() * k];
+            let mut coded = Vec::with_capacity(rows.len());
+            for (i, r) in rows.enumerate() {
+                let row = &w[r * k..(r + 1) * k];
+                let c = probe.coded_row(row, method);
+                c.levels(row, size, &mut q[i * k..(i + 1) * k]);
+                coded.push(c);
+            }
+            done.lock()
+                .expect("no panics while held")
+                .push((b, coded, q));
+            Ok::<(), Error>(())
+        })?;
+        for (b, coded, q) in done.into_inner().expect("no panics while held") {
+            let r0 = b * ROWS_PER_ITEM;
+            levels[r0 * k..r0 * k + q.len()].copy_from_slice(&q);
+            for (i, c) in coded.into_iter().enumerate() {
+                let r = r0 + i;
+                (fd[r], fm[r]) = (c.fd, c.fm);
+                cd[r * groups..(r + 1) * groups].copy_from_slice(&c.cd);
+                cm[r * groups..(r + 1) * groups].copy_from_slice(&c.cm);
+            }
         }
-        Ok(probe.assemble(&levels, fd, fm, cd, cm))
+        probe.assemble(&levels, fd, fm, cd, cm)
     }
 
     /// A weight from its stored parts (levels `n x k` in `0..=15`, row factors, codes), every
@@ -115,6 +148,18 @@ impl Int4Weight {
         if fd.iter().chain(&fm).any(|v| !v.is_finite()) {
             return Err(Error::NonFinite { row: None });
         }
+        // Every decoded value (`fd·cd·q + fm·cm`, codes up to 255, levels up to 15) must be a
+        // finite float32 too.
+        let widest = |d: f32, m: f32| 255.0 * 15.0 * d as f64 - 255.0 * m as f64;
+        if fd
+            .iter()
+            .zip(&fm)
+            .any(|(&d, &m)| widest(d, m) > f32::MAX as f64)
+        {
+            return Err(Error::Value(
+                "row factors so large that their grids overflow float32".into(),
+            ));
+        }
         if fd.iter().any(|&d| d < 0.0) || fm.iter().any(|&m| m > 0.0) {
             return Err(Error::Value(
                 "row scale factors must be >= 0 and minimum factors <= 0".into(),
@@ -130,7 +175,7 @@ impl Int4Weight {
                 "a symmetric weight's minima must be -8 scales".into(),
             ));
         }
-        Ok(probe.assemble(levels, fd, fm, cd, cm))
+        probe.assemble(levels, fd, fm, cd, cm)
     }
 
     fn empty(n: usize, k: usize, group: usize, per_channel: bool, symmetric: bool) -> Int4Weight {
@@ -143,9 +188,10 @@ impl Int4Weight {
             panels: Vec::new(),
             fd: Vec::new(),
             fm: Vec::new(),
-            cd: Vec::new(),
-            cm: Vec::new(),
-            qsum: Vec::new(),
+            cd_panels: Vec::new(),
+            cm_panels: Vec::new(),
+            c1: Vec::new(),
+            c2: Vec::new(),
         }
     }
 
@@ -157,28 +203,44 @@ impl Int4Weight {
         fm: Vec<f32>,
         cd: Vec<u8>,
         cm: Vec<u8>,
-    ) -> Int4Weight {
+    ) -> Result<Int4Weight> {
         let (n, k) = (self.n, self.k);
-        self.panels = vec![0; n.div_ceil(PANEL) * k.div_ceil(8) * BLOCK_BYTES];
+        let groups = self.groups();
+        let panels = n.div_ceil(PANEL);
+        self.panels = try_zeroed(panels * k.div_ceil(8) * BLOCK_BYTES, "4-bit panels")?;
+        self.cd_panels = try_zeroed(panels * groups * PANEL, "codes")?;
+        self.cm_panels = try_zeroed(panels * groups * PANEL, "codes")?;
+        self.c1 = try_zeroed(n, "column constants")?;
+        self.c2 = try_zeroed(n, "column constants")?;
         for (col, row) in levels.chunks(k.max(1)).take(n).enumerate() {
             for (kk, &q) in row.iter().enumerate() {
                 self.set_level(col, kk, q);
             }
         }
-        let groups = self.groups();
+        (self.fd, self.fm) = (fd, fm);
         for col in 0..n {
+            let (p, c) = (col / PANEL, col % PANEL);
+            let (mut c1, mut c2) = (0i64, 0i64);
             for g in 0..groups {
+                let i = col * groups + g;
+                let at = (p * groups + g) * PANEL + c;
+                self.cd_panels[at] = cd[i];
+                self.cm_panels[at] = cm[i];
                 let span = self.span(g);
-                self.qsum
-                    .push(levels[col * k..][span].iter().map(|&q| q as i32).sum());
+                let qsum: i64 = levels[col * k..][span.clone()]
+                    .iter()
+                    .map(|&q| q as i64)
+                    .sum();
+                c1 += cd[i] as i64 * qsum;
+                c2 += cm[i] as i64 * span.len() as i64;
             }
+            (self.c1[col], self.c2[col]) = (c1, c2);
         }
-        (self.fd, self.fm, self.cd, self.cm) = (fd, fm, cd, cm);
-        self
+        Ok(self)
     }
 
     /// The coded grids of one row.
-    fn code(&self, row: &[f32], method: Method) -> CodedRow {
+    fn coded_row(&self, row: &[f32], method: Method) -> CodedRow {
         let size = self.group;
         if row.is_empty() {
             // in_features = 0: nothing to quantize, one (empty) per-channel group.
@@ -229,19 +291,17 @@ impl Int4Weight {
 
     fn set_level(&mut self, col: usize, kk: usize, q: u8) {
         let (byte, high) = self.index(col, kk);
-        let s = (q ^ 8) & 0x0F; // q − 8 as a two's complement nibble
-        self.panels[byte] |= if high { s << 4 } else { s };
+        self.panels[byte] |= if high { q << 4 } else { q };
     }
 
     /// The level `q` (`0..=15`) of column `col` at `kk`, read back from the panels.
     pub fn level(&self, col: usize, kk: usize) -> u8 {
         let (byte, high) = self.index(col, kk);
-        let nibble = if high {
+        if high {
             self.panels[byte] >> 4
         } else {
             self.panels[byte] & 0x0F
-        };
-        nibble ^ 8
+        }
     }
 
     /// `(n, k)`.
@@ -283,20 +343,62 @@ impl Int4Weight {
 
     /// The decoded grid of column `col`, group `g`.
     pub fn grid(&self, col: usize, g: usize) -> Grid {
-        let i = col * self.groups() + g;
-        Grid::decode(self.fd[col], self.cd[i], self.fm[col], self.cm[i])
+        let (cd, cm) = self.code(col, g);
+        Grid::decode(self.fd[col], cd, self.fm[col], cm)
     }
 
     /// Row factors and codes of column `col`: `(fd, fm, cd, cm)`.
-    pub fn codes(&self, col: usize) -> (f32, f32, &[u8], &[u8]) {
-        let g = self.groups();
-        let r = col * g..(col + 1) * g;
-        (self.fd[col], self.fm[col], &self.cd[r.clone()], &self.cm[r])
+    pub fn codes(&self, col: usize) -> (f32, f32, Vec<u8>, Vec<u8>) {
+        let (cd, cm) = (0..self.groups()).map(|g| self.code(col, g)).unzip();
+        (self.fd[col], self.fm[col], cd, cm)
+    }
+
+    /// The codes `(cd, cm)` of column `col`, group `g`.
+    pub fn code(&self, col: usize, g: usize) -> (u8, u8) {
+        let at = ((col / PANEL) * self.groups() + g) * PANEL + col % PANEL;
+        (self.cd_panels[at], self.cm_panels[at])
+    }
+
+    /// The codes `cd` of every panel and group, 16 columns each: panel `p`, group `g` at
+    /// `(p·groups + g)·16`.
+    pub fn cd_panels(&self) -> &[u8] {
+        &self.cd_panels
+    }
+
+    /// The codes `cm`, laid out as [`Int4Weight::cd_panels`].
+    pub fn cm_panels(&self) -> &[u8] {
+        &self.cm_panels
+    }
+
+    /// `C1 = Σ_g cd·Σ q` and `C2 = Σ_g cm·G` of column `col`.
+    pub fn constants(&self, col: usize) -> (i64, i64) {
+        (self.c1[col], self.c2[col])
+    }
+
+    /// Bytes held in memory.
+    pub fn nbytes(&self) -> usize {
+        self.panels.len()
+            + 4 * (self.fd.len() + self.fm.len())
+            + self.cd_panels.len()
+            + self.cm_panels.len()
+            + 8 * (self.c1.len() + self.c2.len())
     }
 
     /// `Σ q` of column `col` over group `g`.
     pub fn qsum(&self, col: usize, g: usize) -> i32 {
-        self.qsum[col * self.groups() + g]
+        self.span(g).map(|kk| self.level(col, kk) as i32).sum()
+    }
+
+    /// Every group's decoded scale and minimum, `(n, groups)` row-major each.
+    pub fn grids(&self) -> (Vec<f32>, Vec<f32>) {
+        let groups = self.groups();
+        let all: Vec<Grid> = (0..self.n * groups)
+            .map(|i| self.grid(i / groups, i % groups))
+            .collect();
+        (
+            all.iter().map(|g| g.scale).collect(),
+            all.iter().map(|g| g.min).collect(),
+        )
     }
 
     /// The levels, `(n, k)` row-major.
@@ -325,6 +427,9 @@ impl Int4Weight {
 fn group_len(group: Option<usize>, k: usize) -> Result<usize> {
     match group {
         None => Ok(k.max(1)),
+        Some(g) if GROUP_SIZES.contains(&g) && k == 0 => Err(Error::Shape(format!(
+            "group_size {g} needs in_features > 0 (group_size=None quantizes per channel)"
+        ))),
         Some(g) if GROUP_SIZES.contains(&g) && k.is_multiple_of(g) => Ok(g),
         Some(g) if GROUP_SIZES.contains(&g) => Err(Error::Shape(format!(
             "group_size {g} does not divide in_features = {k}"
@@ -368,7 +473,7 @@ pub fn linear_ref(
             .map(|g| row[w.span(g)].iter().map(|&v| v as i64).sum())
             .collect();
         for col in 0..n {
-            let (fd, fm, cd, cm) = w.codes(col);
+            let (_, _, cd, cm) = w.codes(col);
             let (mut x1, mut x2) = (0i64, 0i64);
             for g in 0..groups {
                 let t: i64 = w
@@ -378,13 +483,7 @@ pub fn linear_ref(
                 x1 += cd[g] as i64 * (t - zx[r] as i64 * w.qsum(col, g) as i64);
                 x2 += cm[g] as i64 * (asum[g] - zx[r] as i64 * w.span(g).len() as i64);
             }
-            let y = if w.symmetric {
-                // min = −8·scale: one integer, `Σ_g cd·Σ (a − zx)·(q − 8)`, one float product.
-                sx[r] * (fd * (x1 - 8 * x2) as f32)
-            } else {
-                sx[r] * (fd * x1 as f32 + fm * x2 as f32)
-            };
-            out[r * n + col] = y + bias.map_or(0.0, |b| b[col]);
+            out[r * n + col] = epilogue_one(w, col, sx[r], x1, x2, bias);
         }
     }
     out
@@ -392,3 +491,70 @@ pub fn linear_ref(
 
 #[cfg(test)]
 mod tests;
+
+/// One output from its exact integers X1 and X2: `sx·(fd·f32(X1) + fm·f32(X2)) + bias`, or
+/// for a symmetric weight (min = −8·scale, so one integer `Σ_g cd·Σ (a − zx)·(q − 8)`)
+/// `sx·(fd·f32(X1 − 8·X2)) + bias`. The one float expression of every path and the oracle.
+#[inline]
+pub fn epilogue_one(
+    w: &Int4Weight,
+    col: usize,
+    sx: f32,
+    x1: i64,
+    x2: i64,
+    bias: Option<&[f32]>,
+) -> f32 {
+    let b = bias.map_or(0.0, |b| b[col]);
+    output(w.symmetric, sx, w.fd[col], w.fm[col], x1, x2, b)
+}
+
+/// The float expression itself (see [`epilogue_one`]).
+#[inline(always)]
+fn output(symmetric: bool, sx: f32, fd: f32, fm: f32, x1: i64, x2: i64, b: f32) -> f32 {
+    let y = if symmetric {
+        sx * (fd * (x1 - 8 * x2) as f32)
+    } else {
+        sx * (fd * x1 as f32 + fm * x2 as f32)
+    };
+    y + b
+}
+
+/// [`epilogue_one`] for the columns `n0..n0 + dst.len()` of one row, from the kernels' sums
+/// `s1 = Σ cd·P` and `s2 = Σ cm·A` (i32 for one chunk, i64 for several): `X1 = s1 − zx·C1`,
+/// `X2 = s2 − zx·C2`. The same float expression, in a loop the compiler vectorizes.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn epilogue_row<T: Copy + Into<i64>>(
+    w: &Int4Weight,
+    n0: usize,
+    zx: i32,
+    sx: f32,
+    s1: &[T],
+    s2: &[T],
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
+) {
+    let cols = dst.len();
+    let r = n0..n0 + cols;
+    let (fd, fm, c1, c2) = (
+        &w.fd[r.clone()],
+        &w.fm[r.clone()],
+        &w.c1[r.clone()],
+        &w.c2[r],
+    );
+    let (s1, s2) = (&s1[..cols], &s2[..cols]);
+    let zx = zx as i64;
+    for c in 0..cols {
+        let x1 = s1[c].into() - zx * c1[c];
+        let x2 = s2[c].into() - zx * c2[c];
+        dst[c] = output(
+            w.symmetric,
+            sx,
+            fd[c],
+            fm[c],
+            x1,
+            x2,
+            bias.map_or(0.0, |b| b[c]),
+        );
+    }
+}

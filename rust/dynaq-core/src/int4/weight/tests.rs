@@ -75,7 +75,7 @@ fn packing_holds_the_quantizer_levels() {
                 assert_eq!(q.qsum(col, g), brute);
             }
         }
-        // Padding (columns beyond n, k beyond the last block's real ones) holds s = 0.
+        // Padding (columns beyond n, k beyond the last block's real ones) holds 0.
         let real: usize = n * k;
         let nonzero_nibbles: usize = q
             .panels()
@@ -136,7 +136,7 @@ fn bad_shapes_groups_and_values_are_refused() {
 }
 
 /// The oracle against float64 arithmetic on the dequantized weight, and the integer identity the
-/// kernels will use (they sum `P = Σ a·(q − 8)`, not `Σ a·q`).
+/// kernels use.
 #[test]
 fn oracle_matches_float64_and_the_kernels_decomposition() {
     let mut rng = Rng(3);
@@ -180,23 +180,31 @@ fn oracle_matches_float64_and_the_kernels_decomposition() {
                     (got - exact).abs() <= 1e-5 * scale + 1e-30,
                     "{n}x{k} {group:?} {symmetric}: {got} vs {exact}"
                 );
-                // Σ_g cd·P + 8·Σ_g cd·A − zx·Σ_g cd·Q == Σ_g cd·(Σ a·q − zx·Q).
-                let (_, _, cd, _) = q.codes(col);
-                let (mut lhs, mut rhs) = (0i64, 0i64);
-                for (g, &c) in cd.iter().enumerate() {
+                // What the kernels sum (`P = Σ a·q` and `A = Σ a` per group, times the codes
+                // as laid out beside the panels), less the column constants, is X1 and X2.
+                let (_, _, cd, cm) = q.codes(col);
+                let groups = q.groups();
+                let (c1, c2) = q.constants(col);
+                let (mut x1, mut x2, mut lhs1, mut lhs2) = (0i64, 0i64, 0i64, 0i64);
+                for g in 0..groups {
                     let ks = q.span(g);
+                    let at = ((col / 16) * groups + g) * 16 + col % 16;
+                    assert_eq!((q.cd_panels()[at], q.cm_panels()[at]), (cd[g], cm[g]));
                     let p: i64 = ks
                         .clone()
-                        .map(|kk| a[r * k + kk] as i64 * (q.level(col, kk) as i64 - 8))
-                        .sum();
-                    let asum: i64 = ks.clone().map(|kk| a[r * k + kk] as i64).sum();
-                    let t: i64 = ks
                         .map(|kk| a[r * k + kk] as i64 * q.level(col, kk) as i64)
                         .sum();
-                    let c = c as i64;
-                    lhs += c * p + 8 * c * asum - zx[r] as i64 * c * q.qsum(col, g) as i64;
-                    rhs += c * (t - zx[r] as i64 * q.qsum(col, g) as i64);
+                    let asum: i64 = ks.clone().map(|kk| a[r * k + kk] as i64).sum();
+                    lhs1 += cd[g] as i64 * p;
+                    lhs2 += cm[g] as i64 * asum;
+                    let z = zx[r] as i64;
+                    x1 += cd[g] as i64 * (p - z * q.qsum(col, g) as i64);
+                    x2 += cm[g] as i64 * (asum - z * ks.len() as i64);
                 }
+                let (lhs, rhs) = (
+                    (lhs1 - zx[r] as i64 * c1, lhs2 - zx[r] as i64 * c2),
+                    (x1, x2),
+                );
                 assert_eq!(lhs, rhs);
             }
         }

@@ -1,0 +1,203 @@
+//! The AVX2 4-bit GEMM microkernel (`README.md` of `int4`, "The arithmetic").
+//!
+//! Levels are stored unsigned (`q ∈ 0..=15`), so `vpmaddubsw(a, q)` (u8 × s8) is exact here:
+//! a pair of products is at most `2·255·15 = 7,650`, far from i16 saturation, and four such
+//! pairs (two blocks of 8 k) still fit an i16 lane (30,600 ≤ 32,767). One `vpmaddwd` with ones
+//! per two blocks then widens to i32. Unpacking is `and 0x0F` and `srl 4; and 0x0F` on 32
+//! bytes (8 columns × 8 k), shared by every row of the tile.
+//!
+//! Per group, the i32 sums are multiplied by the group's codes (`vpmulld` with the 8 codes
+//! zero-extended) into `Σ cd·P`, and the row's activation sum by `cm` into `Σ cm·A`.
+//!
+//! Tile: up to [`MR`] rows × 1 panel, in two passes of 8 columns so that the block sums
+//! (`MR`), the unpacked levels (4) and the constants fit in 16 ymm registers.
+
+use crate::int4::kernel::{Int4Kernel, Int4Tile};
+use crate::int4::weight::BLOCK_BYTES;
+use crate::isa::Isa;
+use core::arch::x86_64::*;
+
+/// Most rows of a tile.
+const MR: usize = 4;
+
+/// The 4-bit GEMM kernel of this path.
+pub static GEMM_INT4: Int4Kernel = Int4Kernel {
+    name: "avx2_u8u4_i32_maddubs_4x16",
+    isa: Isa::Avx2,
+    mr: MR,
+    np: 1,
+    func: gemm_entry,
+};
+
+/// The operands of one pass (8 columns of one panel) over all groups of a call.
+struct Pass {
+    /// Row 0's activations at the call's first k.
+    a: *const u8,
+    lda: usize,
+    /// Row 0's activation sums at the call's first group.
+    asum: *const i32,
+    lds: usize,
+    /// This pass's first byte in the call's first block (`+ 32·pass` in the panel).
+    b: *const u8,
+    /// This pass's first code of the call's first group (`+ 8·pass`).
+    cd: *const u8,
+    cm: *const u8,
+    code_step: usize,
+    groups: usize,
+    group_blocks: usize,
+}
+
+/// `(levels of k 0..4, levels of k 4..8)` of 8 columns: 32 bytes from `p`.
+///
+/// # Safety
+/// The CPU must have AVX2; `p .. p + 32` is readable.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn unpack(p: *const u8, mask: __m256i) -> (__m256i, __m256i) {
+    // SAFETY: 32 readable bytes (contract above).
+    let v = unsafe { _mm256_loadu_si256(p.cast()) };
+    (
+        _mm256_and_si256(v, mask),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask),
+    )
+}
+
+/// Four activations of a row broadcast to every 32-bit lane.
+///
+/// # Safety
+/// The CPU must have AVX2; `p .. p + 4` is readable.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn bcast4(p: *const u8) -> __m256i {
+    // SAFETY: 4 readable bytes (contract above).
+    _mm256_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
+}
+
+/// One pass of `R` rows: `(Σ cd·P, Σ cm·A)` per row for 8 columns.
+///
+/// # Safety
+/// The CPU must have AVX2. For `r < R`, `g < groups`, block `h < groups·group_blocks`:
+/// `a + r·lda + 8h .. + 8`, `asum + r·lds + g`, `b + 64h .. + 32` and
+/// `cd/cm + g·code_step .. + 8` are readable.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn pass<const R: usize>(p: &Pass) -> [[__m256i; 2]; MR] {
+    let zero = _mm256_setzero_si256();
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut out = [[zero; 2]; MR];
+    for g in 0..p.groups {
+        let mut t = [zero; R];
+        let (mut h, end) = (g * p.group_blocks, (g + 1) * p.group_blocks);
+        while h + 2 <= end {
+            // SAFETY: blocks `h, h + 1 < end <= groups·group_blocks` and rows `r < R`: every
+            // read is inside the ranges of the contract above.
+            unsafe {
+                let (l0, h0) = unpack(p.b.add(BLOCK_BYTES * h), mask);
+                let (l1, h1) = unpack(p.b.add(BLOCK_BYTES * (h + 1)), mask);
+                for r in 0..R {
+                    let a = p.a.add(r * p.lda + 8 * h);
+                    let s = _mm256_add_epi16(
+                        _mm256_add_epi16(
+                            _mm256_maddubs_epi16(bcast4(a), l0),
+                            _mm256_maddubs_epi16(bcast4(a.add(4)), h0),
+                        ),
+                        _mm256_add_epi16(
+                            _mm256_maddubs_epi16(bcast4(a.add(8)), l1),
+                            _mm256_maddubs_epi16(bcast4(a.add(12)), h1),
+                        ),
+                    );
+                    t[r] = _mm256_add_epi32(t[r], _mm256_madd_epi16(s, ones));
+                }
+            }
+            h += 2;
+        }
+        if h < end {
+            // SAFETY: block `h < end`, rows `r < R`, as above.
+            unsafe {
+                let (l0, h0) = unpack(p.b.add(BLOCK_BYTES * h), mask);
+                for r in 0..R {
+                    let a = p.a.add(r * p.lda + 8 * h);
+                    let s = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(bcast4(a), l0),
+                        _mm256_maddubs_epi16(bcast4(a.add(4)), h0),
+                    );
+                    t[r] = _mm256_add_epi32(t[r], _mm256_madd_epi16(s, ones));
+                }
+            }
+        }
+        // SAFETY: group `g < groups`: 8 readable codes each (contract above).
+        let (cd, cm) = unsafe {
+            (
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cd.add(g * p.code_step).cast())),
+                _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cm.add(g * p.code_step).cast())),
+            )
+        };
+        for r in 0..R {
+            // SAFETY: row `r < R`, group `g < groups` (contract above).
+            let asum = _mm256_set1_epi32(unsafe { *p.asum.add(r * p.lds + g) });
+            out[r][0] = _mm256_add_epi32(out[r][0], _mm256_mullo_epi32(t[r], cd));
+            out[r][1] = _mm256_add_epi32(out[r][1], _mm256_mullo_epi32(asum, cm));
+        }
+    }
+    out
+}
+
+type PassFn = unsafe fn(&Pass) -> [[__m256i; 2]; MR];
+
+/// The monomorphized pass for `rows` (`1..=MR`).
+fn pass_fn(rows: usize) -> PassFn {
+    match rows {
+        1 => pass::<1>,
+        2 => pass::<2>,
+        3 => pass::<3>,
+        4 => pass::<4>,
+        _ => unreachable!("tile rows out of range"),
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX2, and `t` must satisfy the bounds asserted by [`Int4Kernel::run`].
+#[target_feature(enable = "avx2")]
+unsafe fn gemm_tile(t: &mut Int4Tile<'_>) {
+    debug_assert!(t.rows >= 1 && t.rows <= MR && t.panels == 1);
+    let f = pass_fn(t.rows);
+    for half in 0..2 {
+        let p = Pass {
+            a: t.a.as_ptr(),
+            lda: t.lda,
+            asum: t.asum.as_ptr(),
+            lds: t.lds,
+            // This pass's half of the panel's first block and of the first group's codes
+            // (`Int4Kernel::run` asserted 64 bytes per block and 16 codes per group).
+            b: t.b[32 * half..].as_ptr(),
+            cd: t.cd[8 * half..].as_ptr(),
+            cm: t.cm[8 * half..].as_ptr(),
+            code_step: t.code_step,
+            groups: t.groups,
+            group_blocks: t.group_blocks,
+        };
+        // SAFETY: `Int4Kernel::run` asserted every range `pass` reads: rows `r < rows` of `a`
+        // hold `8·groups·group_blocks` bytes from `r·lda`, of `asum` `groups` sums from
+        // `r·lds`; the panel holds `64` bytes per block, of which this pass reads 32 from
+        // `32·half`; each group's codes are 16 bytes at `g·code_step`, of which it reads 8.
+        let out = unsafe { f(&p) };
+        for (r, o) in out.iter().enumerate().take(t.rows) {
+            let at = r * t.ldc + 8 * half;
+            // SAFETY: row `r < rows`, columns `8·half .. + 8 <= 16`: inside the C tiles
+            // (asserted by `Int4Kernel::run`).
+            unsafe {
+                _mm256_storeu_si256(t.c1.as_mut_ptr().add(at).cast(), o[0]);
+                _mm256_storeu_si256(t.c2.as_mut_ptr().add(at).cast(), o[1]);
+            }
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX2, and `t` must satisfy the bounds asserted by [`Int4Kernel::run`]
+/// (the only caller).
+unsafe fn gemm_entry(t: &mut Int4Tile<'_>) {
+    // SAFETY: `Int4Kernel::run` asserted that the CPU supports `Isa::Avx2` and the bounds.
+    unsafe { gemm_tile(t) }
+}

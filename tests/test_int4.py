@@ -1,0 +1,309 @@
+"""4-bit weights (W4A8): dynaq.pack_weight(bits=4), the PackedWeight it gives, linear on it.
+
+The kernels are tested against the scalar oracle in Rust (``rust/dynaq-core/tests/paths_int4.rs``);
+here the Python surface: the options and their errors, the stored form and its round trips, an
+independent NumPy oracle of the integer arithmetic (bit for bit on every path), and the
+accuracy the quantizer promises.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import dynaq
+import numpy as np
+import pytest
+from util import AVAILABLE_ISAS, assert_bitwise_equal, blob_header, run_on_each_isa
+
+F32 = np.float32
+
+
+def _gauss(n, k, seed=0, scale=0.1):
+    return (np.random.default_rng(seed).standard_normal((n, k)) * scale).astype(F32)
+
+
+def _student_t(n, k, seed=0, dof=4):
+    return (np.random.default_rng(seed).standard_t(dof, (n, k)) * 0.05).astype(F32)
+
+
+VARIANTS = [
+    dict(bits=4),
+    dict(bits=4, group_size=64),
+    dict(bits=4, group_size=128),
+    dict(bits=4, group_size=None),
+    dict(bits=4, symmetric=True),
+    dict(bits=4, group_size=None, symmetric=True),
+    dict(bits=4, method="rtn"),
+]
+
+
+# --- options -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=str)
+def test_attributes_describe_the_weight(kw):
+    n, k = 33, 256
+    pw = dynaq.pack_weight(_gauss(n, k), **kw)
+    group = kw.get("group_size", 32)
+    assert (pw.bits, pw.group_size, pw.symmetric) == (4, group, kw.get("symmetric", False))
+    assert pw.shape == (n, k) and pw.per_channel
+    groups = k // group if group else 1
+    levels, scales, minima = pw.unpack()
+    assert levels.dtype == np.uint8 and levels.shape == (n, k) and levels.max() <= 15
+    assert scales.shape == minima.shape == (n, groups)
+    np.testing.assert_array_equal(pw.scales, scales)
+    if pw.symmetric:
+        np.testing.assert_array_equal(minima, -8 * scales)
+    # dequantize() is the unpacked grid, value for value.
+    g = group or k
+    deq = levels * np.repeat(scales, g, axis=1) + np.repeat(minima, g, axis=1)
+    np.testing.assert_allclose(pw.dequantize(), deq, rtol=0, atol=1e-6)
+    assert f"bits=4, group_size={group}" in repr(pw)
+
+
+def test_int8_is_unchanged_by_default():
+    w = _gauss(16, 64)
+    pw = dynaq.pack_weight(w)
+    assert (pw.bits, pw.group_size, pw.symmetric) == (8, None, True)
+    assert pw == dynaq.pack_weight(w, bits=8)
+    assert "bits" not in repr(pw)
+    assert blob_header(pw.to_bytes())["__metadata__"]["dynaq.format"] == "2"
+
+
+W = _gauss(4, 64)
+
+
+@pytest.mark.parametrize(
+    "kw, exc, match",
+    [
+        (dict(bits=3), ValueError, r"^bits must be 8 or 4, got 3$"),
+        (dict(bits=16), ValueError, r"^bits must be 8 or 4, got 16$"),
+        (dict(bits=4, group_size=48), ValueError, r"^group_size must be 32, 64, 128 or None"),
+        (dict(bits=4, group_size=256), ValueError, r"^group_size must be 32, 64, 128 or None"),
+        (dict(bits=4, group_size=0), ValueError, r"^group_size must be 32, 64, 128 or None"),
+        (dict(bits=4, group_size=-32), ValueError, r"^group_size must be 32, 64, 128 or None"),
+        (dict(bits=4, group_size="32"), ValueError, r"^group_size must be .*got '32'"),
+        (dict(bits=4, group_size=True), ValueError, r"^group_size must be .*got True"),
+        (dict(bits=4, group_size=32.0), ValueError, r"^group_size must be .*got 32.0"),
+        (dict(group_size=32), ValueError, r"^group_size applies to bits=4 only"),
+        (dict(group_size=None), ValueError, r"^group_size applies to bits=4 only"),
+        (dict(symmetric=False), ValueError, r"^int8 weights are symmetric"),
+        (dict(method="rtn"), ValueError, r"^method applies to bits=4 only"),
+        (dict(bits=4, per_channel=False), ValueError, r"^per_channel=False .* is int8 only"),
+        (dict(bits=4, method="hqq"), ValueError, r"^method must be 'search' or 'rtn', got 'hqq'"),
+        (dict(bits=4, foo=1), TypeError, r"foo"),
+    ],
+    ids=lambda v: str(v) if isinstance(v, dict) else "",
+)
+def test_bad_options_are_refused(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        dynaq.pack_weight(W, **kw)
+
+
+def test_bad_weights_are_refused():
+    with pytest.raises(ValueError, match=r"^group_size 64 does not divide in_features = 96$"):
+        dynaq.pack_weight(_gauss(3, 96), bits=4, group_size=64)
+    with pytest.raises(ValueError, match=r"^group_size 32 needs in_features > 0"):
+        dynaq.pack_weight(np.zeros((3, 0), F32), bits=4)
+    bad = _gauss(5, 64)
+    bad[3, 7] = np.nan
+    with pytest.raises(ValueError, match=r"^weight contains NaN or infinity \(row 3\)"):
+        dynaq.pack_weight(bad, bits=4)
+    bad[3, 7] = -np.inf
+    with pytest.raises(ValueError, match=r"^weight contains NaN or infinity \(row 3\)"):
+        dynaq.pack_weight(bad, bits=4, group_size=None)
+    with pytest.raises(TypeError, match=r"^weight "):
+        dynaq.pack_weight(np.ones((2, 32), np.int32), bits=4)
+    with pytest.raises(ValueError, match=r"^weight must be 2-D"):
+        dynaq.pack_weight(np.ones(32, F32), bits=4)
+    with pytest.raises(ValueError, match=r"^a 4-bit weight has no int8 panels"):
+        _ = dynaq.pack_weight(W, bits=4).panels
+
+
+def test_per_channel_handles_any_k():
+    for k in [0, 1, 7, 13, 100]:
+        w = _gauss(5, k, seed=k)
+        pw = dynaq.pack_weight(w, bits=4, group_size=None)
+        x = _gauss(3, k, seed=1, scale=1.0)
+        y = dynaq.linear(x, pw)
+        assert y.shape == (3, 5)
+        if k == 0:
+            np.testing.assert_array_equal(y, 0)
+
+
+# --- linear: an independent oracle ---------------------------------------------------------
+
+
+def _oracle(x, pw, bias, granularity="row"):
+    """``linear`` from the stored tensors, in NumPy: exact int64 sums, then the float32
+    expression ``sx * (fd * f32(X1) + fm * f32(X2)) + bias`` (symmetric:
+    ``sx * (fd * f32(X1 - 8 X2)) + bias``), with ``X1 = Σ_g cd (Σ a q - zx Σ q)`` and
+    ``X2 = Σ_g cm (Σ a - zx G)``."""
+    n, k = pw.shape
+    t = dynaq._dynaq.weight_tensors(pw)
+    packed = t["weight"]
+    q = np.empty((n, k), np.int64)
+    q[0::2] = packed[: (n + 1) // 2] & 0x0F
+    q[1::2] = packed[: n // 2] >> 4
+    fd = t["weight_scale"]
+    fm = t.get("weight_min", -8 * fd)
+    groups = t["weight_gscale"].shape[1] if "weight_gscale" in t else 1
+    cd = t.get("weight_gscale", np.ones((n, 1), np.uint8)).astype(np.int64)
+    cm = t.get("weight_gmin", cd).astype(np.int64)
+    g = k // groups if groups else k
+    qt = dynaq.quantize(x, granularity=granularity)
+    a = qt.values.astype(np.int64)
+    m = a.shape[0]
+    zx = np.broadcast_to(np.asarray(qt.zero_point, np.int64).reshape(-1, 1), (m, 1))
+    sx = np.broadcast_to(np.asarray(qt.scale, F32).reshape(-1, 1), (m, 1))
+    x1 = np.zeros((m, n), np.int64)
+    x2 = np.zeros((m, n), np.int64)
+    for j in range(groups):
+        sl = slice(j * g, (j + 1) * g)
+        p = a[:, sl] @ q[:, sl].T
+        asum = a[:, sl].sum(axis=1, keepdims=True)
+        qsum = q[:, sl].sum(axis=1)
+        x1 += cd[:, j] * (p - zx * qsum)
+        x2 += cm[:, j] * (asum - zx * (sl.stop - sl.start if k else 0))
+    if pw.symmetric:
+        y = sx * (fd * (x1 - 8 * x2).astype(F32))
+    else:
+        y = sx * (fd * x1.astype(F32) + fm * x2.astype(F32))
+    return (y + bias).astype(F32)
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=str)
+@pytest.mark.parametrize("m, n, k", [(1, 17, 128), (3, 33, 256), (9, 16, 384), (5, 70, 4096)])
+def test_linear_matches_the_numpy_oracle_bit_for_bit_on_every_path(kw, m, n, k):
+    w = _student_t(n, k, seed=m)
+    pw = dynaq.pack_weight(w, **kw)
+    x = np.random.default_rng(k).standard_normal((m, k)).astype(F32)
+    bias = np.linspace(-1, 1, n).astype(F32)
+    want = _oracle(x, pw, bias)
+    for isa, got in run_on_each_isa(lambda: dynaq.linear(x, pw, bias)).items():
+        assert_bitwise_equal(got, want, err_msg=f"{isa} {kw}")
+
+
+def test_linear_per_tensor_activations_and_out():
+    pw = dynaq.pack_weight(_gauss(24, 128), bits=4)
+    x = _gauss(6, 128, seed=3, scale=1.0)
+    want = _oracle(x, pw, np.zeros(24, F32), granularity="tensor")
+    out = np.full((6, 24), np.nan, F32)
+    got = dynaq.linear(x, pw, granularity="tensor", out=out)
+    assert got is out
+    assert_bitwise_equal(out, want)
+    with pytest.raises(ValueError, match=r"in_features"):
+        dynaq.linear(_gauss(2, 64), pw)
+
+
+def test_available_paths_agree():
+    pw = dynaq.pack_weight(_gauss(50, 2080, seed=5), bits=4)
+    x = _gauss(13, 2080, seed=6, scale=2.0)
+    results = run_on_each_isa(lambda: dynaq.linear(x, pw))
+    first = results[AVAILABLE_ISAS[0]]
+    for isa, y in results.items():
+        assert_bitwise_equal(y, first, err_msg=isa)
+
+
+# --- the stored form -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=str)
+def test_round_trips(kw):
+    pw = dynaq.pack_weight(_gauss(17, 256, seed=2), **kw)
+    blob = pw.to_bytes()
+    assert blob_header(blob)["__metadata__"]["dynaq.format"] == "3"
+    assert dynaq.PackedWeight.from_bytes(blob) == pw
+    assert pickle.loads(pickle.dumps(pw)) == pw
+    tensors = dynaq._dynaq.weight_tensors(pw)
+    assert dynaq._dynaq.weight_from_tensors(tensors) == pw
+    names = {"weight", "weight_scale"}
+    if not pw.symmetric:
+        names.add("weight_min")
+    if pw.group_size:
+        names.add("weight_gscale")
+        if not pw.symmetric:
+            names.add("weight_gmin")
+    assert set(tensors) == names
+
+
+@pytest.mark.parametrize("k", [512, 1024, 4096])
+def test_bits_per_weight_stored(k):
+    """Group 32 stores at most 4.625 bits per weight from K = 512 (4 + 16/G + 64/K)."""
+    n = 64
+    limits = [(32, 4 + 16 / 32 + 64 / k), (128, 4 + 16 / 128 + 64 / k), (None, 4 + 64 / k)]
+    for group, limit in limits:
+        pw = dynaq.pack_weight(_gauss(n, k), bits=4, group_size=group)
+        stored = sum(a.nbytes for a in dynaq._dynaq.weight_tensors(pw).values())
+        assert stored * 8 / (n * k) == pytest.approx(limit)
+        assert stored * 8 / (n * k) <= 4.625
+        # In memory: the nibbles, codes beside them and a few numbers per column.
+        assert pw.nbytes < 0.6 * dynaq.pack_weight(_gauss(n, k)).nbytes
+
+
+def test_corrupt_tensors_are_refused():
+    pw = dynaq.pack_weight(_gauss(5, 64), bits=4)
+    good = dict(dynaq._dynaq.weight_tensors(pw))
+    cases = {
+        "missing gmin": {k: v for k, v in good.items() if k != "weight_gmin"},
+        "gscale wrong shape": {**good, "weight_gscale": good["weight_gscale"][:, :1]},
+        "rows": {**good, "weight": good["weight"][:2]},
+        "min positive": {**good, "weight_min": np.abs(good["weight_min"]) + 1},
+        "nan scale": {**good, "weight_scale": np.full(5, np.nan, F32)},
+        "high nibble of the odd last row": {
+            **good,
+            "weight": np.where(np.arange(3)[:, None] == 2, good["weight"] | 0x10, good["weight"]),
+        },
+    }
+    for what, tensors in cases.items():
+        with pytest.raises(ValueError):
+            dynaq._dynaq.weight_from_tensors(tensors)
+            pytest.fail(what)
+
+
+def test_newer_format_versions_are_refused():
+    from util import with_metadata
+
+    blob = dynaq.pack_weight(W, bits=4).to_bytes()
+    with pytest.raises(ValueError, match=r"format version 4 is not supported"):
+        dynaq.PackedWeight.from_bytes(with_metadata(blob, "dynaq.format", "4"))
+
+
+# --- accuracy ------------------------------------------------------------------------------
+
+
+def _output_error(w, pw, seed=0):
+    # 256 rows: the error of 64 rows varies by +-2% from draw to draw.
+    x = np.random.default_rng(seed).standard_normal((256, w.shape[1])).astype(F32)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    y = dynaq.linear(x, pw)
+    return float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
+
+
+def test_group_32_search_meets_the_accuracy_targets():
+    """Relative output error of linear, group 32: Gaussian weights <= 0.072 (min-max RTN is
+    ~0.078), heavy-tailed (Student-t, 4 dof) <= 0.086; the search never worse than RTN."""
+    for w, target in [(_gauss(128, 2048, seed=7), 0.072), (_student_t(128, 2048, seed=8), 0.086)]:
+        searched = _output_error(w, dynaq.pack_weight(w, bits=4))
+        rtn = _output_error(w, dynaq.pack_weight(w, bits=4, method="rtn"))
+        assert searched <= target, (searched, rtn)
+        assert searched < rtn
+
+
+def test_per_channel_search_beats_rtn_on_heavy_tails():
+    """Per channel, heavy-tailed rows: the searched grid's output error is >= 35% below RTN's."""
+    w = _student_t(64, 4096, seed=9)
+    searched = _output_error(w, dynaq.pack_weight(w, bits=4, group_size=None))
+    rtn = _output_error(w, dynaq.pack_weight(w, bits=4, group_size=None, method="rtn"))
+    assert searched <= 0.65 * rtn, (searched, rtn)
+
+
+def test_grids_that_overflow_float32_are_refused():
+    """Finite factors whose decoded grid (factor x code x level) is not a finite float32."""
+    good = dict(dynaq._dynaq.weight_tensors(dynaq.pack_weight(W, bits=4)))
+    for key, value in [("weight_min", -1e37), ("weight_scale", 1e36)]:
+        bad = dict(good)
+        bad[key] = good[key].copy()
+        bad[key][1] = value
+        with pytest.raises(ValueError, match=r"grids overflow float32"):
+            dynaq._dynaq.weight_from_tensors(bad)
