@@ -5,9 +5,9 @@ header and value checks instead of stopping at the checksum: for format versions
 sealed safetensors buffer; 3 when the weight is 4-bit) the ``dynaq.crc32`` digits are
 recomputed, for version 1 (``DYNAQPW``) the last 4 bytes. The rest is the serialized weight.
 Documented outcomes: a ``PackedWeight``, or ``ValueError`` (``"PackedWeight bytes: ..."``:
-corrupt, truncated, unknown version, implausible shape), or ``MemoryError``. Anything else, a crash, a weight that does not survive
-``to_bytes()``/``from_bytes()`` unchanged, or whose ``linear`` differs between paths, is a
-finding.
+corrupt, truncated, unknown version, implausible shape), or ``MemoryError``. Anything else, a
+crash, a weight that does not survive ``to_bytes()``/``from_bytes()`` unchanged, or whose
+``linear`` differs between paths, is a finding.
 
     python fuzz/fuzz_packed_weight.py WORKDIR fuzz/corpus/packed_weight -max_total_time=60
 """
