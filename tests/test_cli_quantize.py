@@ -199,8 +199,9 @@ class _Tty(io.StringIO):
 def _args(src, dst, **kw):
     import argparse
 
-    ns = argparse.Namespace(input=str(src), output=str(dst), per_tensor=False, exclude=[])
-    ns.min_sqnr = None
+    parser = argparse.ArgumentParser()
+    _quantize_cli.add_arguments(parser)
+    ns = parser.parse_args([str(src), str(dst)])  # every option at its default
     for k, v in kw.items():
         setattr(ns, k, v)
     return ns

@@ -101,7 +101,7 @@ def test_bad_options_are_refused(kw, exc, match):
 
 
 def test_bad_weights_are_refused():
-    with pytest.raises(ValueError, match=r"^group_size 64 does not divide in_features = 96$"):
+    with pytest.raises(ValueError, match=r"^group_size 64 does not divide in_features = 96 \(weight "):
         dynaq.pack_weight(_gauss(3, 96), bits=4, group_size=64)
     with pytest.raises(ValueError, match=r"^group_size 32 needs in_features > 0"):
         dynaq.pack_weight(np.zeros((3, 0), F32), bits=4)
@@ -307,3 +307,141 @@ def test_grids_that_overflow_float32_are_refused():
         bad[key][1] = value
         with pytest.raises(ValueError, match=r"grids overflow float32"):
             dynaq._dynaq.weight_from_tensors(bad)
+
+
+# --- the numpy layers ----------------------------------------------------------------------
+
+
+def test_numpy_layers_take_4_bit_weights():
+    from dynaq.layers import GRU, LSTM, GRUCell, Linear, LSTMCell
+
+    rng = np.random.default_rng(3)
+    w = _gauss(48, 128)
+    x = rng.standard_normal((5, 128)).astype(F32)
+    for opts in [dict(bits=4), dict(bits=4, group_size=None, symmetric=True)]:
+        layer = Linear.from_float(w, np.ones(48, F32), **opts)
+        pw = dynaq.pack_weight(w, **opts)
+        assert layer.weight == pw and "bits=4" in repr(layer)
+        assert_bitwise_equal(layer(x), dynaq.linear(x, pw, np.ones(48, F32)))
+        back = Linear.from_bytes(layer.to_bytes())
+        assert back.weight == pw
+        assert_bitwise_equal(pickle.loads(pickle.dumps(layer))(x), layer(x))
+    params = {
+        "weight_ih_l0": _gauss(128, 64, seed=1),
+        "weight_hh_l0": _gauss(128, 32, seed=2),
+        "bias_ih_l0": _gauss(128, 1, seed=3)[:, 0],
+    }
+    seq = rng.standard_normal((4, 2, 64)).astype(F32)
+    lstm = LSTM(params, bits=4)
+    assert lstm.cells[0][0].w_hh == dynaq.pack_weight(params["weight_hh_l0"], bits=4)
+    out, _ = lstm(seq)
+    assert_bitwise_equal(LSTM.from_bytes(lstm.to_bytes())(seq)[0], out)
+    gru = GRU({k: v[:96] for k, v in params.items()}, bits=4, group_size=None)
+    assert gru.cells[0][0].w_ih.group_size is None and gru.cells[0][0].w_ih.bits == 4
+    assert_bitwise_equal(GRU.from_bytes(gru.to_bytes())(seq)[0], gru(seq)[0])
+    cell = LSTMCell(params["weight_ih_l0"], params["weight_hh_l0"], bits=4, method="rtn")
+    assert cell.cell.w_ih == dynaq.pack_weight(params["weight_ih_l0"], bits=4, method="rtn")
+    GRUCell(params["weight_ih_l0"][:96], params["weight_hh_l0"][:96], bits=4)
+    # A group size that does not fit one of the weights names it.
+    with pytest.raises(ValueError, match=r"does not divide in_features = 32 \(weight_hh_l0 "):
+        LSTM(params, bits=4, group_size=64)
+    with pytest.raises(ValueError, match=r"^group_size applies to bits=4 only"):
+        LSTM(params, group_size=32)
+
+
+# --- model files and the CLI ----------------------------------------------------------------
+
+
+def _model_file(path):
+    from dynaq import safetensors as ds
+
+    rng = np.random.default_rng(4)
+    tensors = {
+        "a.weight": (rng.standard_normal((40, 128)) * 0.05).astype(F32),
+        "a.bias": rng.standard_normal(40).astype(F32),
+        "b.weight": rng.standard_normal((8, 256)).astype(np.float16),
+    }
+    ds.write(path, tensors)
+    return tensors
+
+
+@pytest.mark.parametrize(
+    "flags, opts",
+    [
+        ([], dict(bits=4)),
+        (["--group-size", "128"], dict(bits=4, group_size=128)),
+        (["--group-size", "none", "--symmetric"], dict(bits=4, group_size=None, symmetric=True)),
+        (["--method", "rtn"], dict(bits=4, method="rtn")),
+    ],
+)
+def test_cli_writes_4_bit_files_that_load_bit_for_bit(tmp_path, capsys, flags, opts):
+    from dynaq import safetensors as ds
+    from dynaq.__main__ import main
+
+    src, dst = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
+    tensors = _model_file(src)
+    assert main(["quantize", str(src), str(dst), "--bits", "4", *flags]) == 0
+    out = capsys.readouterr().out
+    group = opts.get("group_size", 32)
+    assert f"2 quantized (4-bit, {f'group {group}' if group else 'per channel'})" in out
+    assert ds.read_metadata(dst)["dynaq.format"] == "3"
+    loaded = ds.load_quantized(dst)
+    for name in ["a.weight", "b.weight"]:
+        assert loaded[name] == dynaq.pack_weight(tensors[name].astype(F32), **opts), name
+    np.testing.assert_array_equal(loaded["a.bias"], tensors["a.bias"])
+    layer = ds.load_linear(dst, "a.weight", "a.bias")
+    assert layer.weight.bits == 4
+
+
+def test_cli_4_bit_errors(tmp_path, capsys):
+    from dynaq import safetensors as ds
+    from dynaq.__main__ import main
+
+    src = tmp_path / "m.safetensors"
+    _model_file(src)
+    for flags, message in [
+        (["--group-size", "32"], "--group-size applies to --bits 4 only"),
+        (["--method", "rtn", "--symmetric"], "--symmetric, --method applies to --bits 4 only"),
+        (["--bits", "4", "--per-tensor"], "--per-tensor is int8 only"),
+        (["--bits", "4", "--group-size", "48"], "group_size must be 32, 64, 128 or None"),
+        (["--bits", "4", "--group-size", "256"], "group_size must be 32, 64, 128 or None"),
+    ]:
+        assert main(["quantize", str(src), str(tmp_path / "x.safetensors"), *flags]) == 1
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "x.safetensors").exists()
+    # A group size that does not divide one tensor's columns names the file and tensor.
+    ds.write(tmp_path / "odd.safetensors", {"w": np.ones((4, 96), F32)})
+    args = ["quantize", str(tmp_path / "odd.safetensors"), str(tmp_path / "x.safetensors")]
+    assert main([*args, "--bits", "4", "--group-size", "64"]) == 1
+    assert "odd.safetensors: tensor 'w': group_size 64 does not divide" in capsys.readouterr().err
+    # A tensor named like a 4-bit weight's minima is a clash.
+    ds.write(tmp_path / "clash.safetensors", {"w": np.ones((4, 64), F32), "w_gmin": np.ones(3)})
+    args = ["quantize", str(tmp_path / "clash.safetensors"), str(tmp_path / "x.safetensors")]
+    assert main([*args, "--bits", "4"]) == 1
+    assert "would be stored as 'w_gmin'" in capsys.readouterr().err
+
+
+def test_load_refuses_4_bit_values_in_a_version_2_file(tmp_path):
+    from dynaq import safetensors as ds
+
+    src, dst = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
+    _model_file(src)
+    ds.quantize_file(src, dst, bits=4)
+    tensors = ds.read(dst)
+    meta = dict(ds.read_metadata(dst))
+    meta["dynaq.format"] = "2"
+    ds.write(tmp_path / "v2.safetensors", tensors, meta)
+    with pytest.raises(ValueError, match=r"4-bit \(uint8\) values in a format-2 file"):
+        ds.load_quantized(tmp_path / "v2.safetensors")
+
+
+def test_torch_modules_refuse_4_bit_layers_loudly():
+    pytest.importorskip("torch")
+    import dynaq.torch as dt
+    from dynaq.layers import LSTM, Linear
+
+    with pytest.raises(ValueError, match=r"^weight is a 4-bit weight: the torch modules take"):
+        dt.Linear.from_layer(Linear.from_float(_gauss(4, 32), bits=4))
+    params = {"weight_ih_l0": _gauss(128, 64), "weight_hh_l0": _gauss(128, 32)}
+    with pytest.raises(ValueError, match=r"4-bit weight: the torch modules take int8"):
+        dt.LSTM(LSTM(params, bits=4))

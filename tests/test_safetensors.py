@@ -779,7 +779,7 @@ def test_load_quantized_refuses_bad_files(tmp_path):
             ds.load_quantized(path)
         assert "bad.safetensors" in str(e.value)
 
-    check(tensors, {**meta, "dynaq.format": "3"}, "format 3 is not supported")
+    check(tensors, {**meta, "dynaq.format": "4"}, "format 4 is not supported")
     check(tensors, {**meta, "dynaq.format": "x"}, "bad dynaq.format")
     check(tensors, {**meta, "dynaq.quantized": "{"}, "bad dynaq.quantized")
     names = json.loads(meta["dynaq.quantized"])

@@ -14,6 +14,8 @@ FORMAT_KEY: str
 KIND_KEY: str
 QUANTIZED_KEY: str
 SCALE_SUFFIX: str
+FORMAT_VERSION_INT4: int
+WEIGHT_PART_SUFFIXES: list[str]
 __all__ = [
     "ARCH",
     "FORMAT_KEY",
@@ -24,6 +26,8 @@ __all__ = [
     "QUANTIZED_KEY",
     "QuantizedTensor",
     "SCALE_SUFFIX",
+    "FORMAT_VERSION_INT4",
+    "WEIGHT_PART_SUFFIXES",
     "__version__",
     "_held_calls",
     "_hold_detached_calls",
@@ -160,7 +164,16 @@ def pack_weight(
 def as_float32(
     obj: object, name: str, shape: Optional[tuple[int, ...]] = None
 ) -> npt.NDArray[np.float32]: ...
-def as_packed_weight(obj: object, name: str, per_channel: bool = True) -> PackedWeight: ...
+def as_packed_weight(
+    obj: object,
+    name: str,
+    per_channel: bool = True,
+    *,
+    bits: int = 8,
+    group_size: Optional[int] = ...,
+    symmetric: Optional[bool] = None,
+    method: Optional[str] = None,
+) -> PackedWeight: ...
 def check_granularity(granularity: str) -> None: ...
 def cpu_features() -> list[tuple[str, bool]]: ...
 def detected_isas() -> list[str]: ...

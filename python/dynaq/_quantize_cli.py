@@ -1,4 +1,5 @@
-"""``python -m dynaq quantize IN OUT``: int8-quantize the 2-D float tensors of a safetensors file.
+"""``python -m dynaq quantize IN OUT``: quantize the 2-D float tensors of a safetensors file to int8
+(or 4 bits with ``--bits 4``).
 
 Prints a per-tensor table (shape, dtype, bytes before and after, weight SQNR, what was done) and
 the totals; shows a progress bar on stderr for large files when stderr is a terminal. Errors
@@ -39,6 +40,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one weight scale per tensor instead of one per output channel (row)",
     )
     parser.add_argument(
+        "--bits",
+        type=int,
+        choices=(8, 4),
+        default=8,
+        help="8 (default) or 4: 4-bit weights with a scale and minimum per group of input features",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=_group_size,
+        default=None,
+        metavar="G",
+        help="with --bits 4: 32 (default), 64, 128, or 'none' for one scale per output channel",
+    )
+    parser.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="with --bits 4: levels scale * (q - 8), no minima",
+    )
+    parser.add_argument(
+        "--method",
+        choices=("search", "rtn"),
+        default=None,
+        help="with --bits 4: least-squares search of each group's grid (default) or min-max "
+        "round to nearest",
+    )
+    parser.add_argument(
         "--exclude",
         action="append",
         default=[],
@@ -53,6 +80,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep tensors whose weight SQNR would fall below DB decibels in their float "
         "format (automatic mixed precision)",
     )
+
+
+def _group_size(text: str) -> object:
+    """``--group-size``: a number, or ``none`` (per channel), kept apart from "not given"."""
+    if text.lower() == "none":
+        return "none"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a group size: {text!r}") from None
+
+
+def _weight_options(args: argparse.Namespace) -> dict:
+    """The options for :func:`dynaq.pack_weight` the flags ask for (only those given);
+    ``ValueError`` naming the flags that do not go together."""
+    if args.bits == 8:
+        given = [
+            flag
+            for flag, on in (
+                ("--group-size", args.group_size is not None),
+                ("--symmetric", args.symmetric),
+                ("--method", args.method is not None),
+            )
+            if on
+        ]
+        if given:
+            raise ValueError(f"{', '.join(given)} applies to --bits 4 only")
+    elif args.per_tensor:
+        raise ValueError("--per-tensor is int8 only (4-bit weights have scales per group)")
+    opts: dict = {"bits": args.bits}
+    if args.group_size is not None:
+        opts["group_size"] = None if args.group_size == "none" else args.group_size
+    if args.symmetric:
+        opts["symmetric"] = True
+    if args.method is not None:
+        opts["method"] = args.method
+    return opts
 
 
 def _finite_float(text: str) -> float:
@@ -123,6 +187,11 @@ def run(args: argparse.Namespace, stderr: Optional[IO[str]] = None) -> int:
     from dynaq.safetensors import quantize_file
 
     err = sys.stderr if stderr is None else stderr
+    try:
+        options = _weight_options(args)
+    except ValueError as e:
+        print(f"dynaq quantize: error: {e}", file=err)
+        return 1
     show = bool(getattr(err, "isatty", lambda: False)())
     bar = ProgressBar(err, show and _total_bytes(args.input) >= PROGRESS_MIN_BYTES)
     try:
@@ -133,6 +202,7 @@ def run(args: argparse.Namespace, stderr: Optional[IO[str]] = None) -> int:
             exclude=tuple(args.exclude),
             min_sqnr=args.min_sqnr,
             progress=bar,
+            **options,
         )
     except KeyboardInterrupt:
         bar.close()

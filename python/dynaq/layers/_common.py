@@ -25,9 +25,23 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return F32(0.5) * (F32(1.0) + np.tanh(F32(0.5) * x))
 
 
-def pack(weight: Any, name: str, per_channel: bool) -> PackedWeight:
-    """A layer's weight parameter ``name``: a PackedWeight as it is, a float one quantized."""
-    return as_packed_weight(weight, name, per_channel)
+def weight_options(
+    bits: int = 8, group_size: Any = ..., symmetric: Any = None, method: Any = None
+) -> dict[str, Any]:
+    """A layer's weight options as :func:`dynaq.pack_weight` takes them (``group_size`` only
+    when given: absent means groups of 32 for 4 bits, ``None`` one scale per channel)."""
+    opts: dict[str, Any] = {"bits": bits, "symmetric": symmetric, "method": method}
+    if group_size is not ...:
+        opts["group_size"] = group_size
+    return opts
+
+
+def pack(
+    weight: Any, name: str, per_channel: bool, options: Optional[dict[str, Any]] = None
+) -> PackedWeight:
+    """A layer's weight parameter ``name``: a PackedWeight as it is, a float one quantized
+    (``options`` from :func:`weight_options`; checked either way)."""
+    return as_packed_weight(weight, name, per_channel, **(options or {}))
 
 
 def bias_array(bias: Any, name: str, n: int) -> Optional[np.ndarray]:

@@ -21,13 +21,15 @@ from ._common import (
     expect_config,
     expect_names,
     pack,
+    weight_options,
 )
 
 __all__ = ["Linear"]
 
 
 class Linear(Serialized):
-    """``y = x @ weight.T + bias`` with int8 weights and dynamically quantized activations.
+    """``y = x @ weight.T + bias`` with int8 (or 4-bit) weights and dynamically quantized
+    activations.
 
     Parameters
     ----------
@@ -63,9 +65,16 @@ class Linear(Serialized):
         *,
         per_channel: bool = True,
         granularity: str = "row",
+        bits: int = 8,
+        group_size: Optional[int] = ...,  # type: ignore[assignment]
+        symmetric: Optional[bool] = None,
+        method: Optional[str] = None,
     ) -> Linear:
-        """Quantize a float weight (out_features, in_features) and build the layer."""
-        return cls(pack(weight, "weight", per_channel), bias, granularity=granularity)
+        """Quantize a float weight (out_features, in_features) and build the layer;
+        ``bits``, ``group_size``, ``symmetric`` and ``method`` as :func:`dynaq.pack_weight`
+        takes them (``bits=4`` for 4-bit weights)."""
+        opts = weight_options(bits, group_size, symmetric, method)
+        return cls(pack(weight, "weight", per_channel, opts), bias, granularity=granularity)
 
     @property
     def in_features(self) -> int:
@@ -191,8 +200,11 @@ class Linear(Serialized):
             if self.static
             else f"dynamic({self.granularity})"
         )
+        w = self.weight
+        scales = (
+            f"bits=4, group_size={w.group_size}" if w.bits == 4 else f"per_channel={w.per_channel}"
+        )
         return (
             f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, per_channel={self.weight.per_channel}, "
-            f"activations={mode})"
+            f"bias={self.bias is not None}, {scales}, activations={mode})"
         )

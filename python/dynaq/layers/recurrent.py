@@ -25,6 +25,7 @@ from ._common import (
     int_arg,
     pack,
     sigmoid,
+    weight_options,
 )
 
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell"]
@@ -53,6 +54,7 @@ class _CellWeights:
         input_size: Optional[int],
         hidden_size: Optional[int],
         per_channel: bool,
+        options: Optional[dict[str, Any]] = None,
         sizes_from: str = "",
         inputs_from: str = "",
     ) -> None:
@@ -60,8 +62,8 @@ class _CellWeights:
         a_kind = ("an " if kind == "LSTM" else "a ") + kind
         w_ih, w_hh, b_ih, b_hh = params
         n_ih, n_hh, n_bih, n_bhh = names
-        self.w_ih = pack(w_ih, n_ih, per_channel)
-        self.w_hh = pack(w_hh, n_hh, per_channel)
+        self.w_ih = pack(w_ih, n_ih, per_channel, options)
+        self.w_hh = pack(w_hh, n_hh, per_channel, options)
         g_h, inp = self.w_ih.shape
         # weight_hh is (gates * hidden, hidden): when the two weights agree with each other but
         # not with this kind's gate count, say so (e.g. GRU weights given to an LSTM).
@@ -176,8 +178,13 @@ class _Recurrent(Serialized):
         hidden_size: Optional[int] = None,
         per_channel: bool = True,
         granularity: str = "row",
+        bits: int = 8,
+        group_size: Optional[int] = ...,  # type: ignore[assignment]
+        symmetric: Optional[bool] = None,
+        method: Optional[str] = None,
     ) -> None:
         _check_granularity(granularity)
+        options = weight_options(bits, group_size, symmetric, method)
         if not isinstance(params, Mapping):
             raise TypeError(f"params must be a mapping of name -> array, got {type(params)}")
         self.num_layers = int_arg(num_layers, "num_layers", 1)
@@ -223,6 +230,7 @@ class _Recurrent(Serialized):
                     input_size=layer_in,
                     hidden_size=hidden_size,
                     per_channel=per_channel,
+                    options=options,
                     sizes_from=sizes_from if hidden_size is not None else "",
                     inputs_from=inputs_from,
                 )
@@ -243,8 +251,12 @@ class _Recurrent(Serialized):
         self.input_size = self.cells[0][0].input_size
 
     @classmethod
-    def from_torch(cls, module: Any, *, per_channel: bool = True, granularity: str = "row") -> Any:
-        """Build from a ``torch.nn.LSTM`` / ``torch.nn.GRU`` (its configuration and weights)."""
+    def from_torch(
+        cls, module: Any, *, per_channel: bool = True, granularity: str = "row", **weights: Any
+    ) -> Any:
+        """Build from a ``torch.nn.LSTM`` / ``torch.nn.GRU`` (its configuration and weights);
+        ``weights``: ``bits``, ``group_size``, ``symmetric``, ``method`` as the constructor
+        takes them."""
         if getattr(module, "proj_size", 0):
             raise ValueError(f"{cls.kind} with proj_size is not supported")
         params = {k: v.detach().cpu().float().numpy() for k, v in module.named_parameters()}
@@ -255,6 +267,7 @@ class _Recurrent(Serialized):
             batch_first=module.batch_first,
             per_channel=per_channel,
             granularity=granularity,
+            **weights,
         )
 
     def _check_state(self, h: Any, name: str, batch: int, unbatched: bool) -> np.ndarray:
@@ -398,6 +411,10 @@ class LSTM(_Recurrent):
         Per-output-channel weight scales (default).
     granularity : {"row", "tensor"}
         Activation scales per row (default) or per call.
+    bits, group_size, symmetric, method
+        The weights' format, as :func:`dynaq.pack_weight` takes them (``bits=4``: 4-bit
+        weights in groups of ``group_size`` input features, 32 by default; ``None``: per
+        channel).
 
     Calling it on ``input`` of shape (seq, batch, input_size) (or (batch, seq, input_size) with
     ``batch_first``, or (seq, input_size) unbatched) with optional ``hx = (h_0, c_0)`` of shape
@@ -432,6 +449,10 @@ class _Cell(Serialized):
         *,
         per_channel: bool = True,
         granularity: str = "row",
+        bits: int = 8,
+        group_size: Optional[int] = ...,  # type: ignore[assignment]
+        symmetric: Optional[bool] = None,
+        method: Optional[str] = None,
     ) -> None:
         _check_granularity(granularity)
         self.granularity = granularity
@@ -442,11 +463,15 @@ class _Cell(Serialized):
             input_size=None,
             hidden_size=None,
             per_channel=per_channel,
+            options=weight_options(bits, group_size, symmetric, method),
         )
 
     @classmethod
-    def from_torch(cls, module: Any, *, per_channel: bool = True, granularity: str = "row") -> Any:
-        """Build from a ``torch.nn.LSTMCell`` / ``torch.nn.GRUCell``."""
+    def from_torch(
+        cls, module: Any, *, per_channel: bool = True, granularity: str = "row", **weights: Any
+    ) -> Any:
+        """Build from a ``torch.nn.LSTMCell`` / ``torch.nn.GRUCell``; ``weights`` as the
+        constructor takes them (``bits``, ``group_size``, ``symmetric``, ``method``)."""
         p = {k: v.detach().cpu().float().numpy() for k, v in module.named_parameters()}
         return cls(
             p["weight_ih"],
@@ -455,6 +480,7 @@ class _Cell(Serialized):
             p.get("bias_hh"),
             per_channel=per_channel,
             granularity=granularity,
+            **weights,
         )
 
     @property

@@ -8,6 +8,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional, Union
 
+import numpy as np
+
 from .. import _dynaq
 from ._io import PathLike, _open, _read_bytes, _read_header, _to_numpy
 
@@ -51,10 +53,11 @@ def load_quantized(path: PathLike) -> dict[str, Any]:
             version = int(meta[key])
         except ValueError:
             raise ValueError(f"{p}: bad {key} metadata {meta[key]!r}") from None
-        if version not in (1, _dynaq.FORMAT_VERSION):
+        readable = (1, _dynaq.FORMAT_VERSION, _dynaq.FORMAT_VERSION_INT4)
+        if version not in readable:
             raise ValueError(
-                f"{p}: dynaq file format {version} is not supported (this dynaq reads 1 and "
-                f"{_dynaq.FORMAT_VERSION})"
+                f"{p}: dynaq file format {version} is not supported (this dynaq reads "
+                f"{', '.join(map(str, readable))})"
             )
         try:
             names = json.loads(meta.get(_dynaq.QUANTIZED_KEY, "[]"))
@@ -64,9 +67,11 @@ def load_quantized(path: PathLike) -> dict[str, Any]:
             raise ValueError(f"{p}: bad {_dynaq.QUANTIZED_KEY} metadata (a JSON list of names)")
         quantized = set(names)
         suffix = _V1_SCALE_SUFFIX if version == 1 else _dynaq.SCALE_SUFFIX
+        # 4-bit weights (version 3) may have minima and group codes beside their scales.
+        suffixes = _dynaq.WEIGHT_PART_SUFFIXES if version >= 3 else [suffix]
         per_tensor_v1 = version == 1 and meta.get("dynaq.per_channel", "true") == "false"
         entries = {e.name: e for e in header.entries}
-        scales_of = {n + suffix: n for n in quantized}
+        scales_of = {n + sfx: n for n in quantized for sfx in suffixes}
         if version == 1:
             for e in header.entries:
                 if e.name.endswith(suffix) and e.name not in scales_of:
@@ -86,10 +91,19 @@ def load_quantized(path: PathLike) -> dict[str, Any]:
             se = entries.get(e.name + suffix)
             if se is None:
                 raise ValueError(f"{where}: its scales {e.name + suffix!r} are missing")
+            if arr.dtype == np.uint8 and version < 3:
+                raise ValueError(
+                    f"{where}: 4-bit (uint8) values in a format-{version} file (4-bit weights "
+                    "are format 3)"
+                )
             scales = _to_numpy(header, se, _read_bytes(f, header, se))
             if per_tensor_v1 and scales.shape == (1,):
                 scales = scales.reshape(())
             parts = {e.name: arr, e.name + _dynaq.SCALE_SUFFIX: scales}
+            for sfx in suffixes[1:]:
+                pe = entries.get(e.name + sfx)
+                if pe is not None:
+                    parts[pe.name] = _to_numpy(header, pe, _read_bytes(f, header, pe))
             try:
                 result[e.name] = _dynaq.weight_from_tensors(parts, e.name)
             except (TypeError, ValueError) as err:

@@ -103,6 +103,10 @@ class QuantizeReport:
         In the source file's order.
     file_bytes_before, file_bytes_after : int
         Sizes of the two files, headers included.
+    bits : int
+        8 or 4.
+    group_size : int or None
+        The 4-bit group size (None per channel, and for int8).
     """
 
     source: str
@@ -112,6 +116,8 @@ class QuantizeReport:
     rows: tuple[TensorReport, ...]
     file_bytes_before: int
     file_bytes_after: int
+    bits: int = 8
+    group_size: Optional[int] = None
 
     @property
     def bytes_before(self) -> int:
@@ -125,7 +131,7 @@ class QuantizeReport:
 
     @property
     def quantized(self) -> list[str]:
-        """Names of the tensors that became int8."""
+        """Names of the tensors that were quantized."""
         return [r.name for r in self.rows if r.action == "quantized"]
 
     def count(self, action: str) -> int:
@@ -141,7 +147,9 @@ class QuantizeReport:
 
     def totals(self) -> str:
         """One line: tensor counts by action, bytes before and after, SQNR range."""
-        parts = [f"{self.count('quantized')} quantized"]
+        group = f"group {self.group_size}" if self.group_size else "per channel"
+        fmt = "" if self.bits == 8 else f" (4-bit, {group})"
+        parts = [f"{self.count('quantized')} quantized{fmt}"]
         for action, label in (
             ("kept-low-sqnr", "kept for low SQNR"),
             ("excluded", "excluded"),
@@ -184,15 +192,24 @@ class QuantizeReport:
         return self.table()
 
 
-def _sqnr_db(w: np.ndarray, values: np.ndarray, scales: np.ndarray) -> float:
-    """``10 log10(sum w^2 / sum (w - values * scale)^2)`` in float64, ``inf`` when exact."""
+def _sqnr_db(w: np.ndarray, pw: Any) -> float:
+    """``10 log10(sum w^2 / sum (w - dequantized)^2)`` in float64, ``inf`` when exact; in
+    blocks of rows (about 2^20 values each), so that float64 copies stay small."""
     signal = noise = 0.0
+    if pw.bits == 8:
+        values, scales = pw.unpack()
+        per_row = scales.shape == (w.shape[0],)
+    else:
+        deq = pw.dequantize()
     rows = max(1, (1 << 20) // max(1, w.shape[1]))
-    per_row = scales.shape == (w.shape[0],)
     for r0 in range(0, w.shape[0], rows):
         wc = w[r0 : r0 + rows].astype(np.float64)
-        sc = scales[r0 : r0 + rows, None] if per_row else scales[None, :1]
-        err = wc - values[r0 : r0 + rows].astype(np.float64) * sc.astype(np.float64)
+        if pw.bits == 8:
+            sc = scales[r0 : r0 + rows, None] if per_row else scales[None, :1]
+            approx = values[r0 : r0 + rows].astype(np.float64) * sc.astype(np.float64)
+        else:
+            approx = deq[r0 : r0 + rows].astype(np.float64)
+        err = wc - approx
         signal += float(np.sum(wc * wc))
         noise += float(np.sum(err * err))
     if noise == 0.0:
@@ -244,14 +261,21 @@ def quantize_file(
     exclude: Union[str, Iterable[str]] = (),
     min_sqnr: Optional[float] = None,
     progress: Optional[Callable[[int, int, str], None]] = None,
+    bits: int = 8,
+    group_size: Optional[int] = ...,  # type: ignore[assignment]
+    symmetric: Optional[bool] = None,
+    method: Optional[str] = None,
 ) -> QuantizeReport:
-    """Quantize every 2-D floating-point tensor of a safetensors file to int8.
+    """Quantize every 2-D floating-point tensor of a safetensors file to int8 (or 4 bits).
 
     Each 2-D ``F32``, ``F16``, ``BF16`` or ``F64`` tensor not excluded is quantized as
     :func:`dynaq.pack_weight` does (symmetric int8, ``scale = max|w| / 127`` per output channel
     (row) or for the whole tensor): the int8 values are stored as ``I8`` under the tensor's
     name ``W`` and the float32 scales as ``W_scale``, of shape (rows,) or () (dynaq's one
-    on-disk form, the names of the torch modules' state dicts too). Every other tensor is copied
+    on-disk form, the names of the torch modules' state dicts too). With ``bits=4`` each is
+    quantized as ``dynaq.pack_weight(w, bits=4, group_size=..., symmetric=..., method=...)``
+    does and stored as ``W`` (uint8, two rows per byte), ``W_scale`` and, as the weight needs
+    them, ``W_min``, ``W_gscale``, ``W_gmin`` (format version 3). Every other tensor is copied
     byte for byte. The metadata keeps the source's and adds ``dynaq.format``
     (:data:`FORMAT_VERSION`), ``dynaq.quantized`` (a JSON list of the quantized names) and
     ``dynaq.writer``. The file is written atomically.
@@ -270,6 +294,8 @@ def quantize_file(
     progress : callable, optional
         Called after each tensor as ``progress(bytes_done, bytes_total, name)``, in source
         bytes.
+    bits, group_size, symmetric, method
+        The weights' format, as :func:`dynaq.pack_weight` takes them.
 
     Returns
     -------
@@ -279,8 +305,10 @@ def quantize_file(
     ------
     ValueError
         When ``src`` is not a valid safetensors file, is already quantized by dynaq, holds both
-        a tensor to quantize ``W`` and a tensor named ``W_scale``, or a tensor to quantize
-        holds NaN or infinity (exclude it); the message names the file and tensor. Also when
+        a tensor to quantize ``W`` and a tensor named ``W_scale`` (or ``W_min``, ``W_gscale``,
+        ``W_gmin`` with ``bits=4``), a tensor to quantize holds NaN or infinity (exclude it), or
+        the group size does not divide a tensor's columns; the message names the file and
+        tensor. Also for options :func:`dynaq.pack_weight` refuses. Also when
         ``dst`` is named as transformers names a model's weights (``model.safetensors``, its
         shards) in a folder with a ``config.json``: a plain ``from_pretrained`` would read the
         int8 values as floats (use ``model.dynaq.safetensors``). ``dst`` is then left
@@ -306,6 +334,11 @@ def quantize_file(
             raise ValueError("min_sqnr must be a number of dB, got NaN")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable, got {type(progress).__name__}")
+    opts: dict[str, Any] = {"bits": bits, "symmetric": symmetric, "method": method}
+    if group_size is not ...:
+        opts["group_size"] = group_size
+    # The options are checked before any file is touched.
+    _dynaq.pack_weight(np.zeros((1, 128), np.float32), per_channel=per_channel, **opts)
     src_s, dst_s = os.fspath(src), os.fspath(dst)
     _refuse_transformers_weights(dst_s)
     rows: list[TensorReport] = []
@@ -316,6 +349,8 @@ def quantize_file(
         if _dynaq.FORMAT_KEY in header.metadata:
             raise ValueError(f"{src_s}: already quantized by dynaq (metadata {_dynaq.FORMAT_KEY})")
         names = {e.name for e in header.entries}
+        part_suffixes = _dynaq.WEIGHT_PART_SUFFIXES if bits == 4 else [_dynaq.SCALE_SUFFIX]
+        four_bit = False
         total = sum(e.nbytes for e in header.entries)
         done = 0
         dst_dir = os.path.dirname(_output_target(dst_s))
@@ -345,11 +380,10 @@ def quantize_file(
                     action = "kept"
                 elif any(fnmatch.fnmatchcase(e.name, p) for p in patterns):
                     action = "excluded"
-                elif e.name + _dynaq.SCALE_SUFFIX in names:
+                elif clash := [e.name + s for s in part_suffixes if e.name + s in names]:
                     raise ValueError(
                         f"{src_s}: tensor {e.name!r}: its scales would be stored as "
-                        f"{e.name + _dynaq.SCALE_SUFFIX!r}, which the file already has (exclude "
-                        "one of them)"
+                        f"{clash[0]!r}, which the file already has (exclude one of them)"
                     )
                 else:
                     w = _to_numpy(header, e, _read_bytes(f, header, e))
@@ -363,9 +397,11 @@ def quantize_file(
                             f"{src_s}: tensor {e.name!r} has values beyond float32's range; "
                             "exclude it to keep it as it is"
                         )
-                    pw = _dynaq.pack_weight(w, per_channel=per_channel)
-                    values, scales = pw.unpack()
-                    sqnr = _sqnr_db(w, values, scales)
+                    try:
+                        pw = _dynaq.pack_weight(w, per_channel=per_channel, **opts)
+                    except ValueError as err:
+                        raise ValueError(f"{src_s}: tensor {e.name!r}: {err}") from None
+                    sqnr = _sqnr_db(w, pw)
                     del w
                     action = (
                         "quantized" if min_sqnr is None or sqnr >= min_sqnr else "kept-low-sqnr"
@@ -373,9 +409,10 @@ def quantize_file(
                     if action == "quantized":
                         after = 0
                         for name, t in _dynaq.weight_tensors(pw, e.name).items():
-                            dtype = "I8" if t.dtype == np.int8 else "F32"
+                            dtype = {"int8": "I8", "uint8": "U8", "float32": "F32"}[t.dtype.name]
                             after += put(name, dtype, t.shape, t.tobytes())
-                    del values, pw
+                            four_bit |= bits == 4
+                    del pw
                 if action != "quantized":
                     copy(e)
                     after = e.nbytes
@@ -384,7 +421,8 @@ def quantize_file(
                 if progress is not None:
                     progress(done, total, e.name)
             metadata = dict(header.metadata)
-            metadata[_dynaq.FORMAT_KEY] = str(FORMAT_VERSION)
+            version = _dynaq.FORMAT_VERSION_INT4 if four_bit else FORMAT_VERSION
+            metadata[_dynaq.FORMAT_KEY] = str(version)
             metadata[_dynaq.QUANTIZED_KEY] = json.dumps(
                 [r.name for r in rows if r.action == "quantized"]
             )
@@ -408,4 +446,6 @@ def quantize_file(
         rows=tuple(rows),
         file_bytes_before=file_before,
         file_bytes_after=len(head) + sum(v[3] for v in out.values()),
+        bits=int(bits),
+        group_size=opts.get("group_size", 32) if bits == 4 else None,
     )

@@ -107,6 +107,11 @@ class _DynaqModule(nn.Module):
     # --- buffers ---------------------------------------------------------------------------------
 
     def _set_weight(self, name: str, pw: PackedWeight) -> None:
+        if pw.bits != 8:
+            raise ValueError(
+                f"{name} is a 4-bit weight: the torch modules take int8 weights only so far "
+                "(4-bit weights run through dynaq.linear and the numpy layers)"
+            )
         self.register_buffer(name + _PANELS, ops.panels_tensor(pw), persistent=False)
         self.register_buffer(name + "_scale", _scale_tensor(pw))
 

@@ -4,10 +4,10 @@
 //! Each is one `#[pyfunction]` with its real signature: it checks and converts its arguments
 //! with `args`, runs the core operation with the GIL released, and maps errors with `errors`.
 
-use crate::args::{self, detach, float_array, Array};
+use crate::args::{self, detach, float_array, Array, GroupSizeArg};
 use crate::errors::{named, shape, value_error, Role};
 use crate::quantized::QuantizedTensor;
-use crate::weight::{pack, PyPackedWeight};
+use crate::weight::{pack, pack_as, PyPackedWeight};
 use dynaq_core::isa::active_isa;
 use dynaq_core::ops;
 use dynaq_core::quant::{
@@ -333,19 +333,29 @@ pub fn as_float32<'py>(
 }
 
 /// ``obj`` itself when it is a :class:`PackedWeight`, else a float weight quantized as
-/// :func:`pack_weight` does, with errors naming ``name`` (a layer's parameter).
+/// :func:`pack_weight` does (with the same options), with errors naming ``name`` (a layer's
+/// parameter).
 #[pyfunction]
-#[pyo3(signature = (obj, name, per_channel = true))]
+#[pyo3(signature = (
+    obj, name, per_channel = true, *, bits = 8, group_size = GroupSizeArg::Unset,
+    symmetric = None, method = None
+))]
+#[allow(clippy::too_many_arguments)]
 pub fn as_packed_weight<'py>(
     py: Python<'py>,
     obj: &Bound<'py, PyAny>,
     name: &str,
     per_channel: bool,
+    bits: i64,
+    group_size: GroupSizeArg,
+    symmetric: Option<bool>,
+    method: Option<&str>,
 ) -> PyResult<Bound<'py, PyPackedWeight>> {
+    let spec = args::weight_spec(py, bits, per_channel, group_size, symmetric, method)?;
     if let Ok(w) = obj.cast::<PyPackedWeight>() {
         return Ok(w.clone());
     }
-    let inner = pack(py, obj, name, per_channel)?;
+    let inner = pack_as(py, obj, name, spec)?;
     Bound::new(py, PyPackedWeight { inner })
 }
 

@@ -59,7 +59,11 @@ pub fn pack_as(
             method,
         } => PackedWeight::from_float_int4(ws, n, k, group, symmetric, method),
     })
-    .map_err(|e| named(e, name, Role::Weight))
+    .map_err(|e| match e {
+        // E.g. a group size that does not divide K: say which weight (a layer has several).
+        dynaq_core::Error::Shape(m) => value_error(format!("{m} ({name} has shape ({n}, {k}))")),
+        e => named(e, name, Role::Weight),
+    })
 }
 
 /// Quantize a float weight once for the kernels: to symmetric int8 (the default) or to 4 bits.

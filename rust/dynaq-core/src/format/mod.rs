@@ -319,15 +319,19 @@ impl<'a> Blob<'a> {
     }
 }
 
+/// The suffixes of the tensors that store a weight `W` beside `W` itself: `W_scale` (every
+/// weight), `W_min`, `W_gscale`, `W_gmin` (4-bit weights that need them).
+pub const WEIGHT_PART_SUFFIXES: [&str; 4] = [
+    SCALE_SUFFIX,
+    int4_format::MIN_SUFFIX,
+    int4_format::GSCALE_SUFFIX,
+    int4_format::GMIN_SUFFIX,
+];
+
 /// Every tensor name a weight stored under `name` may use (int8: the first two).
 pub fn weight_part_names(name: &str) -> [String; 5] {
-    [
-        name.to_string(),
-        scale_name(name),
-        int4_format::min_name(name),
-        int4_format::gscale_name(name),
-        int4_format::gmin_name(name),
-    ]
+    let [a, b, c, d] = WEIGHT_PART_SUFFIXES.map(|s| format!("{name}{s}"));
+    [name.to_string(), a, b, c, d]
 }
 
 /// A weight from its two stored tensors (dtypes and shapes checked).

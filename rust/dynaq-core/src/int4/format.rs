@@ -9,17 +9,24 @@ use crate::error::{Error, Result};
 use crate::format::{scale_name, Tensor};
 use crate::safetensors::Dtype;
 
+/// What a 4-bit weight's row minima factors are called: `W_min`.
+pub const MIN_SUFFIX: &str = "_min";
+/// What its group scale codes are called: `W_gscale`.
+pub const GSCALE_SUFFIX: &str = "_gscale";
+/// What its group minimum codes are called: `W_gmin`.
+pub const GMIN_SUFFIX: &str = "_gmin";
+
 /// The name of a 4-bit weight's row minima factors: `W_min`.
 pub fn min_name(weight: &str) -> String {
-    format!("{weight}_min")
+    format!("{weight}{MIN_SUFFIX}")
 }
 /// The name of its group scale codes: `W_gscale`.
 pub fn gscale_name(weight: &str) -> String {
-    format!("{weight}_gscale")
+    format!("{weight}{GSCALE_SUFFIX}")
 }
 /// The name of its group minimum codes: `W_gmin`.
 pub fn gmin_name(weight: &str) -> String {
-    format!("{weight}_gmin")
+    format!("{weight}{GMIN_SUFFIX}")
 }
 
 /// One stored tensor as a reader hands it over: dtype, shape, bytes.
