@@ -101,7 +101,7 @@ def test_bad_options_are_refused(kw, exc, match):
 
 
 def test_bad_weights_are_refused():
-    with pytest.raises(ValueError, match=r"^group_size 64 does not divide in_features = 96 \(weight "):
+    with pytest.raises(ValueError, match=r"^group_size 64 does not divide in_features = 96 \(w"):
         dynaq.pack_weight(_gauss(3, 96), bits=4, group_size=64)
     with pytest.raises(ValueError, match=r"^group_size 32 needs in_features > 0"):
         dynaq.pack_weight(np.zeros((3, 0), F32), bits=4)
