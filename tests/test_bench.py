@@ -18,6 +18,7 @@ import pytest
 from dynaq import bench as _bench
 from dynaq.__main__ import main
 from dynaq._text import Progress
+from dynaq.bench import peers as _peers
 
 TINY = _bench.quick_config(min_time=0.0, max_reps=5, quant_shapes=((16, 256), (1, 256)))
 
@@ -69,9 +70,11 @@ def _check_doc(d: dict, cfg: _bench.BenchConfig) -> None:
     for c in d["gemm"]:
         assert c["ops"] == 2 * c["m"] * c["k"] * c["n"]
         assert set(c["results"]) == set(d["libs"])
+        four_bit = set(_peers.W4_PAIRS) | {p for _, p in _peers.W4_PAIRS.values() if p}
         for lib, r in c["results"].items():
             assert r["valid"], (lib, r)
-            assert 0 <= r["rel_error"] < _bench.MAX_REL_ERROR
+            limit = _peers.W4_MAX_REL_ERROR if lib in four_bit else _bench.MAX_REL_ERROR
+            assert 0 <= r["rel_error"] < limit, lib
             assert r["median_s"] > 0 and r["min_s"] > 0
             assert cfg.min_reps <= r["reps"] <= cfg.max_reps
             assert r["gops"] > 0
@@ -80,11 +83,21 @@ def _check_doc(d: dict, cfg: _bench.BenchConfig) -> None:
         assert c["ratio_vs_numpy"] == pytest.approx(
             res["numpy"]["median_s"] / res["dynaq"]["median_s"]
         )
-        peers = {lib: r["median_s"] for lib, r in res.items() if lib != "dynaq"}
+        peers = {
+            lib: r["median_s"] for lib, r in res.items() if lib != "dynaq" and lib not in four_bit
+        }
         best = min(peers, key=lambda lib: peers[lib])
         assert c["best_peer"] == best
         assert c["ratio_vs_best_peer"] == pytest.approx(peers[best] / res["dynaq"]["median_s"])
         assert c["ratio_vs_best_peer"] <= c["ratio_vs_numpy"] * (1 + 1e-12)
+        # Each 4-bit dynaq column against int8 dynaq and the 4-bit peer of its block size.
+        for lib, (base, peer) in _peers.W4_PAIRS.items():
+            if lib not in res:
+                continue
+            w4 = c["w4"][lib]
+            assert w4["vs_int8"] == pytest.approx(res[base]["median_s"] / res[lib]["median_s"])
+            if peer in res:
+                assert w4["vs_peer"] == pytest.approx(res[peer]["median_s"] / res[lib]["median_s"])
 
     small = [c["ratio_vs_best_peer"] for c in d["gemm"] if c["m"] <= 8]
     summary = d["summary"]["ratio_vs_best_peer"]["m<=8"]

@@ -135,7 +135,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sweep.add_argument("--isa", choices=isas, help="cap dynaq's kernel path (dynaq.set_max_isa)")
     sweep.add_argument(
-        "--quick", action="store_true", help="a tiny sweep for smoke tests (M 1,8; 64x96; 1 thread)"
+        "--quick",
+        action="store_true",
+        help="a tiny sweep for smoke tests (M 1,8; 128x96; 1 thread)",
     )
     sections = sweep.add_mutually_exclusive_group()
     sections.add_argument(

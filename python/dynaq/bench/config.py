@@ -72,7 +72,8 @@ class BenchConfig:
 
 
 def quick_config(**overrides: Any) -> BenchConfig:
-    """A tiny sweep for smoke tests (a few seconds): M in {1, 8}, K x N = 64 x 96, 1 thread.
+    """A tiny sweep for smoke tests (a few seconds): M in {1, 8}, K x N = 128 x 96 (every 4-bit
+    group size divides K), 1 thread.
 
     Parameters
     ----------
@@ -85,7 +86,7 @@ def quick_config(**overrides: Any) -> BenchConfig:
     """
     fields: dict[str, Any] = dict(
         ms=(1, 8),
-        shapes=((64, 96),),
+        shapes=((128, 96),),
         threads=(1,),
         min_reps=3,
         min_time=0.002,

@@ -22,6 +22,10 @@ import dynaq
 __all__ = [
     "LIBS",
     "LIB_ALIASES",
+    "W4_PAIRS",
+    "W4_MAX_REL_ERROR",
+    "DynaqW4Lib",
+    "OrtW4Lib",
     "LIB_CLASSES",
     "SHORT",
     "DynaqLib",
@@ -36,16 +40,48 @@ __all__ = [
     "quiet_python_logging",
 ]
 
-LIBS = ("dynaq", "numpy", "torch", "onnxruntime")
+LIBS = (
+    "dynaq",
+    "numpy",
+    "torch",
+    "onnxruntime",
+    "dynaq-w4",
+    "dynaq-w4g128",
+    "dynaq-w4ch",
+    "ort-w4",
+    "ort-w4g128",
+)
 LIB_ALIASES = {"ort": "onnxruntime", "np": "numpy"}
 # Column titles in the report.
-SHORT = {"dynaq": "dynaq", "numpy": "numpy", "torch": "torch", "onnxruntime": "ort"}
+SHORT = {
+    "dynaq": "dynaq",
+    "numpy": "numpy",
+    "torch": "torch",
+    "onnxruntime": "ort",
+    "dynaq-w4": "dq w4",
+    "dynaq-w4g128": "dq w4g128",
+    "dynaq-w4ch": "dq w4ch",
+    "ort-w4": "ort w4",
+    "ort-w4g128": "ort w4g128",
+}
+#: The 4-bit columns: each dynaq one with its int8 baseline and the peer of the same block size
+#: (None: no peer quantizes 4-bit weights per channel with int8 activations).
+W4_PAIRS = {
+    "dynaq-w4": ("dynaq", "ort-w4"),
+    "dynaq-w4g128": ("dynaq", "ort-w4g128"),
+    "dynaq-w4ch": ("dynaq", None),
+}
+#: Relative error of the output a 4-bit column may have and still count as right: 4-bit
+#: weights are ~0.07 (group 32) to ~0.14 (per channel) from float on this data.
+W4_MAX_REL_ERROR = 0.25
 
 
 class Lib:
     """One library's linear layer: set up per (K, N) outside the timings, then timed calls."""
 
     name = ""
+    #: How far from the float result its output may be (relative error).
+    max_error: Optional[float] = None
 
     def info(self) -> dict[str, Any]:
         """Versions and settings to report."""
@@ -97,6 +133,29 @@ class DynaqLib(Lib):
 
     def release(self) -> None:
         self.pw = self.b = None
+
+
+class DynaqW4Lib(DynaqLib):
+    """dynaq with 4-bit weights (least-squares grids, groups of ``group`` input features, or
+    per channel when None)."""
+
+    name = "dynaq-w4"
+    group: Optional[int] = 32
+    max_error = W4_MAX_REL_ERROR
+
+    def prepare(self, w: np.ndarray, b: np.ndarray, threads: Sequence[int], tmp: str) -> None:
+        self.pw = dynaq.pack_weight(w, bits=4, group_size=self.group)
+        self.b = b
+
+
+class DynaqW4G128Lib(DynaqW4Lib):
+    name = "dynaq-w4g128"
+    group = 128
+
+
+class DynaqW4ChLib(DynaqW4Lib):
+    name = "dynaq-w4ch"
+    group = None
 
 
 class NumpyLib(Lib):
@@ -276,11 +335,115 @@ class OnnxruntimeLib(Lib):
         self.sessions = {}
 
 
+def pack_4bit_blocks(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``w`` (N, K) as ONNX Runtime's ``MatMulNBits`` takes it: asymmetric min-max 4-bit
+    blocks of ``block`` along K (``scale = (max - min) / 15`` over the range widened to 0, zero
+    point ``round(-min / scale)``), packed two per byte, low nibble first: ``B`` (N, K/block,
+    block/2), ``scales`` (N * K/block,) float32, ``zero_points`` (N, ceil(K/block / 2)) uint8."""
+    n, k = w.shape
+    kb = -(-k // block)
+    padded = np.zeros((n, kb * block), np.float32)
+    padded[:, :k] = w
+    g = padded.reshape(n, kb, block)
+    lo = np.minimum(g.min(-1), 0)
+    hi = np.maximum(g.max(-1), 0)
+    scale = (hi - lo) / 15
+    scale[scale == 0] = 1.0
+    zp = np.clip(np.round(-lo / scale), 0, 15).astype(np.uint8)
+    q = np.clip(np.round(g / scale[..., None]) + zp[..., None], 0, 15).astype(np.uint8)
+    packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    zz = np.zeros((n, kb + (kb & 1)), np.uint8)
+    zz[:, :kb] = zp
+    zps = (zz[:, 0::2] | (zz[:, 1::2] << 4)).astype(np.uint8)
+    return packed, scale.astype(np.float32).reshape(-1), zps
+
+
+class OrtW4Lib(Lib):
+    """ONNX Runtime's ``MatMulNBits`` (com.microsoft): 4-bit blocks of ``block`` along K,
+    ``accuracy_level=4`` (int8 activations per block), bias added by an ``Add``."""
+
+    name = "ort-w4"
+    block = 32
+    max_error = W4_MAX_REL_ERROR
+
+    def __init__(self) -> None:
+        import onnx
+        import onnxruntime  # type: ignore[import]
+
+        self.onnx = onnx
+        self.ort = onnxruntime
+        self.sessions: dict[int, Any] = {}
+
+    def info(self) -> dict[str, Any]:
+        return {"version": str(self.ort.__version__), "onnx_version": str(self.onnx.__version__)}
+
+    def prepare(self, w: np.ndarray, b: np.ndarray, threads: Sequence[int], tmp: str) -> None:
+        from onnx import TensorProto, helper
+
+        n, k = w.shape
+        packed, scales, zps = pack_4bit_blocks(w, self.block)
+
+        def init(name: str, a: np.ndarray, dtype: int) -> Any:
+            return TensorProto(name=name, data_type=dtype, dims=list(a.shape), raw_data=a.tobytes())
+
+        inits = [
+            init("B", packed, TensorProto.UINT8),
+            init("scales", scales, TensorProto.FLOAT),
+            init("zp", zps, TensorProto.UINT8),
+            init("bias", b, TensorProto.FLOAT),
+        ]
+        node = helper.make_node(
+            "MatMulNBits",
+            ["x", "B", "scales", "zp"],
+            ["xw"],
+            domain="com.microsoft",
+            K=k,
+            N=n,
+            bits=4,
+            block_size=self.block,
+            accuracy_level=4,
+        )
+        graph = helper.make_graph(
+            [node, helper.make_node("Add", ["xw", "bias"], ["y"])],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
+            inits,
+        )
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+        )
+        model.ir_version = 8
+        path = os.path.join(tmp, f"linear_{k}x{n}.w4b{self.block}.onnx")
+        self.onnx.save(model, path)
+        del model, inits
+        self.sessions = {t: ort_session(self.ort, path, t) for t in threads}
+        os.remove(path)
+
+    def call(self, x: np.ndarray, threads: int) -> Callable[[], Any]:
+        run, feed = self.sessions[threads].run, {"x": x}
+        return lambda: run(None, feed)[0]
+
+    def release(self) -> None:
+        self.sessions = {}
+
+
+class OrtW4G128Lib(OrtW4Lib):
+    name = "ort-w4g128"
+    block = 128
+
+
 LIB_CLASSES: dict[str, type[Lib]] = {
     "dynaq": DynaqLib,
     "numpy": NumpyLib,
     "torch": TorchLib,
     "onnxruntime": OnnxruntimeLib,
+    "dynaq-w4": DynaqW4Lib,
+    "dynaq-w4g128": DynaqW4G128Lib,
+    "dynaq-w4ch": DynaqW4ChLib,
+    "ort-w4": OrtW4Lib,
+    "ort-w4g128": OrtW4G128Lib,
 }
 
 
@@ -295,15 +458,14 @@ def lib_missing(name: str) -> Optional[str]:
                 import torch
             if str(torch.backends.quantized.engine) == "none":
                 return "torch has no quantized engine on this machine"
-        elif name == "onnxruntime":
+        elif name in ("onnxruntime", "ort-w4", "ort-w4g128"):
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401  # type: ignore[import]
     except ImportError as e:
         hint = {
             "numpy": "threadpoolctl, to set numpy's BLAS thread count",
             "torch": "torch",
-            "onnxruntime": "onnxruntime and onnx",
-        }[name]
+        }.get(name, "onnxruntime and onnx")
         return f"not installed ({e}); needs {hint}"
     return None
 

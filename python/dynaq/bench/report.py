@@ -9,7 +9,7 @@ from typing import Any, Optional
 from dynaq._text import format_table
 
 from .machine import BLAS_ENV
-from .peers import SHORT
+from .peers import SHORT, W4_PAIRS
 
 __all__ = ["format_report", "write_json"]
 
@@ -47,6 +47,18 @@ def _header(doc: dict[str, Any]) -> list[str]:
         lines.append(
             f"  onnxruntime {o['version']} (onnx {o['onnx_version']}): quantize_dynamic QInt8, "
             "CPUExecutionProvider"
+        )
+    libs = doc.get("libs", [])
+    if any(lib in W4_PAIRS for lib in libs):
+        lines.append(
+            "  dq w4, dq w4g128, dq w4ch: dynaq with 4-bit weights (least-squares grids) in "
+            "groups of 32, 128, per channel; kernel "
+            f"{dq.get('kernels', {}).get('gemm_int4', '?')}"
+        )
+    if any(lib.startswith("ort-w4") for lib in libs):
+        lines.append(
+            "  ort w4, ort w4g128: onnxruntime MatMulNBits, 4-bit blocks of 32, 128 (min-max), "
+            "accuracy_level 4 (int8 activations per block)"
         )
     for lib, why in doc.get("unavailable", {}).items():
         lines.append(f"  {lib}: skipped, {why}")
@@ -101,6 +113,13 @@ def _gemm_lines(doc: dict[str, Any]) -> list[str]:
         means = ", ".join(f"{k}: {_fmt_ratio(v['geomean'])}" for k, v in by.items())
         lines.append(f"  threads={t}: {means}")
     lines.append(f"geometric mean of dynaq/numpy: {_fmt_ratio(s['ratio_vs_numpy']['geomean'])}")
+    for lib, by_key in s.get("w4", {}).items():
+        base, peer = W4_PAIRS[lib]
+        for key, against in (("vs_int8", SHORT[base]), ("vs_peer", SHORT.get(peer or "", ""))):
+            g = by_key[key]
+            if any(v["cells"] for v in g.values()):
+                means = ", ".join(f"{k}: {_fmt_ratio(v['geomean'])}" for k, v in g.items())
+                lines.append(f"geometric mean of {SHORT[lib]}/{against}: {means}")
     if problems:
         lines += ["flagged (output wrong or call failed; not timed):", *problems]
     return lines

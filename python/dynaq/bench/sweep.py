@@ -17,7 +17,7 @@ import dynaq
 from dynaq._text import Progress
 
 from .config import MAX_REL_ERROR, SETTLE_S, BenchConfig, Threads
-from .peers import Lib
+from .peers import W4_PAIRS, Lib
 from .timing import measure
 
 __all__ = [
@@ -65,7 +65,9 @@ class Reference:
             full if rel_error(full[self.rows], self.sample) < 1e-3 else None
         )
 
-    def check(self, y: np.ndarray) -> tuple[bool, float, Optional[str]]:
+    def check(
+        self, y: np.ndarray, max_error: float = MAX_REL_ERROR
+    ) -> tuple[bool, float, Optional[str]]:
         """``(valid, relative error, problem)`` of one library's output."""
         if y.shape != self.shape:
             return False, math.inf, f"output shape {y.shape}, expected {self.shape}"
@@ -74,8 +76,8 @@ class Reference:
         err = rel_error(y[self.rows], self.sample)
         if self.full is not None:
             err = max(err, rel_error(y, self.full))
-        if not err < MAX_REL_ERROR:
-            return False, err, f"relative error {err:.3g} > {MAX_REL_ERROR} vs the float result"
+        if not err < max_error:
+            return False, err, f"relative error {err:.3g} > {max_error} vs the float result"
         return True, err, None
 
 
@@ -93,15 +95,27 @@ def geomean(values: Sequence[float]) -> Optional[float]:
 
 
 def ratios(cell: dict[str, Any]) -> None:
-    """Adds dynaq/numpy and dynaq/best-peer speed ratios (of valid results only)."""
+    """Adds dynaq/numpy and dynaq/best-peer speed ratios (of valid results only; the peers of
+    int8 dynaq are the float and int8 libraries), and for each 4-bit dynaq column its speed
+    against int8 dynaq and against the 4-bit peer of its block size (``cell["w4"]``)."""
     res = cell["results"]
     gops = {lib: r["gops"] for lib, r in res.items() if r.get("gops")}
     dq = gops.get("dynaq")
     cell["ratio_vs_numpy"] = dq / gops["numpy"] if dq and "numpy" in gops else None
-    peers = {lib: g for lib, g in gops.items() if lib != "dynaq"}
+    four_bit = set(W4_PAIRS) | {p for _, p in W4_PAIRS.values() if p}
+    peers = {lib: g for lib, g in gops.items() if lib != "dynaq" and lib not in four_bit}
     best = max(peers, key=lambda lib: peers[lib]) if peers else None
     cell["best_peer"] = best
     cell["ratio_vs_best_peer"] = dq / peers[best] if dq and best else None
+    w4: dict[str, Any] = {}
+    for lib, (base, peer) in W4_PAIRS.items():
+        if gops.get(lib):
+            g = gops[lib]
+            w4[lib] = {
+                "vs_int8": g / gops[base] if gops.get(base) else None,
+                "vs_peer": g / gops[peer] if peer and gops.get(peer) else None,
+            }
+    cell["w4"] = w4
 
 
 def summary(cells: list[dict[str, Any]], threads: Sequence[int]) -> dict[str, Any]:
@@ -129,6 +143,20 @@ def summary(cells: list[dict[str, Any]], threads: Sequence[int]) -> dict[str, An
     }
     vals = [c["ratio_vs_numpy"] for c in cells if c["ratio_vs_numpy"]]
     out["ratio_vs_numpy"] = {"geomean": geomean(vals), "cells": len(vals)}
+
+    def w4(lib: str, key: str, pred: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        vals = [c["w4"][lib][key] for c in cells if pred(c) and c["w4"].get(lib, {}).get(key)]
+        return {"geomean": geomean(vals), "cells": len(vals)}
+
+    libs_seen = {lib for c in cells for lib in c.get("w4", {})}
+    out["w4"] = {
+        lib: {
+            key: {"m<=8": w4(lib, key, small), "m>=32": w4(lib, key, large)}
+            for key in ("vs_int8", "vs_peer")
+        }
+        for lib in W4_PAIRS
+        if lib in libs_seen
+    }
     return out
 
 
@@ -140,7 +168,7 @@ def time_lib(
         with lib.running(threads):
             fn = lib.call(x, threads)
             y = lib.to_numpy(fn())  # the warm-up call, whose output is checked
-            valid, err, problem = ref.check(y)
+            valid, err, problem = ref.check(y, lib.max_error or MAX_REL_ERROR)
             del y
             timing = measure(fn, cfg.min_reps, cfg.min_time, cfg.max_reps) if valid else None
     except Exception as e:  # a library failing must not end the whole run
