@@ -73,8 +73,14 @@ fn _dynaq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("KIND_KEY", dynaq_core::format::KIND_KEY)?;
     m.add("QUANTIZED_KEY", dynaq_core::format::QUANTIZED_KEY)?;
     m.add("SCALE_SUFFIX", dynaq_core::format::SCALE_SUFFIX)?;
-    m.add("FORMAT_VERSION_INT4", dynaq_core::format::FORMAT_VERSION_INT4)?;
-    m.add("WEIGHT_PART_SUFFIXES", dynaq_core::format::WEIGHT_PART_SUFFIXES.to_vec())?;
+    m.add(
+        "FORMAT_VERSION_INT4",
+        dynaq_core::format::FORMAT_VERSION_INT4,
+    )?;
+    m.add(
+        "WEIGHT_PART_SUFFIXES",
+        dynaq_core::format::WEIGHT_PART_SUFFIXES.to_vec(),
+    )?;
     m.add("MAX_K", dynaq_core::pack::MAX_K)?;
     Ok(())
 }

@@ -48,5 +48,6 @@ macro_rules! gemm_entry_4x16 {
 }
 
 pub mod dotprod;
+pub mod dotprod_int4;
 pub mod i8mm;
 pub mod neon;

@@ -1,0 +1,180 @@
+//! The dot-product 4-bit GEMM microkernel (`udot`, ARMv8.2; `README.md` of `int4`, "The
+//! arithmetic").
+//!
+//! Levels are unsigned (`q ∈ 0..=15`) and activations u8, so `udot` (u8 × u8, four products per
+//! i32 lane) takes both as they are: no sign flip and no column-sum correction, unlike the int8
+//! kernel. A 16-byte quad of a `K8N16` block (4 columns × 4 bytes) unpacks with one `and` (k
+//! 0..4 of each column) and one shift (k 4..8); each row's 8 activations of the block sit in
+//! the low 64 bits of a register, lanes 0 and 1 of `udot .4b[lane]`.
+//!
+//! Per group, the sums are multiplied by the group's codes (`mla` with the 16 codes widened to
+//! u32) into `Σ cd·P`, and the row's activation sum by `cm` (`mla` by scalar) into `Σ cm·A`.
+//!
+//! Exactness: every lane adds non-negative products (at most `4·255·15` per `udot`), and the
+//! driver's chunks keep every sum below 2^31 (`int4::gemm`); u32 arithmetic is then exact.
+//!
+//! Tile: up to [`MR`] = 4 rows × 16 columns: 16 group sums, one quad's two unpacked vectors and
+//! the rows' activations in registers; the two outputs (32 vectors) are updated once per group.
+
+use crate::int4::kernel::{Int4Kernel, Int4Tile};
+use crate::int4::weight::BLOCK_BYTES;
+use crate::isa::Isa;
+use core::arch::aarch64::*;
+use core::arch::asm;
+
+/// Most rows of a tile.
+const MR: usize = 4;
+
+/// The 4-bit GEMM kernel of this path (and of i8mm, whose CPUs have dotprod).
+pub static GEMM_INT4: Int4Kernel = Int4Kernel {
+    name: "dotprod_u8u4_i32_udot_4x16",
+    isa: Isa::Dotprod,
+    mr: MR,
+    np: 1,
+    func: gemm_entry,
+};
+
+/// `acc + udot(x, y[LANE])`: `y`'s 32-bit element `LANE` (4 bytes) against each lane of `x`.
+macro_rules! udot_lane {
+    ($acc:expr, $x:expr, $y:expr, $lane:literal) => {{
+        let mut acc: uint32x4_t = $acc;
+        // SAFETY: only used in `#[target_feature(enable = "neon,dotprod")]` functions, which
+        // run only where dotprod was detected; the instruction touches registers only.
+        unsafe {
+            asm!(
+                "udot {acc:v}.4s, {x:v}.16b, {y:v}.4b[{lane}]",
+                acc = inout(vreg) acc,
+                x = in(vreg) $x,
+                y = in(vreg) $y,
+                lane = const $lane,
+                options(pure, nomem, nostack, preserves_flags)
+            )
+        };
+        acc
+    }};
+}
+
+/// The operands of one call, from its first k, group and codes.
+struct Operands {
+    a: *const u8,
+    lda: usize,
+    asum: *const i32,
+    lds: usize,
+    b: *const u8,
+    cd: *const u8,
+    cm: *const u8,
+    code_step: usize,
+    groups: usize,
+    group_blocks: usize,
+}
+
+/// The 16 codes at `p` widened to u32, 4 columns per vector.
+///
+/// # Safety
+/// The CPU must have NEON; `p .. p + 16` is readable.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn codes(p: *const u8) -> [uint32x4_t; 4] {
+    // SAFETY: 16 readable bytes (contract above).
+    let v = unsafe { vld1q_u8(p) };
+    let (lo, hi) = (vmovl_u8(vget_low_u8(v)), vmovl_u8(vget_high_u8(v)));
+    [
+        vmovl_u16(vget_low_u16(lo)),
+        vmovl_u16(vget_high_u16(lo)),
+        vmovl_u16(vget_low_u16(hi)),
+        vmovl_u16(vget_high_u16(hi)),
+    ]
+}
+
+/// `R` rows × 16 columns: `(Σ cd·P, Σ cm·A)`, 4 columns per vector.
+///
+/// # Safety
+/// The CPU must have dotprod. For `r < R`, `g < groups`, block `h < groups·group_blocks`:
+/// `a + r·lda + 8h .. + 8`, `asum + r·lds + g`, `b + 64h .. + 64` and
+/// `cd/cm + g·code_step .. + 16` are readable.
+#[target_feature(enable = "neon,dotprod")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn panel<const R: usize>(p: &Operands) -> [[[uint32x4_t; 4]; 2]; MR] {
+    let zero = vdupq_n_u32(0);
+    let mask = vdupq_n_u8(0x0F);
+    let mut out = [[[zero; 4]; 2]; MR];
+    for g in 0..p.groups {
+        let mut t = [[zero; 4]; R];
+        for h in g * p.group_blocks..(g + 1) * p.group_blocks {
+            // SAFETY: rows `r < R` and block `h < groups·group_blocks`: 8 readable bytes each
+            // (contract above).
+            let av: [uint8x16_t; R] = std::array::from_fn(|r| unsafe {
+                vcombine_u8(vld1_u8(p.a.add(r * p.lda + 8 * h)), vdup_n_u8(0))
+            });
+            for q in 0..4 {
+                // SAFETY: block `h`, quad `q < 4`: 16 of its 64 readable bytes.
+                let v = unsafe { vld1q_u8(p.b.add(BLOCK_BYTES * h + 16 * q)) };
+                let (lo, hi) = (vandq_u8(v, mask), vshrq_n_u8::<4>(v));
+                for r in 0..R {
+                    t[r][q] = udot_lane!(t[r][q], lo, av[r], 0);
+                    t[r][q] = udot_lane!(t[r][q], hi, av[r], 1);
+                }
+            }
+        }
+        // SAFETY: group `g < groups`: 16 readable codes each (contract above).
+        let (cd, cm) = unsafe {
+            (
+                codes(p.cd.add(g * p.code_step)),
+                codes(p.cm.add(g * p.code_step)),
+            )
+        };
+        for r in 0..R {
+            // SAFETY: row `r < R`, group `g < groups` (contract above).
+            let asum = unsafe { *p.asum.add(r * p.lds + g) } as u32;
+            for q in 0..4 {
+                out[r][0][q] = vmlaq_u32(out[r][0][q], t[r][q], cd[q]);
+                out[r][1][q] = vmlaq_n_u32(out[r][1][q], cm[q], asum);
+            }
+        }
+    }
+    out
+}
+
+type PanelFn = unsafe fn(&Operands) -> [[[uint32x4_t; 4]; 2]; MR];
+
+/// # Safety
+/// The CPU must have dotprod, and `t` must satisfy the bounds asserted by [`Int4Kernel::run`]
+/// (the only caller).
+unsafe fn gemm_entry(t: &mut Int4Tile<'_>) {
+    debug_assert!(t.rows >= 1 && t.rows <= MR && t.panels == 1);
+    let f: PanelFn = match t.rows {
+        1 => panel::<1>,
+        2 => panel::<2>,
+        3 => panel::<3>,
+        4 => panel::<4>,
+        _ => unreachable!("tile rows out of range"),
+    };
+    let p = Operands {
+        a: t.a.as_ptr(),
+        lda: t.lda,
+        asum: t.asum.as_ptr(),
+        lds: t.lds,
+        b: t.b.as_ptr(),
+        cd: t.cd.as_ptr(),
+        cm: t.cm.as_ptr(),
+        code_step: t.code_step,
+        groups: t.groups,
+        group_blocks: t.group_blocks,
+    };
+    // SAFETY: `Int4Kernel::run` asserted that the CPU supports `Isa::Dotprod` and every range
+    // `panel` reads: rows `r < rows` of `a` hold `8·groups·group_blocks` bytes from `r·lda`, of
+    // `asum` `groups` sums from `r·lds`; the panel holds 64 bytes per block; each group's codes
+    // are 16 bytes at `g·code_step`.
+    let out = unsafe { f(&p) };
+    for (r, [x1, x2]) in out.iter().enumerate().take(t.rows) {
+        for (q, (v1, v2)) in x1.iter().zip(x2).enumerate() {
+            let at = r * t.ldc + 4 * q;
+            // SAFETY: row `r < rows`, columns `4q .. 4q + 4 <= 16`: inside the C tiles
+            // (asserted by `Int4Kernel::run`); the sums are below 2^31 (the driver's chunks).
+            unsafe {
+                vst1q_s32(t.c1.as_mut_ptr().add(at), vreinterpretq_s32_u32(*v1));
+                vst1q_s32(t.c2.as_mut_ptr().add(at), vreinterpretq_s32_u32(*v2));
+            }
+        }
+    }
+}
