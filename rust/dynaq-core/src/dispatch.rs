@@ -34,7 +34,7 @@ pub fn gemm_kernel(isa: Isa) -> &'static GemmKernel {
 ///
 /// The AVX-512 path runs the AVX2 4-bit kernel (every AVX-512 CPU has AVX2) until a 4-bit
 /// AVX-512 kernel exists; i8mm runs the dotprod one (when dotprod is detected too, as on every
-/// i8mm CPU), and plain NEON the scalar one until its own exists.
+/// i8mm CPU).
 pub fn int4_kernel(isa: Isa) -> &'static Int4Kernel {
     match best_up_to(isa) {
         #[cfg(target_arch = "x86_64")]
@@ -43,6 +43,8 @@ pub fn int4_kernel(isa: Isa) -> &'static Int4Kernel {
         Isa::I8mm | Isa::Dotprod if Isa::Dotprod.is_supported() => {
             &crate::arch::aarch64::dotprod_int4::GEMM_INT4
         }
+        #[cfg(target_arch = "aarch64")]
+        Isa::I8mm | Isa::Dotprod | Isa::Neon => &crate::arch::aarch64::neon_int4::GEMM_INT4,
         _ => &SCALAR_INT4,
     }
 }

@@ -51,3 +51,4 @@ pub mod dotprod;
 pub mod dotprod_int4;
 pub mod i8mm;
 pub mod neon;
+pub mod neon_int4;
