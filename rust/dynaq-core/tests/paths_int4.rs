@@ -350,8 +350,9 @@ fn int4_linear_chunk_limits() {
     let small = scale() == Scale::Small || quick();
     for g in [32, 64, 128] {
         for k in [GROUP_CHUNK, GROUP_CHUNK + g, 2 * GROUP_CHUNK + g] {
-            for max in [true, false] {
-                let w = random_weight(&mut rng, 17, k, Some(g), false, max);
+            // One chunk (K = GROUP_CHUNK) takes the driver's i32 epilogue, more the i64 one.
+            for (max, symmetric) in [(true, false), (true, true), (false, false)] {
+                let w = random_weight(&mut rng, 17, k, Some(g), symmetric, max);
                 check_linear(&mut rng, 3, w, max, Granularity::Row);
             }
             if small {
@@ -365,8 +366,10 @@ fn int4_linear_chunk_limits() {
         &[CHANNEL_CHUNK, CHANNEL_CHUNK + 13]
     };
     for &k in ks {
-        let w = random_weight(&mut rng, 3, k, None, false, true);
-        check_linear(&mut rng, 2, w, true, Granularity::Row);
+        for symmetric in [false, true] {
+            let w = random_weight(&mut rng, 3, k, None, symmetric, true);
+            check_linear(&mut rng, 2, w, true, Granularity::Row);
+        }
     }
 }
 

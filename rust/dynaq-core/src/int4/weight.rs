@@ -41,8 +41,12 @@ pub struct Int4Weight {
     cm_panels: Vec<u8>,
     /// `C1 = Σ_g cd·Q_g` per column.
     c1: Vec<i64>,
+    /// `C1` as i32 (saturated): exact, and used, whenever K fits one chunk of the driver.
+    c1_32: Vec<i32>,
     /// `C2 = Σ_g cm·G` per column.
     c2: Vec<i64>,
+    /// `C2` as i32, likewise.
+    c2_32: Vec<i32>,
 }
 
 impl Int4Weight {
@@ -192,6 +196,8 @@ impl Int4Weight {
             cm_panels: Vec::new(),
             c1: Vec::new(),
             c2: Vec::new(),
+            c1_32: Vec::new(),
+            c2_32: Vec::new(),
         }
     }
 
@@ -212,6 +218,8 @@ impl Int4Weight {
         self.cm_panels = try_zeroed(panels * groups * PANEL, "codes")?;
         self.c1 = try_zeroed(n, "column constants")?;
         self.c2 = try_zeroed(n, "column constants")?;
+        self.c1_32 = try_zeroed(n, "column constants")?;
+        self.c2_32 = try_zeroed(n, "column constants")?;
         for (col, row) in levels.chunks(k.max(1)).take(n).enumerate() {
             for (kk, &q) in row.iter().enumerate() {
                 self.set_level(col, kk, q);
@@ -235,6 +243,8 @@ impl Int4Weight {
                 c2 += cm[i] as i64 * span.len() as i64;
             }
             (self.c1[col], self.c2[col]) = (c1, c2);
+            let narrow = |v: i64| v.clamp(i32::MIN as i64, i32::MAX as i64) as i32;
+            (self.c1_32[col], self.c2_32[col]) = (narrow(c1), narrow(c2));
         }
         Ok(self)
     }
@@ -382,6 +392,7 @@ impl Int4Weight {
             + self.cd_panels.len()
             + self.cm_panels.len()
             + 8 * (self.c1.len() + self.c2.len())
+            + 4 * (self.c1_32.len() + self.c2_32.len())
     }
 
     /// `Σ q` of column `col` over group `g`.
@@ -556,5 +567,43 @@ pub(crate) fn epilogue_row<T: Copy + Into<i64>>(
             x2,
             bias.map_or(0.0, |b| b[c]),
         );
+    }
+}
+
+/// [`epilogue_row`] for one chunk, in i32: the kernels' sums are then below 2^31 and `C1`, `C2`
+/// below `2^31 / 255` (`int4::gemm`), so `X1`, `X2` (and `X1 − 8·X2` of a symmetric weight,
+/// `|Σ cd·Σ (a − zx)·(q − 8)| <= 255·255·8·2048`) are exact i32 values, formed with wrapping
+/// arithmetic, whose float conversion equals the i64 one. Vectorizes fully (no i64 multiply).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn epilogue_row_i32(
+    w: &Int4Weight,
+    n0: usize,
+    zx: i32,
+    sx: f32,
+    s1: &[i32],
+    s2: &[i32],
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
+) {
+    let cols = dst.len();
+    let r = n0..n0 + cols;
+    let (fd, fm, c1, c2) = (
+        &w.fd[r.clone()],
+        &w.fm[r.clone()],
+        &w.c1_32[r.clone()],
+        &w.c2_32[r],
+    );
+    let (s1, s2) = (&s1[..cols], &s2[..cols]);
+    for c in 0..cols {
+        let x1 = s1[c].wrapping_sub(zx.wrapping_mul(c1[c]));
+        let x2 = s2[c].wrapping_sub(zx.wrapping_mul(c2[c]));
+        let b = bias.map_or(0.0, |b| b[c]);
+        let y = if w.symmetric {
+            sx * (fd[c] * x1.wrapping_sub(x2.wrapping_mul(8)) as f32)
+        } else {
+            sx * (fd[c] * x1 as f32 + fm[c] * x2 as f32)
+        };
+        dst[c] = y + b;
     }
 }
