@@ -237,8 +237,10 @@ def test_bits_per_weight_stored(k):
         stored = sum(a.nbytes for a in dynaq._dynaq.weight_tensors(pw).values())
         assert stored * 8 / (n * k) == pytest.approx(limit)
         assert stored * 8 / (n * k) <= 4.625
-        # In memory: the nibbles, codes beside them and a few numbers per column.
-        assert pw.nbytes < 0.6 * dynaq.pack_weight(_gauss(n, k)).nbytes
+        # In memory: the nibbles, two code bytes per group beside them, and 32 bytes per output
+        # channel (row factors and column constants).
+        groups = k // group if group else 1
+        assert pw.nbytes == n * (k // 2 + 2 * groups + 32)
 
 
 def test_corrupt_tensors_are_refused():
