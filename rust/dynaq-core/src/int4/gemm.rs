@@ -15,7 +15,7 @@
 //! All terms are non-negative, so no partial sum exceeds the chunk's total.
 
 use super::kernel::{Int4Kernel, Int4Tile};
-use super::weight::{epilogue_row, epilogue_row_i32, Int4Weight, BLOCK_BYTES, PANEL};
+use super::weight::{epilogue_row, Int4Weight, BLOCK_BYTES, PANEL};
 use crate::error::Result;
 use crate::gemm::{Plan, QuantizedA, SharedOut, B_GROUP_BYTES, MAX_MR, TEAM_MIN_MACS};
 
@@ -219,7 +219,7 @@ fn run_block(
                         s1[r * ldc..r * ldc + cols].fill(0);
                         s2[r * ldc..r * ldc + cols].fill(0);
                     } else {
-                        epilogue_row_i32(w, n0, zx, sx, &c1[at.clone()], &c2[at], bias, dst);
+                        epilogue_row(w, n0, zx, sx, &c1[at.clone()], &c2[at], bias, dst);
                     }
                 }
             }

@@ -56,6 +56,40 @@ pub struct Int4Tile<'a> {
     pub ldc: usize,
 }
 
+/// A tile's operands as raw pointers, for the SIMD kernels: [`Int4Kernel::run`] has checked
+/// every bound they address before a kernel builds this (see [`Int4Tile::ptrs`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Int4Ptrs {
+    pub a: *const u8,
+    pub lda: usize,
+    pub asum: *const i32,
+    pub lds: usize,
+    pub b: *const u8,
+    pub cd: *const u8,
+    pub cm: *const u8,
+    pub code_step: usize,
+    pub groups: usize,
+    pub group_blocks: usize,
+}
+
+impl Int4Tile<'_> {
+    /// The operands as raw pointers, from this call's first k, group and codes.
+    pub(crate) fn ptrs(&self) -> Int4Ptrs {
+        Int4Ptrs {
+            a: self.a.as_ptr(),
+            lda: self.lda,
+            asum: self.asum.as_ptr(),
+            lds: self.lds,
+            b: self.b.as_ptr(),
+            cd: self.cd.as_ptr(),
+            cm: self.cm.as_ptr(),
+            code_step: self.code_step,
+            groups: self.groups,
+            group_blocks: self.group_blocks,
+        }
+    }
+}
+
 /// A 4-bit GEMM microkernel.
 pub struct Int4Kernel {
     /// Name: path, operands, tile (`avx2_u8u4_i32_4x16`).

@@ -519,23 +519,70 @@ pub fn epilogue_one(
     output(w.symmetric, sx, w.fd[col], w.fm[col], x1, x2, b)
 }
 
-/// The float expression itself (see [`epilogue_one`]).
+/// The float expression itself (see [`epilogue_one`]), on X1 and X2 of either width.
 #[inline(always)]
-fn output(symmetric: bool, sx: f32, fd: f32, fm: f32, x1: i64, x2: i64, b: f32) -> f32 {
+fn output<T: EpilogueInt>(symmetric: bool, sx: f32, fd: f32, fm: f32, x1: T, x2: T, b: f32) -> f32 {
     let y = if symmetric {
-        sx * (fd * (x1 - 8 * x2) as f32)
+        sx * (fd * x1.minus_8x(x2).to_f32())
     } else {
-        sx * (fd * x1 as f32 + fm * x2 as f32)
+        sx * (fd * x1.to_f32() + fm * x2.to_f32())
     };
     y + b
 }
 
+/// The integers of the epilogue: i64 (any K), or i32 when K fits one chunk of the driver. Then
+/// the kernels' sums are below 2^31 and `C1`, `C2` below `2^31 / 255` (`int4::gemm`), so `X1`,
+/// `X2` (and `X1 − 8·X2` of a symmetric weight, `|Σ cd·Σ (a − zx)·(q − 8)| <= 255·255·8·2048`)
+/// are exact i32 values, formed with wrapping arithmetic, whose float conversion equals the
+/// i64 one; the i32 loop vectorizes fully (no i64 multiply).
+pub(crate) trait EpilogueInt: Copy {
+    /// The column constants `(C1, C2)` of this width.
+    fn constants(w: &Int4Weight) -> (&[Self], &[Self]);
+    /// `s − zx·c`.
+    fn less(self, zx: i32, c: Self) -> Self;
+    /// `self − 8·x2`.
+    fn minus_8x(self, x2: Self) -> Self;
+    /// To float32, rounding to nearest.
+    fn to_f32(self) -> f32;
+}
+
+impl EpilogueInt for i64 {
+    fn constants(w: &Int4Weight) -> (&[i64], &[i64]) {
+        (&w.c1, &w.c2)
+    }
+    fn less(self, zx: i32, c: i64) -> i64 {
+        self - zx as i64 * c
+    }
+    fn minus_8x(self, x2: i64) -> i64 {
+        self - 8 * x2
+    }
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+}
+
+impl EpilogueInt for i32 {
+    fn constants(w: &Int4Weight) -> (&[i32], &[i32]) {
+        (&w.c1_32, &w.c2_32)
+    }
+    fn less(self, zx: i32, c: i32) -> i32 {
+        self.wrapping_sub(zx.wrapping_mul(c))
+    }
+    fn minus_8x(self, x2: i32) -> i32 {
+        self.wrapping_sub(x2.wrapping_mul(8))
+    }
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+}
+
 /// [`epilogue_one`] for the columns `n0..n0 + dst.len()` of one row, from the kernels' sums
-/// `s1 = Σ cd·P` and `s2 = Σ cm·A` (i32 for one chunk, i64 for several): `X1 = s1 − zx·C1`,
-/// `X2 = s2 − zx·C2`. The same float expression, in a loop the compiler vectorizes.
+/// `s1 = Σ cd·P` and `s2 = Σ cm·A` (summed in i64 over several chunks, or i32 for one; see
+/// [`EpilogueInt`]): `X1 = s1 − zx·C1`, `X2 = s2 − zx·C2`. The same float expression, in a
+/// loop the compiler vectorizes.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub(crate) fn epilogue_row<T: Copy + Into<i64>>(
+pub(crate) fn epilogue_row<T: EpilogueInt>(
     w: &Int4Weight,
     n0: usize,
     zx: i32,
@@ -547,63 +594,12 @@ pub(crate) fn epilogue_row<T: Copy + Into<i64>>(
 ) {
     let cols = dst.len();
     let r = n0..n0 + cols;
-    let (fd, fm, c1, c2) = (
-        &w.fd[r.clone()],
-        &w.fm[r.clone()],
-        &w.c1[r.clone()],
-        &w.c2[r],
-    );
-    let (s1, s2) = (&s1[..cols], &s2[..cols]);
-    let zx = zx as i64;
-    for c in 0..cols {
-        let x1 = s1[c].into() - zx * c1[c];
-        let x2 = s2[c].into() - zx * c2[c];
-        dst[c] = output(
-            w.symmetric,
-            sx,
-            fd[c],
-            fm[c],
-            x1,
-            x2,
-            bias.map_or(0.0, |b| b[c]),
-        );
-    }
-}
-
-/// [`epilogue_row`] for one chunk, in i32: the kernels' sums are then below 2^31 and `C1`, `C2`
-/// below `2^31 / 255` (`int4::gemm`), so `X1`, `X2` (and `X1 − 8·X2` of a symmetric weight,
-/// `|Σ cd·Σ (a − zx)·(q − 8)| <= 255·255·8·2048`) are exact i32 values, formed with wrapping
-/// arithmetic, whose float conversion equals the i64 one. Vectorizes fully (no i64 multiply).
-#[allow(clippy::too_many_arguments)]
-#[inline]
-pub(crate) fn epilogue_row_i32(
-    w: &Int4Weight,
-    n0: usize,
-    zx: i32,
-    sx: f32,
-    s1: &[i32],
-    s2: &[i32],
-    bias: Option<&[f32]>,
-    dst: &mut [f32],
-) {
-    let cols = dst.len();
-    let r = n0..n0 + cols;
-    let (fd, fm, c1, c2) = (
-        &w.fd[r.clone()],
-        &w.fm[r.clone()],
-        &w.c1_32[r.clone()],
-        &w.c2_32[r],
-    );
+    let (c1, c2) = T::constants(w);
+    let (fd, fm, c1, c2) = (&w.fd[r.clone()], &w.fm[r.clone()], &c1[r.clone()], &c2[r]);
     let (s1, s2) = (&s1[..cols], &s2[..cols]);
     for c in 0..cols {
-        let x1 = s1[c].wrapping_sub(zx.wrapping_mul(c1[c]));
-        let x2 = s2[c].wrapping_sub(zx.wrapping_mul(c2[c]));
+        let (x1, x2) = (s1[c].less(zx, c1[c]), s2[c].less(zx, c2[c]));
         let b = bias.map_or(0.0, |b| b[c]);
-        let y = if w.symmetric {
-            sx * (fd[c] * x1.wrapping_sub(x2.wrapping_mul(8)) as f32)
-        } else {
-            sx * (fd[c] * x1 as f32 + fm[c] * x2 as f32)
-        };
-        dst[c] = y + b;
+        dst[c] = output(w.symmetric, sx, fd[c], fm[c], x1, x2, b);
     }
 }

@@ -16,7 +16,8 @@
 //! Tile: up to [`MR`] = 4 rows × 16 columns: 16 group sums, one quad's two unpacked vectors and
 //! the rows' activations in registers; the two outputs (32 vectors) are updated once per group.
 
-use crate::int4::kernel::{Int4Kernel, Int4Tile};
+use super::{int4_codes, store_int4};
+use crate::int4::kernel::{Int4Kernel, Int4Ptrs, Int4Tile};
 use crate::int4::weight::BLOCK_BYTES;
 use crate::isa::Isa;
 use core::arch::aarch64::*;
@@ -54,38 +55,6 @@ macro_rules! udot_lane {
     }};
 }
 
-/// The operands of one call, from its first k, group and codes.
-struct Operands {
-    a: *const u8,
-    lda: usize,
-    asum: *const i32,
-    lds: usize,
-    b: *const u8,
-    cd: *const u8,
-    cm: *const u8,
-    code_step: usize,
-    groups: usize,
-    group_blocks: usize,
-}
-
-/// The 16 codes at `p` widened to u32, 4 columns per vector.
-///
-/// # Safety
-/// The CPU must have NEON; `p .. p + 16` is readable.
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn codes(p: *const u8) -> [uint32x4_t; 4] {
-    // SAFETY: 16 readable bytes (contract above).
-    let v = unsafe { vld1q_u8(p) };
-    let (lo, hi) = (vmovl_u8(vget_low_u8(v)), vmovl_u8(vget_high_u8(v)));
-    [
-        vmovl_u16(vget_low_u16(lo)),
-        vmovl_u16(vget_high_u16(lo)),
-        vmovl_u16(vget_low_u16(hi)),
-        vmovl_u16(vget_high_u16(hi)),
-    ]
-}
-
 /// `R` rows × 16 columns: `(Σ cd·P, Σ cm·A)`, 4 columns per vector.
 ///
 /// # Safety
@@ -94,7 +63,7 @@ unsafe fn codes(p: *const u8) -> [uint32x4_t; 4] {
 /// `cd/cm + g·code_step .. + 16` are readable.
 #[target_feature(enable = "neon,dotprod")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn panel<const R: usize>(p: &Operands) -> [[[uint32x4_t; 4]; 2]; MR] {
+unsafe fn panel<const R: usize>(p: &Int4Ptrs) -> [[[uint32x4_t; 4]; 2]; MR] {
     let zero = vdupq_n_u32(0);
     let mask = vdupq_n_u8(0x0F);
     let mut out = [[[zero; 4]; 2]; MR];
@@ -119,8 +88,8 @@ unsafe fn panel<const R: usize>(p: &Operands) -> [[[uint32x4_t; 4]; 2]; MR] {
         // SAFETY: group `g < groups`: 16 readable codes each (contract above).
         let (cd, cm) = unsafe {
             (
-                codes(p.cd.add(g * p.code_step)),
-                codes(p.cm.add(g * p.code_step)),
+                int4_codes(p.cd.add(g * p.code_step)),
+                int4_codes(p.cm.add(g * p.code_step)),
             )
         };
         for r in 0..R {
@@ -135,7 +104,7 @@ unsafe fn panel<const R: usize>(p: &Operands) -> [[[uint32x4_t; 4]; 2]; MR] {
     out
 }
 
-type PanelFn = unsafe fn(&Operands) -> [[[uint32x4_t; 4]; 2]; MR];
+type PanelFn = unsafe fn(&Int4Ptrs) -> [[[uint32x4_t; 4]; 2]; MR];
 
 /// # Safety
 /// The CPU must have dotprod, and `t` must satisfy the bounds asserted by [`Int4Kernel::run`]
@@ -149,32 +118,11 @@ unsafe fn gemm_entry(t: &mut Int4Tile<'_>) {
         4 => panel::<4>,
         _ => unreachable!("tile rows out of range"),
     };
-    let p = Operands {
-        a: t.a.as_ptr(),
-        lda: t.lda,
-        asum: t.asum.as_ptr(),
-        lds: t.lds,
-        b: t.b.as_ptr(),
-        cd: t.cd.as_ptr(),
-        cm: t.cm.as_ptr(),
-        code_step: t.code_step,
-        groups: t.groups,
-        group_blocks: t.group_blocks,
-    };
+    let p = t.ptrs();
     // SAFETY: `Int4Kernel::run` asserted that the CPU supports `Isa::Dotprod` and every range
     // `panel` reads: rows `r < rows` of `a` hold `8·groups·group_blocks` bytes from `r·lda`, of
     // `asum` `groups` sums from `r·lds`; the panel holds 64 bytes per block; each group's codes
     // are 16 bytes at `g·code_step`.
     let out = unsafe { f(&p) };
-    for (r, [x1, x2]) in out.iter().enumerate().take(t.rows) {
-        for (q, (v1, v2)) in x1.iter().zip(x2).enumerate() {
-            let at = r * t.ldc + 4 * q;
-            // SAFETY: row `r < rows`, columns `4q .. 4q + 4 <= 16`: inside the C tiles
-            // (asserted by `Int4Kernel::run`); the sums are below 2^31 (the driver's chunks).
-            unsafe {
-                vst1q_s32(t.c1.as_mut_ptr().add(at), vreinterpretq_s32_u32(*v1));
-                vst1q_s32(t.c2.as_mut_ptr().add(at), vreinterpretq_s32_u32(*v2));
-            }
-        }
-    }
+    store_int4(t, &out);
 }

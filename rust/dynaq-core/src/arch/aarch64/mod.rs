@@ -47,6 +47,47 @@ macro_rules! gemm_entry_4x16 {
     };
 }
 
+/// The 16 codes of a 4-bit panel's group at `p`, widened to u32, 4 columns per vector.
+///
+/// # Safety
+/// The CPU must have NEON (every aarch64 CPU); `p .. p + 16` is readable.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn int4_codes(p: *const u8) -> [core::arch::aarch64::uint32x4_t; 4] {
+    use core::arch::aarch64::*;
+    // SAFETY: 16 readable bytes (contract above).
+    let v = unsafe { vld1q_u8(p) };
+    let (lo, hi) = (vmovl_u8(vget_low_u8(v)), vmovl_u8(vget_high_u8(v)));
+    [
+        vmovl_u16(vget_low_u16(lo)),
+        vmovl_u16(vget_high_u16(lo)),
+        vmovl_u16(vget_low_u16(hi)),
+        vmovl_u16(vget_high_u16(hi)),
+    ]
+}
+
+/// The sums of a 4-bit tile (`[Σ cd·P, Σ cm·A]` per row, 4 columns per vector) stored to its
+/// two outputs.
+fn store_int4<const MR: usize>(
+    t: &mut crate::int4::kernel::Int4Tile<'_>,
+    out: &[[[core::arch::aarch64::uint32x4_t; 4]; 2]; MR],
+) {
+    use core::arch::aarch64::*;
+    for (r, [x1, x2]) in out.iter().enumerate().take(t.rows) {
+        for (q, (v1, v2)) in x1.iter().zip(x2).enumerate() {
+            let at = r * t.ldc + 4 * q;
+            assert!(at + 4 <= t.c1.len() && at + 4 <= t.c2.len());
+            // SAFETY: `at .. at + 4` lies inside both outputs (asserted above; row `r < rows`,
+            // columns `4q .. 4q + 4 <= 16` of the tile `Int4Kernel::run` checked); NEON is
+            // always present on aarch64. The sums are below 2^31 (the driver's chunks).
+            unsafe {
+                vst1q_s32(t.c1.as_mut_ptr().add(at), vreinterpretq_s32_u32(*v1));
+                vst1q_s32(t.c2.as_mut_ptr().add(at), vreinterpretq_s32_u32(*v2));
+            }
+        }
+    }
+}
+
 pub mod dotprod;
 pub mod dotprod_int4;
 pub mod i8mm;

@@ -13,7 +13,7 @@
 //! Tile: up to [`MR`] rows × 1 panel, in two passes of 8 columns so that the block sums
 //! (`MR`), the unpacked levels (4) and the constants fit in 16 ymm registers.
 
-use crate::int4::kernel::{Int4Kernel, Int4Tile};
+use crate::int4::kernel::{Int4Kernel, Int4Ptrs, Int4Tile};
 use crate::int4::weight::BLOCK_BYTES;
 use crate::isa::Isa;
 use core::arch::x86_64::*;
@@ -29,24 +29,6 @@ pub static GEMM_INT4: Int4Kernel = Int4Kernel {
     np: 1,
     func: gemm_entry,
 };
-
-/// The operands of one pass (8 columns of one panel) over all groups of a call.
-struct Pass {
-    /// Row 0's activations at the call's first k.
-    a: *const u8,
-    lda: usize,
-    /// Row 0's activation sums at the call's first group.
-    asum: *const i32,
-    lds: usize,
-    /// This pass's first byte in the call's first block (`+ 32·pass` in the panel).
-    b: *const u8,
-    /// This pass's first code of the call's first group (`+ 8·pass`).
-    cd: *const u8,
-    cm: *const u8,
-    code_step: usize,
-    groups: usize,
-    group_blocks: usize,
-}
 
 /// `(levels of k 0..4, levels of k 4..8)` of 8 columns: 32 bytes from `p`.
 ///
@@ -74,7 +56,8 @@ unsafe fn bcast4(p: *const u8) -> __m256i {
     _mm256_set1_epi32(unsafe { p.cast::<i32>().read_unaligned() })
 }
 
-/// One pass of `R` rows: `(Σ cd·P, Σ cm·A)` per row for 8 columns.
+/// One pass of `R` rows: `(Σ cd·P, Σ cm·A)` per row for 8 columns (`p` at this pass's first
+/// byte of the panel, `+ 32·pass`, and its first codes, `+ 8·pass`).
 ///
 /// # Safety
 /// The CPU must have AVX2. For `r < R`, `g < groups`, block `h < groups·group_blocks`:
@@ -82,7 +65,7 @@ unsafe fn bcast4(p: *const u8) -> __m256i {
 /// `cd/cm + g·code_step .. + 8` are readable.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn pass<const R: usize>(p: &Pass) -> [[__m256i; 2]; MR] {
+unsafe fn pass<const R: usize>(p: &Int4Ptrs) -> [[__m256i; 2]; MR] {
     let zero = _mm256_setzero_si256();
     let mask = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
@@ -147,7 +130,7 @@ unsafe fn pass<const R: usize>(p: &Pass) -> [[__m256i; 2]; MR] {
     out
 }
 
-type PassFn = unsafe fn(&Pass) -> [[__m256i; 2]; MR];
+type PassFn = unsafe fn(&Int4Ptrs) -> [[__m256i; 2]; MR];
 
 /// The monomorphized pass for `rows` (`1..=MR`).
 fn pass_fn(rows: usize) -> PassFn {
@@ -167,19 +150,13 @@ unsafe fn gemm_tile(t: &mut Int4Tile<'_>) {
     debug_assert!(t.rows >= 1 && t.rows <= MR && t.panels == 1);
     let f = pass_fn(t.rows);
     for half in 0..2 {
-        let p = Pass {
-            a: t.a.as_ptr(),
-            lda: t.lda,
-            asum: t.asum.as_ptr(),
-            lds: t.lds,
-            // This pass's half of the panel's first block and of the first group's codes
-            // (`Int4Kernel::run` asserted 64 bytes per block and 16 codes per group).
+        // This pass's half of the panel's first block and of the first group's codes
+        // (`Int4Kernel::run` asserted 64 bytes per block and 16 codes per group).
+        let p = Int4Ptrs {
             b: t.b[32 * half..].as_ptr(),
             cd: t.cd[8 * half..].as_ptr(),
             cm: t.cm[8 * half..].as_ptr(),
-            code_step: t.code_step,
-            groups: t.groups,
-            group_blocks: t.group_blocks,
+            ..t.ptrs()
         };
         // SAFETY: `Int4Kernel::run` asserted every range `pass` reads: rows `r < rows` of `a`
         // hold `8·groups·group_blocks` bytes from `r·lda`, of `asum` `groups` sums from
