@@ -116,8 +116,10 @@ def test_bad_weights_are_refused():
         dynaq.pack_weight(np.ones((2, 32), np.int32), bits=4)
     with pytest.raises(ValueError, match=r"^weight must be 2-D"):
         dynaq.pack_weight(np.ones(32, F32), bits=4)
-    with pytest.raises(ValueError, match=r"^a 4-bit weight has no int8 panels"):
-        _ = dynaq.pack_weight(W, bits=4).panels
+    with pytest.raises(ValueError, match=r"^an int8 weight has no group codes"):
+        _ = dynaq.pack_weight(W).code_panels
+    with pytest.raises(ValueError, match=r"^an int8 weight has no row factors"):
+        _ = dynaq.pack_weight(W).row_factors
 
 
 def test_per_channel_handles_any_k():
@@ -435,15 +437,3 @@ def test_load_refuses_4_bit_values_in_a_version_2_file(tmp_path):
     ds.write(tmp_path / "v2.safetensors", tensors, meta)
     with pytest.raises(ValueError, match=r"4-bit \(uint8\) values in a format-2 file"):
         ds.load_quantized(tmp_path / "v2.safetensors")
-
-
-def test_torch_modules_refuse_4_bit_layers_loudly():
-    pytest.importorskip("torch")
-    import dynaq.torch as dt
-    from dynaq.layers import LSTM, Linear
-
-    with pytest.raises(ValueError, match=r"^weight is a 4-bit weight: the torch modules take"):
-        dt.Linear.from_layer(Linear.from_float(_gauss(4, 32), bits=4))
-    params = {"weight_ih_l0": _gauss(128, 64), "weight_hh_l0": _gauss(128, 32)}
-    with pytest.raises(ValueError, match=r"4-bit weight: the torch modules take int8"):
-        dt.LSTM(LSTM(params, bits=4))

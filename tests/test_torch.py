@@ -539,7 +539,7 @@ def test_qconfig_spec_bad_entries():
     with pytest.raises(TypeError, match="qconfig_spec must be"):
         dt.quantize_dynamic(model, "head")
     with pytest.raises(ValueError, match="unknown option"):
-        dt.quantize_dynamic(model, {"head": {"bits": 4}})
+        dt.quantize_dynamic(model, {"head": {"bitz": 4}})
     with pytest.raises(ValueError, match="granularity"):
         dt.quantize_dynamic(model, granularity="column")
     with pytest.raises(TypeError, match="torch.nn.Module"):

@@ -105,7 +105,8 @@ def test_config_round_trips_and_checks_its_options():
     cfg = DynaqConfig(per_channel=False, granularity="tensor", modules_to_not_convert=["head"])
     d = cfg.to_dict()
     assert d == {"quant_method": "dynaq", "per_channel": False, "granularity": "tensor",
-                 "modules_to_not_convert": ["head"], "format_version": 2}  # fmt: skip
+                 "modules_to_not_convert": ["head"], "format_version": 2, "bits": 8,
+                 "group_size": None, "symmetric": None, "method": None}  # fmt: skip
     assert DynaqConfig.from_dict(json.loads(json.dumps(d))).to_dict() == d
     auto = transformers.quantizers.auto.AutoQuantizationConfig.from_dict(d)
     assert isinstance(auto, DynaqConfig)
@@ -117,8 +118,25 @@ def test_config_round_trips_and_checks_its_options():
         DynaqConfig(modules_to_not_convert="lm_head")
     with pytest.raises(ValueError, match="newer dynaq"):
         DynaqConfig(format_version=99)
-    with pytest.raises(TypeError, match="unknown option.*bits"):
-        DynaqConfig(bits=4)
+    with pytest.raises(TypeError, match="unknown option.*bitz"):
+        DynaqConfig(bitz=4)
+    four = DynaqConfig(bits=4, method="rtn").to_dict()
+    assert (four["bits"], four["group_size"], four["format_version"]) == (4, 32, 3)
+    assert DynaqConfig.from_dict(json.loads(json.dumps(four))).to_dict() == four
+    per_channel = DynaqConfig(bits=4, group_size=None, symmetric=True).to_dict()
+    assert DynaqConfig.from_dict(json.loads(json.dumps(per_channel))).to_dict() == per_channel
+    # A config.json written before 4-bit weights existed reads as int8.
+    old = {"quant_method": "dynaq", "per_channel": True, "granularity": "row",
+           "format_version": 2}  # fmt: skip
+    assert DynaqConfig.from_dict(old).bits == 8
+    with pytest.raises(ValueError, match="^DynaqConfig: bits must be 8 or 4, got 3"):
+        DynaqConfig(bits=3)
+    with pytest.raises(ValueError, match="^DynaqConfig: group_size must be 32, 64, 128 or None"):
+        DynaqConfig(bits=4, group_size=48)
+    with pytest.raises(ValueError, match="^DynaqConfig: group_size applies to bits=4 only"):
+        DynaqConfig(group_size=32)
+    with pytest.raises(ValueError, match="^DynaqConfig: method must be 'search' or 'rtn'"):
+        DynaqConfig(bits=4, method="gptq")
     with pytest.raises(ValueError, match="quant_method"):
         DynaqConfig.from_dict({"quant_method": "gptq"})
 
@@ -252,7 +270,7 @@ def test_a_folder_from_a_newer_dynaq_is_refused(gpt2_dir, tmp_path):
     q = _load(gpt2_dir, quantization_config=DynaqConfig())
     q.save_pretrained(tmp_path)
     cfg = _read_json(tmp_path / "config.json")
-    cfg["quantization_config"]["format_version"] = 3
+    cfg["quantization_config"]["format_version"] = 4
     _write_json(tmp_path / "config.json", cfg)
     with pytest.raises(ValueError, match="newer dynaq"):
         _load(str(tmp_path))
@@ -354,3 +372,143 @@ def test_minilm_round_trip_and_cli_file(tmp_path):
     print(f"MiniLM relative error on real tokens: quantized on load {err_q:.4f}, "
           f"the CLI's file {err_cli:.4f}")  # fmt: skip
     assert err_cli < 1.5 * err_q
+
+
+# --------------------------------------------------------------------------------------------
+# 4-bit weights (DynaqConfig(bits=4))
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2_64_dir(tmp_path_factory):
+    """GPT-2 with widths that groups of 32 divide."""
+    cfg = transformers.GPT2Config(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4,
+                                  bos_token_id=0, eos_token_id=0)  # fmt: skip
+    torch.manual_seed(1)
+    path = str(tmp_path_factory.mktemp("gpt2_64"))
+    transformers.GPT2LMHeadModel(cfg).eval().save_pretrained(path)
+    return path
+
+
+def test_gpt2_4_bit_quantize_on_load_save_and_load_bit_for_bit(gpt2_64_dir, tmp_path):
+    fp = _load(gpt2_64_dir)
+    q = _load(gpt2_64_dir, quantization_config=DynaqConfig(bits=4))
+    linears = [m for m in q.modules() if isinstance(m, dt.Linear)]
+    assert len(linears) == 8 and all((m.bits, m.group_size) == (4, 32) for m in linears)
+    ids = _ids()
+    assert torch.equal(_logits(q, ids), _logits(dt.quantize_dynamic(fp, bits=4), ids))
+    ref = _logits(fp, ids)
+    rel = float((_logits(q, ids) - ref).norm() / ref.norm())
+    assert 0 < rel < 0.2
+    q.save_pretrained(tmp_path)
+    cfg = _read_json(tmp_path / "config.json")["quantization_config"]
+    assert (cfg["bits"], cfg["group_size"], cfg["format_version"]) == (4, 32, 3)
+    meta, header = _st_header(str(tmp_path / "model.safetensors"))
+    assert meta["dynaq.format"] == "3"
+    name = "transformer.h.0.attn.c_attn"
+    # (out, in) = (192, 64): two output rows per byte, a scale and minimum code per group.
+    assert header[f"{name}.weight"]["dtype"] == "U8"
+    assert header[f"{name}.weight"]["shape"] == [96, 64]
+    assert header[f"{name}.weight_scale"]["shape"] == [192]
+    assert header[f"{name}.weight_min"]["shape"] == [192]
+    assert header[f"{name}.weight_gscale"] == {**header[f"{name}.weight_gscale"], "dtype": "U8",
+                                               "shape": [192, 2]}  # fmt: skip
+    again = _load(str(tmp_path))
+    assert torch.equal(_logits(again, ids), _logits(q, ids))
+    assert all(m.bits == 4 for m in again.modules() if isinstance(m, dt.Linear))
+    assert again.lm_head.weight is again.transformer.wte.weight
+
+
+def test_llama_4_bit_per_channel_symmetric_round_trips(llama_dir, tmp_path):
+    # Hidden size 48: groups of 32 do not divide it; per channel does.
+    with pytest.raises(ValueError, match=r"q_proj.weight: group_size 32 does not divide"):
+        _load(llama_dir, quantization_config=DynaqConfig(bits=4))
+    config = DynaqConfig(bits=4, group_size=None, symmetric=True)
+    q = _load(llama_dir, quantization_config=config)
+    lin = q.model.layers[0].mlp.down_proj
+    assert (lin.bits, lin.group_size, lin.symmetric) == (4, None, True)
+    ids = _ids()
+    q.save_pretrained(tmp_path)
+    _, header = _st_header(str(tmp_path / "model.safetensors"))
+    assert "model.layers.0.mlp.down_proj.weight_min" not in header  # symmetric: no minima
+    assert "model.layers.0.mlp.down_proj.weight_gscale" not in header  # per channel: no codes
+    again = _load(str(tmp_path))
+    assert torch.equal(_logits(again, ids), _logits(q, ids))
+    assert again.model.layers[0].mlp.down_proj.symmetric
+
+
+def test_a_damaged_4_bit_folder_fails_loading(gpt2_64_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    q = _load(gpt2_64_dir, quantization_config=DynaqConfig(bits=4))
+    q.save_pretrained(tmp_path)
+    path = str(tmp_path / "model.safetensors")
+    tensors = load_file(path)
+    meta, _ = _st_header(path)
+    del tensors["transformer.h.0.mlp.c_fc.weight_gmin"]
+    save_file(tensors, path, metadata=meta)
+    with pytest.raises(RuntimeError, match="conversion of the weights|c_fc"):
+        _load(str(tmp_path))
+
+
+def test_cli_4_bit_gpt2_file_loads_as_dynaq(gpt2_64_dir, tmp_path):
+    shutil.copytree(gpt2_64_dir, tmp_path, dirs_exist_ok=True)
+    out = str(tmp_path / "model.dynaq.safetensors")
+    res = _cli(str(tmp_path / "model.safetensors"), out, "--bits", "4")
+    assert res.returncode == 0, res.stderr
+    fp = _load(gpt2_64_dir)
+    cli = _load(str(tmp_path), variant="dynaq", quantization_config=DynaqConfig(bits=4))
+    linears = [m for m in cli.modules() if isinstance(m, dt.Linear)]
+    assert len(linears) == 8 and all(m.bits == 4 for m in linears)
+    assert cli.transformer.wte.weight.dtype == torch.float32  # 4-bit in the file, dequantized
+    ids = _ids()
+    ref = _logits(fp, ids)
+    on_load = _load(gpt2_64_dir, quantization_config=DynaqConfig(bits=4))
+    err_cli = float((_logits(cli, ids) - ref).norm() / ref.norm())
+    err_on_load = float((_logits(on_load, ids) - ref).norm() / ref.norm())
+    # Conv1D weights grouped along their stored (in, out) layout are requantized per output
+    # channel's groups; the embeddings are 4-bit too: further from float, within reason.
+    assert err_cli < 3 * err_on_load and err_cli < 0.3
+
+
+def test_minilm_4_bit_embeddings(tmp_path):
+    """all-MiniLM-L6-v2's sentence embeddings (mean pooled over real tokens, normalized) with
+    4-bit weights in groups of 32: least-squares search against round-to-nearest, against int8."""
+    src = _minilm_dir()
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    sentences = [
+        "A man is playing a guitar on the stage.",
+        "The new movie is awesome, with a great cast and a plot that keeps you guessing.",
+        "How do I reset my password?",
+        "Quantized models run faster on a CPU.",
+        "The cat sleeps on the warm windowsill all afternoon.",
+        "Stock markets fell sharply after the announcement.",
+    ]
+    enc = tok(sentences, padding=True, return_tensors="pt")
+    fp = transformers.AutoModel.from_pretrained(src).eval()
+
+    def embed(m):
+        with torch.inference_mode():
+            h = m(**enc).last_hidden_state
+        mask = enc["attention_mask"][..., None].float()
+        e = (h * mask).sum(1) / mask.sum(1)
+        return torch.nn.functional.normalize(e, dim=-1)
+
+    ref = embed(fp)
+
+    def cosine(m):
+        return float((embed(m) * ref).sum(-1).mean())
+
+    search = transformers.AutoModel.from_pretrained(
+        src, quantization_config=DynaqConfig(bits=4)
+    ).eval()
+    assert torch.equal(embed(search), embed(dt.quantize_dynamic(fp, bits=4)))
+    rtn = dt.quantize_dynamic(fp, bits=4, method="rtn")
+    int8 = dt.quantize_dynamic(fp)
+    cos = {"int8": cosine(int8), "int4 search": cosine(search), "int4 rtn": cosine(rtn)}
+    print("\nMiniLM embedding cosine vs float32: "
+          + ", ".join(f"{k} {v:.5f}" for k, v in cos.items()))  # fmt: skip
+    assert cos["int8"] > cos["int4 search"] > cos["int4 rtn"] > 0.9
+    search.save_pretrained(tmp_path / "q4")
+    again = transformers.AutoModel.from_pretrained(tmp_path / "q4").eval()
+    assert torch.equal(embed(again), embed(search))

@@ -60,6 +60,7 @@ __all__ = [
     "share_openmp_team",
     "sharing_openmp_team",
     "weight_from_tensors",
+    "weight_format",
     "weight_tensors",
     "write_blob",
 ]
@@ -73,9 +74,28 @@ class PackedWeight:
         panels: npt.ArrayLike, scales: npt.ArrayLike, out_features: int, in_features: int
     ) -> PackedWeight: ...
     @staticmethod
-    def panels_size(out_features: int, in_features: int) -> int: ...
+    def from_int4_panels(
+        panels: npt.ArrayLike,
+        scale_codes: npt.ArrayLike,
+        min_codes: npt.ArrayLike,
+        row_scales: npt.ArrayLike,
+        row_minima: npt.ArrayLike,
+        out_features: int,
+        in_features: int,
+        *,
+        group_size: Optional[int],
+        symmetric: bool,
+    ) -> PackedWeight: ...
+    @staticmethod
+    def panels_size(out_features: int, in_features: int, bits: int = 8) -> int: ...
+    @staticmethod
+    def code_panels_size(out_features: int, in_features: int, group_size: Optional[int]) -> int: ...
     @property
-    def panels(self) -> npt.NDArray[np.int8]: ...
+    def panels(self) -> npt.NDArray[Any]: ...
+    @property
+    def code_panels(self) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]: ...
+    @property
+    def row_factors(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]: ...
     @staticmethod
     def from_bytes(data: bytes) -> PackedWeight: ...
     def to_bytes(self) -> bytes: ...
@@ -197,6 +217,15 @@ def write_blob(
 def read_blob(
     data: bytes, kind: str
 ) -> tuple[dict[str, PackedWeight], dict[str, npt.NDArray[Any]], dict[str, str]]: ...
+def weight_format(
+    in_features: int,
+    *,
+    per_channel: bool = True,
+    bits: int = 8,
+    group_size: Optional[int] = ...,
+    symmetric: Optional[bool] = None,
+    method: Optional[str] = None,
+) -> tuple[int, Optional[int], bool, bool]: ...
 def weight_tensors(weight: PackedWeight, name: str = "weight") -> dict[str, npt.NDArray[Any]]: ...
 def weight_from_tensors(tensors: object, name: str = "weight") -> PackedWeight: ...
 def safetensors_header_len(prefix: bytes, file_len: int) -> int: ...

@@ -1,10 +1,14 @@
-"""The dynaq modules: ``Linear``, ``LSTM`` and ``GRU``, whose buffers hold dynaq's packed int8
-weights and which call dynaq's registered operators (:mod:`dynaq.torch.ops`); their state dicts
-are dynaq's one on-disk form (plain tensors).
+"""The dynaq modules: ``Linear``, ``LSTM`` and ``GRU``, whose buffers hold dynaq's packed int8 or
+4-bit weights and which call dynaq's registered operators (:mod:`dynaq.torch.ops`); their state
+dicts are dynaq's one on-disk form (plain tensors).
 
-Buffers: each weight ``W`` is ``W_panels`` (int8, the packed panels the kernels read; not in the
-state dict, which holds the int8 values ``W`` in the ``(out, in)`` layout instead) and
-``W_scale`` (float32); biases and a calibrated input scale are ordinary float32 buffers. A module
+Buffers: an int8 weight ``W`` is ``W_panels`` (int8, the packed panels the kernels read; not in
+the state dict, which holds the int8 values ``W`` in the ``(out, in)`` layout instead) and
+``W_scale`` (float32); a 4-bit one is ``W_panels``, ``W_gscale_panels`` and ``W_gmin_panels``
+(uint8, the levels and group codes as the kernels read them) and ``W_scale`` and ``W_min``
+(float32 row factors), and its state dict holds the stored tensors of
+:func:`dynaq.weight_tensors` (``W``, ``W_scale``, ``W_min``, ``W_gscale``, ``W_gmin``). Biases
+and a calibrated input scale are ordinary float32 buffers. A module
 built from a dynaq layer shares that layer's memory (the panels are a view of its
 ``PackedWeight``): one copy of every weight. Modules can be built on the ``meta`` device (a
 skeleton to load a checkpoint into), and pickle as plain tensors.
@@ -23,6 +27,7 @@ from .. import _dynaq, _legacy
 from .. import layers as _layers
 from .._dynaq import PackedWeight
 from .._dynaq import check_granularity as _check_granularity
+from ..layers import _common
 from . import ops
 from ._bridge import checked, direct, is_conv1d, param_numpy
 
@@ -33,17 +38,19 @@ _CONFIG_KEY = "dynaq"
 _PANELS = "_panels"
 
 
-def _meta_weight(n: int, k: int, per_channel: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Panels and scale of an ``(n, k)`` weight on the meta device (shapes only)."""
-    panels = torch.empty(PackedWeight.panels_size(n, k), dtype=torch.int8, device="meta")
-    scale = torch.empty((n,) if per_channel else (), dtype=torch.float32, device="meta")
-    return panels, scale
+#: Every buffer suffix a weight may have, whatever its bits.
+_WEIGHT_BUFFERS = tuple(dict.fromkeys(x for sfx in ops.BUFFER_SUFFIXES.values() for x in sfx))
 
 
-def _scale_tensor(pw: PackedWeight) -> torch.Tensor:
-    """A weight's scales as stored: (out,) per channel, a 0-d tensor per tensor."""
-    s = np.array(pw.scales, dtype=np.float32)
-    return torch.from_numpy(s if pw.per_channel else s.reshape(()))
+def _weight_format(
+    in_features: int, per_channel: bool, options: dict[str, Any]
+) -> tuple[ops.Format, bool]:
+    """The format a weight of ``in_features`` columns gets with these options (checked as
+    quantizing checks them), and whether it is per channel."""
+    bits, group, symmetric, pc = _dynaq.weight_format(
+        in_features, per_channel=per_channel, **options
+    )
+    return (bits, group or 0, symmetric), pc
 
 
 class _DynaqModule(nn.Module):
@@ -52,6 +59,8 @@ class _DynaqModule(nn.Module):
     tensor per module) read for compatibility."""
 
     _version = _dynaq.FORMAT_VERSION
+    #: The format of the weights (all of them): ``(bits, group_size, symmetric)``.
+    _format: ops.Format = ops.INT8
     #: Buffers that stay float32 when the module is cast (``model.half()``): the scales and
     #: biases are part of the quantized weight, not activations.
     _float32: tuple[str, ...] = ()
@@ -107,13 +116,30 @@ class _DynaqModule(nn.Module):
     # --- buffers ---------------------------------------------------------------------------------
 
     def _set_weight(self, name: str, pw: PackedWeight) -> None:
-        if pw.bits != 8:
+        self._set_weight_buffers(name, pw.bits, ops.weight_buffers(pw))
+
+    def _set_weight_buffers(self, name: str, bits: int, tensors: tuple[torch.Tensor, ...]) -> None:
+        """``tensors`` as the buffers of weight ``name`` (those of another format dropped); the
+        panels are derived (not in the state dict as such)."""
+        for sfx in _WEIGHT_BUFFERS:
+            self._buffers.pop(name + sfx, None)
+            self._non_persistent_buffers_set.discard(name + sfx)
+        for sfx, t in zip(ops.BUFFER_SUFFIXES[bits], tensors):
+            self.register_buffer(name + sfx, t, persistent=not sfx.endswith(_PANELS))
+
+    def _set_meta_weight(self, name: str, n: int, k: int, fmt: ops.Format, pc: bool) -> None:
+        self._set_weight_buffers(name, fmt[0], ops.meta_buffers(n, k, fmt, pc))
+
+    @staticmethod
+    def _uniform_format(weights: Mapping[str, PackedWeight]) -> ops.Format:
+        """The one format of ``weights`` (a module's weights share one)."""
+        formats = {ops.weight_format(pw) for pw in weights.values()}
+        if len(formats) > 1:
             raise ValueError(
-                f"{name} is a 4-bit weight: the torch modules take int8 weights only so far "
-                "(4-bit weights run through dynaq.linear and the numpy layers)"
+                "the weights of one dynaq torch module must share one format (bits, group "
+                f"size, symmetric); got {sorted(formats)}"
             )
-        self.register_buffer(name + _PANELS, ops.panels_tensor(pw), persistent=False)
-        self.register_buffer(name + "_scale", _scale_tensor(pw))
+        return formats.pop() if formats else ops.INT8
 
     def _set_tensor(self, name: str, value: Optional[np.ndarray]) -> None:
         self.register_buffer(name, None if value is None else torch.from_numpy(np.array(value)))
@@ -146,17 +172,21 @@ class _DynaqModule(nn.Module):
         shapes = self._weight_shapes()
         if self._on_meta():
             for name, (n, k) in shapes.items():
-                destination[prefix + name] = torch.empty((n, k), dtype=torch.int8, device="meta")
-                destination[prefix + name + "_scale"] = self._buffers[name + "_scale"]
+                for key, t in self._meta_stored(name, n, k).items():
+                    destination[prefix + key] = t
         else:
             weights, _, _ = self.layer._tensors()
             for name, pw in weights.items():
-                values, _ = pw.unpack()
-                destination[prefix + name] = torch.from_numpy(values)
-                destination[prefix + name + "_scale"] = self._buffers[name + "_scale"]
+                if pw.bits == 8:
+                    values, _ = pw.unpack()
+                    destination[prefix + name] = torch.from_numpy(values)
+                    destination[prefix + name + "_scale"] = self._buffers[name + "_scale"]
+                else:
+                    for key, a in _dynaq.weight_tensors(pw, name).items():
+                        destination[prefix + key] = torch.from_numpy(a)
+        derived = {w + sfx for w in shapes for sfx in _WEIGHT_BUFFERS}
         for name, buf in self._buffers.items():
-            derived = name.endswith(_PANELS) or (name.endswith("_scale") and name[:-6] in shapes)
-            if buf is not None and not derived:
+            if buf is not None and name not in derived:
                 destination[prefix + name] = buf if keep_vars else buf.detach()
         # The layer's options (granularity, ...) are not tensors: they go where PyTorch keeps a
         # module's version, the state dict's per-module metadata (kept by torch.save/load).
@@ -164,11 +194,36 @@ class _DynaqModule(nn.Module):
         if metadata is not None:
             metadata.setdefault(prefix[:-1], {})[_CONFIG_KEY] = self._layer_config()
 
+    def _meta_stored(self, name: str, n: int, k: int) -> dict[str, torch.Tensor]:
+        """The state-dict entries of weight ``name`` of a skeleton (meta tensors)."""
+
+        def meta(*shape: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+            return torch.empty(shape, dtype=dtype, device="meta")
+
+        bits, group, symmetric = self._format
+        scale = self._buffers[name + "_scale"]
+        if bits == 8:
+            return {name: meta(n, k, dtype=torch.int8), name + "_scale": scale}
+        out = {name: meta((n + 1) // 2, k), name + "_scale": scale}
+        if not symmetric:
+            out[name + "_min"] = self._buffers[name + "_min"]  # type: ignore[assignment]
+        if group:
+            out[name + "_gscale"] = meta(n, k // group)
+            if not symmetric:
+                out[name + "_gmin"] = meta(n, k // group)
+        return out
+
+    @staticmethod
+    def _stored_parts(weight: str) -> tuple[str, ...]:
+        """The names that may store ``weight``: ``W`` and its parts (``W_scale``, ``W_min``,
+        ...); the first two are always there."""
+        return (weight, *(weight + sfx for sfx in _dynaq.WEIGHT_PART_SUFFIXES))
+
     def _state_names(self) -> tuple[set[str], set[str]]:
         """The names of this module's weights, and every name its state dict may hold (the
         tensors that store the weights, biases, calibrated input scales)."""
         weights = set(self._weight_shapes())
-        parts = {k for w in weights for k in (w, w + _dynaq.SCALE_SUFFIX)}
+        parts = {k for w in weights for k in self._stored_parts(w)}
         optional = {w.replace("weight", "bias", 1) for w in weights} | set(self._optional)
         return weights, parts | optional
 
@@ -200,11 +255,12 @@ class _DynaqModule(nn.Module):
                 self._adopt(layer)
             return
         weight_names, known = self._state_names()
-        parts = {k for w in weight_names for k in (w, w + _dynaq.SCALE_SUFFIX)}
+        parts = {k for w in weight_names for k in self._stored_parts(w)}
+        required = {k for w in weight_names for k in (w, w + _dynaq.SCALE_SUFFIX)}
         mine = {k[len(prefix) :]: k for k in state_dict if k.startswith(prefix)}
         if strict:
             unexpected_keys.extend(k for n, k in mine.items() if n not in known)
-        missing = [prefix + n for n in sorted(parts) if n not in mine]
+        missing = [prefix + n for n in sorted(required) if n not in mine]
         if missing:
             if strict:
                 missing_keys.extend(missing)
@@ -237,7 +293,7 @@ class _DynaqModule(nn.Module):
             key = prefix + w
             try:
                 # Keyed as in the state dict, so that errors name the entry at fault.
-                found = {prefix + n: arrays[n] for n in (w, w + _dynaq.SCALE_SUFFIX)}
+                found = {prefix + n: arrays[n] for n in self._stored_parts(w) if n in arrays}
                 weights[w] = _dynaq.weight_from_tensors(found, key)
             except (TypeError, ValueError) as e:
                 text = str(e)
@@ -264,7 +320,7 @@ class _DynaqModule(nn.Module):
 
 
 class Linear(_DynaqModule):
-    """``nn.Linear`` on int8 weights with dynamically quantized activations (dynaq).
+    """``nn.Linear`` on int8 or 4-bit weights with dynamically quantized activations (dynaq).
 
     Parameters
     ----------
@@ -274,10 +330,14 @@ class Linear(_DynaqModule):
     bias : bool
         Whether the layer adds a bias.
     per_channel : bool
-        One weight scale per output channel (default) or one per tensor.
+        int8: one weight scale per output channel (default) or one per tensor.
     granularity : {"row", "tensor"}
         Activation scales per row (default: a row's result never depends on the rest of the
         batch) or one per call.
+    bits, group_size, symmetric, method
+        The weight's format, as :func:`dynaq.pack_weight` takes them: 8 bits (default), or 4
+        with a scale and minimum per group of 32 (default), 64 or 128 input features or
+        per channel (``group_size=None``).
     device : torch.device or str, optional
         ``"meta"`` builds a skeleton (shapes only) to load a checkpoint into; otherwise the CPU.
 
@@ -286,17 +346,19 @@ class Linear(_DynaqModule):
     Called on a CPU tensor of shape (..., in_features), it returns (..., out_features) in the
     input's dtype. float32 passes through numpy without a copy; float64, float16 and bfloat16
     are computed in float32 and converted back; other dtypes raise ``TypeError``, tensors on
-    other devices ``ValueError``. It calls the operator ``torch.ops.dynaq.linear``, so
-    ``torch.compile``, ``torch.export`` and ``torch.jit.trace`` record it. Inference only: a
-    backward through it raises.
+    other devices ``ValueError``. It calls the operator ``torch.ops.dynaq.linear`` (int8
+    weights) or ``torch.ops.dynaq.linear4`` (4-bit), so ``torch.compile``, ``torch.export`` and
+    ``torch.jit.trace`` record it. Inference only: a backward through it raises.
 
-    Attributes (buffers): ``weight_panels`` (the packed int8 weight), ``weight_scale``,
+    Attributes (buffers): the weight's (module docstring: ``weight_panels``, ``weight_scale``,
+    and for 4-bit weights ``weight_gscale_panels``, ``weight_gmin_panels``, ``weight_min``),
     ``bias`` (float32 or None), ``input_scale`` / ``input_zero_point`` (None unless calibrated).
-    ``weight`` is the int8 weight ``(out_features, in_features)`` (a new tensor).
+    ``weight`` is the quantized weight ``(out_features, in_features)`` (a new tensor: int8
+    values, or the uint8 levels 0..15 of a 4-bit weight).
     """
 
     _optional = ("input_scale", "input_zero_point")
-    _float32 = ("weight_scale", "bias", "input_scale")
+    _float32 = ("weight_scale", "weight_min", "bias", "input_scale")
 
     def __init__(
         self,
@@ -306,16 +368,21 @@ class Linear(_DynaqModule):
         *,
         per_channel: bool = True,
         granularity: str = "row",
+        bits: int = 8,
+        group_size: Optional[int] = ...,  # type: ignore[assignment]
+        symmetric: Optional[bool] = None,
+        method: Optional[str] = None,
         device: Any = None,
     ) -> None:
         super().__init__()
         _check_granularity(granularity)
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.granularity = granularity
+        options = _common.weight_options(bits, group_size, symmetric, method)
         if device is not None and torch.device(device).type == "meta":
-            panels, scale = _meta_weight(self.out_features, self.in_features, per_channel)
-            self.register_buffer("weight" + _PANELS, panels, persistent=False)
-            self.register_buffer("weight_scale", scale)
+            fmt, pc = _weight_format(self.in_features, per_channel, options)
+            self._format = fmt
+            self._set_meta_weight("weight", self.out_features, self.in_features, fmt, pc)
             b = torch.empty(self.out_features, device="meta") if bias else None
             self.register_buffer("bias", b)
             self.register_buffer("input_scale", None)
@@ -324,7 +391,9 @@ class Linear(_DynaqModule):
         w = np.zeros((self.out_features, self.in_features), dtype=np.float32)
         b_ = np.zeros(self.out_features, dtype=np.float32) if bias else None
         self._adopt(
-            _layers.Linear.from_float(w, b_, per_channel=per_channel, granularity=granularity)
+            _layers.Linear.from_float(
+                w, b_, per_channel=per_channel, granularity=granularity, **options
+            )
         )
 
     @classmethod
@@ -343,7 +412,15 @@ class Linear(_DynaqModule):
 
     @classmethod
     def from_float(
-        cls, mod: nn.Linear, *, per_channel: bool = True, granularity: str = "row"
+        cls,
+        mod: nn.Linear,
+        *,
+        per_channel: bool = True,
+        granularity: str = "row",
+        bits: int = 8,
+        group_size: Optional[int] = ...,  # type: ignore[assignment]
+        symmetric: Optional[bool] = None,
+        method: Optional[str] = None,
     ) -> Linear:
         """Quantize the weight of a float ``nn.Linear`` (any float dtype, any device), or of
         transformers' ``Conv1D`` (GPT-2's projections, whose weight is stored ``(in, out)``: it
@@ -354,9 +431,11 @@ class Linear(_DynaqModule):
         ----------
         mod : torch.nn.Linear or transformers.pytorch_utils.Conv1D
         per_channel : bool
-            Per-output-channel weight scales (default) or one scale for the tensor.
+            int8: per-output-channel weight scales (default) or one scale for the tensor.
         granularity : {"row", "tensor"}
             Activation scales per row (default) or per call.
+        bits, group_size, symmetric, method
+            The weight's format, as :func:`dynaq.pack_weight` takes them (8 bits by default).
 
         Returns
         -------
@@ -373,16 +452,17 @@ class Linear(_DynaqModule):
             in_features, out_features = int(mod.nx), int(mod.nf)
         else:
             in_features, out_features = mod.in_features, mod.out_features
+        options = _common.weight_options(bits, group_size, symmetric, method)
         if mod.weight.device.type == "meta":
             out = cls(
                 in_features, out_features, mod.bias is not None,
-                per_channel=per_channel, granularity=granularity, device="meta",
+                per_channel=per_channel, granularity=granularity, device="meta", **options,
             )  # fmt: skip
         else:
             w = param_numpy(mod.weight.t() if conv1d else mod.weight, "weight")
             b = None if mod.bias is None else param_numpy(mod.bias, "bias")
             layer = _layers.Linear.from_float(
-                w, b, per_channel=per_channel, granularity=granularity
+                w, b, per_channel=per_channel, granularity=granularity, **options
             )
             out = cls.from_layer(layer)
         out.train(mod.training)
@@ -393,31 +473,44 @@ class Linear(_DynaqModule):
         pw = weights["weight"]
         self.out_features, self.in_features = pw.shape
         self.granularity = config["granularity"]
+        self._format = ops.weight_format(pw)
         self._set_weight("weight", pw)
         for name in ("bias", "input_scale", "input_zero_point"):
             self._set_tensor(name, tensors.get(name))
-        ops.linear_layer(*self._op_tensors(), prepared=layer)
+        self._layer_of(*self._op_tensors(), prepared=layer)
+
+    def _weight_buffers(self) -> tuple[Any, ...]:
+        return tuple(self._buffers["weight" + s] for s in ops.BUFFER_SUFFIXES[self._format[0]])
 
     def _op_tensors(self) -> tuple[Any, ...]:
+        """The arguments of the operator after the input."""
         b = self._buffers
-        return (
-            b["weight_panels"], b["weight_scale"], b["bias"], self.out_features,
-            self.in_features, self.granularity, b["input_scale"], b["input_zero_point"],
-        )  # fmt: skip
+        n, k, granularity = self.out_features, self.in_features, self.granularity
+        if self._format[0] == 8:
+            return (b["weight_panels"], b["weight_scale"], b["bias"], n, k, granularity,
+                    b["input_scale"], b["input_zero_point"])  # fmt: skip
+        _, group, symmetric = self._format
+        return (*self._weight_buffers(), b["bias"], n, k, group, symmetric, granularity,
+                b["input_scale"], b["input_zero_point"])  # fmt: skip
+
+    def _layer_of(self, *args: Any, prepared: Any = None) -> _layers.Linear:
+        build = ops.linear_layer if self._format[0] == 8 else ops.linear4_layer
+        return build(*args, prepared=prepared)  # type: ignore[operator]
 
     def _layer_tensors(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         b = self._buffers
-        tensors = (b["weight_panels"], b["weight_scale"], b["bias"], b["input_scale"],
-                   b["input_zero_point"])  # fmt: skip
-        return tensors, (self.out_features, self.in_features, self.granularity)
+        tensors = (*self._weight_buffers(), b["bias"], b["input_scale"], b["input_zero_point"])
+        return tensors, (self.out_features, self.in_features, self.granularity, self._format)
 
     def _direct_layer(self) -> Any:
-        # The generic check, unrolled: at 1 x 64 x 64 the whole call is ~6 us, and the
-        # generic one cost ~1.5 us of it.
+        # The generic check, unrolled for int8 weights: at 1 x 64 x 64 the whole call is
+        # ~6 us, and the generic one cost ~1.5 us of it.
         memo = self.__dict__.get("_direct")
+        if self._format[0] != 8:
+            return super()._direct_layer()
         if memo is not None:
             b = self._buffers
-            t, v, config, layer = memo
+            t, config, v, layer = memo
             if (
                 b["weight_panels"] is t[0]
                 and b["weight_scale"] is t[1]
@@ -429,18 +522,15 @@ class Linear(_DynaqModule):
                 and (v[2] is None or t[2]._version == v[2])
                 and (v[3] is None or t[3]._version == v[3])
                 and (v[4] is None or t[4]._version == v[4])
-                and config == (self.out_features, self.in_features, self.granularity)
+                and config == (self.out_features, self.in_features, self.granularity, self._format)
             ):
                 return layer
-        tensors, config = self._layer_tensors()
-        layer = self.layer
-        self.__dict__["_direct"] = (tensors, ops.versions(tensors), config, layer)
-        return layer
+        return super()._direct_layer()
 
     @property
     def layer(self) -> _layers.Linear:
         """The numpy :class:`dynaq.layers.Linear` of the buffers (shared memory; cached)."""
-        return ops.linear_layer(*self._op_tensors())
+        return self._layer_of(*self._op_tensors())
 
     def _weight_shapes(self) -> dict[str, tuple[int, int]]:
         return {"weight": (self.out_features, self.in_features)}
@@ -454,17 +544,33 @@ class Linear(_DynaqModule):
         return self.weight_scale.dim() == 1
 
     @property
+    def bits(self) -> int:
+        """Bits per weight value: 8 or 4."""
+        return self._format[0]
+
+    @property
+    def group_size(self) -> Optional[int]:
+        """Input features per scale of a 4-bit weight; None per channel, and for int8."""
+        return self._format[1] or None
+
+    @property
+    def symmetric(self) -> bool:
+        """Whether the weight's levels are symmetric about zero (always so for int8)."""
+        return self._format[2]
+
+    @property
     def static(self) -> bool:
         """Whether a calibrated (static) input scale is in use."""
         return self.input_scale is not None
 
     @property
     def weight(self) -> torch.Tensor:
-        """The int8 weight values (out_features, in_features), a new tensor (writing to it
-        changes nothing: the weight is packed once)."""
+        """The quantized weight values (out_features, in_features), a new tensor: int8, or the
+        uint8 levels of a 4-bit weight (writing to it changes nothing: the weight is packed
+        once)."""
         if self._on_meta():
-            w = torch.empty((self.out_features, self.in_features), dtype=torch.int8,
-                            device="meta")  # fmt: skip
+            dtype = torch.int8 if self.bits == 8 else torch.uint8
+            w = torch.empty((self.out_features, self.in_features), dtype=dtype, device="meta")
         else:
             w = torch.from_numpy(self.layer.weight.unpack()[0])
         # Model code that re-initializes weights in place (transformers' _init_weights, e.g.
@@ -474,7 +580,13 @@ class Linear(_DynaqModule):
         return w
 
     def weight_int8(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The int8 weight values (out_features, in_features) and their float32 scales."""
+        """The int8 weight values (out_features, in_features) and their float32 scales
+        (``ValueError`` for a 4-bit weight: :attr:`weight` and ``layer.weight.unpack()``)."""
+        if self.bits != 8:
+            raise ValueError(
+                "weight_int8: this module's weight has 4 bits; its levels are .weight, and "
+                ".layer.weight.unpack() gives (levels, scales, minima)"
+            )
         return self.weight, self.weight_scale.clone()
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -503,7 +615,9 @@ class Linear(_DynaqModule):
         if direct(input):
             return torch.from_numpy(self._direct_layer()._forward(input.numpy(), name="input"))
         x = checked(input, "input", self._get_name(), self._on_meta())
-        y = ops.no_gradient(torch.ops.dynaq.linear(x, *self._op_tensors()), x, "linear")
+        name = "linear" if self._format[0] == 8 else "linear4"
+        op = getattr(torch.ops.dynaq, name)
+        y = ops.no_gradient(op(x, *self._op_tensors()), x, name)
         return y if input.dtype == torch.float32 else y.to(input.dtype)
 
     def _check_loaded(self, layer: Any) -> Optional[str]:
@@ -520,9 +634,16 @@ class Linear(_DynaqModule):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, dtype=int8, per_channel={self.per_channel}, "
+            f"bias={self.bias is not None}, {_format_repr(self._format, self.per_channel)}, "
             f"granularity={self.granularity!r}"
         )
+
+
+def _format_repr(fmt: ops.Format, per_channel: bool) -> str:
+    bits, group, symmetric = fmt
+    if bits == 8:
+        return f"dtype=int8, per_channel={per_channel}"
+    return f"dtype=int4, group_size={group or None}, symmetric={symmetric}"
 
 
 class _Recurrent(_DynaqModule):
@@ -545,7 +666,15 @@ class _Recurrent(_DynaqModule):
 
     @classmethod
     def from_float(
-        cls, mod: nn.Module, *, per_channel: bool = True, granularity: str = "row"
+        cls,
+        mod: nn.Module,
+        *,
+        per_channel: bool = True,
+        granularity: str = "row",
+        bits: int = 8,
+        group_size: Optional[int] = ...,  # type: ignore[assignment]
+        symmetric: Optional[bool] = None,
+        method: Optional[str] = None,
     ) -> Any:
         """Quantize a float ``nn.LSTM`` / ``nn.GRU`` (its configuration and weights). A module
         on the ``meta`` device gives a skeleton of the same shape.
@@ -555,9 +684,12 @@ class _Recurrent(_DynaqModule):
         mod : torch.nn.LSTM or torch.nn.GRU
             As the class wraps; ``proj_size`` is not supported.
         per_channel : bool
-            Per-output-channel weight scales (default) or one scale per weight tensor.
+            int8: per-output-channel weight scales (default) or one scale per weight tensor.
         granularity : {"row", "tensor"}
             Activation scales per row (default) or per call.
+        bits, group_size, symmetric, method
+            The weights' format, as :func:`dynaq.pack_weight` takes them (8 bits by default);
+            a group size must divide ``input_size`` and ``hidden_size``.
         """
         if not isinstance(mod, cls._float_type):
             raise TypeError(
@@ -565,8 +697,9 @@ class _Recurrent(_DynaqModule):
             )
         if getattr(mod, "proj_size", 0):
             raise ValueError(f"{cls._float_type.__name__} with proj_size is not supported")
+        options = _common.weight_options(bits, group_size, symmetric, method)
         if any(p.device.type == "meta" for p in mod.parameters()):
-            out = cls._skeleton(mod, per_channel, granularity)
+            out = cls._skeleton(mod, per_channel, granularity, options)
         else:
             params = {k: param_numpy(v, k) for k, v in mod.named_parameters()}
             layer = cls._layer_type()(
@@ -578,13 +711,16 @@ class _Recurrent(_DynaqModule):
                 hidden_size=mod.hidden_size,
                 per_channel=per_channel,
                 granularity=granularity,
+                **options,
             )
             out = cls(layer)
         out.train(mod.training)
         return out
 
     @classmethod
-    def _skeleton(cls, mod: Any, per_channel: bool, granularity: str) -> Any:
+    def _skeleton(
+        cls, mod: Any, per_channel: bool, granularity: str, options: dict[str, Any]
+    ) -> Any:
         _check_granularity(granularity)
         out = cls.__new__(cls)
         nn.Module.__init__(out)
@@ -593,9 +729,12 @@ class _Recurrent(_DynaqModule):
         out.batch_first, out.bias = bool(mod.batch_first), bool(mod.bias)
         out.granularity = granularity
         for name, (n, k) in out._weight_shapes().items():
-            panels, scale = _meta_weight(n, k, per_channel)
-            out.register_buffer(name + _PANELS, panels, persistent=False)
-            out.register_buffer(name + "_scale", scale)
+            try:
+                fmt, pc = _weight_format(k, per_channel, options)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from e
+            out._format = fmt
+            out._set_meta_weight(name, n, k, fmt, pc)
         for sfx in ops.cell_names(out.num_layers, out.bidirectional):
             for b in ("bias_ih", "bias_hh"):
                 g = out._gates() * out.hidden_size
@@ -620,8 +759,8 @@ class _Recurrent(_DynaqModule):
         return tuple(
             name
             for sfx in ops.cell_names(self.num_layers, self.bidirectional)
-            for name in (f"weight_ih{sfx}_scale", f"weight_hh{sfx}_scale", f"bias_ih{sfx}",
-                         f"bias_hh{sfx}")
+            for name in (f"weight_ih{sfx}_scale", f"weight_hh{sfx}_scale", f"weight_ih{sfx}_min",
+                         f"weight_hh{sfx}_min", f"bias_ih{sfx}", f"bias_hh{sfx}")
         )  # fmt: skip
 
     def _layer_config(self) -> dict[str, Any]:
@@ -634,9 +773,10 @@ class _Recurrent(_DynaqModule):
 
     def _params(self) -> list[torch.Tensor]:
         out = []
+        suffixes = ops.BUFFER_SUFFIXES[self._format[0]]
         for sfx in ops.cell_names(self.num_layers, self.bidirectional):
             for w in ("weight_ih", "weight_hh"):
-                out += [self._buffers[w + sfx + _PANELS], self._buffers[w + sfx + "_scale"]]
+                out += [self._buffers[w + sfx + s] for s in suffixes]
             if self.bias:
                 out += [self._buffers["bias_ih" + sfx], self._buffers["bias_hh" + sfx]]
         return out  # type: ignore[return-value]
@@ -644,7 +784,7 @@ class _Recurrent(_DynaqModule):
     def _op_args(self) -> tuple[Any, ...]:
         return (
             self.bias, self.num_layers, self.bidirectional, self.batch_first, self.input_size,
-            self.hidden_size, self.granularity,
+            self.hidden_size, self.granularity, *self._format,
         )  # fmt: skip
 
     def _layer_tensors(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
@@ -659,6 +799,7 @@ class _Recurrent(_DynaqModule):
         self.batch_first = bool(layer.batch_first)
         self.bias = layer.cells[0][0].b_ih is not None
         self.granularity = str(layer.granularity)
+        self._format = self._uniform_format(weights)
         for name, pw in weights.items():
             self._set_weight(name, pw)
         for sfx in ops.cell_names(self.num_layers, self.bidirectional):
@@ -680,6 +821,16 @@ class _Recurrent(_DynaqModule):
     def per_channel(self) -> bool:
         """Whether the weights have one scale per output channel."""
         return self._buffers["weight_ih_l0_scale"].dim() == 1  # type: ignore[union-attr]
+
+    @property
+    def bits(self) -> int:
+        """Bits per weight value: 8 or 4."""
+        return self._format[0]
+
+    @property
+    def group_size(self) -> Optional[int]:
+        """Input features per scale of 4-bit weights; None per channel, and for int8."""
+        return self._format[1] or None
 
     def flatten_parameters(self) -> None:
         """No-op, for code written for ``nn.LSTM`` / ``nn.GRU`` (the weights are packed)."""
@@ -738,11 +889,13 @@ class _Recurrent(_DynaqModule):
             s += ", batch_first=True"
         if self.bidirectional:
             s += ", bidirectional=True"
-        return s + f", dtype=int8, per_channel={self.per_channel}, granularity={self.granularity!r}"
+        fmt = _format_repr(self._format, self.per_channel)
+        return s + f", {fmt}, granularity={self.granularity!r}"
 
 
 class LSTM(_Recurrent):
-    """``nn.LSTM`` with int8 input and hidden projections (wraps :class:`dynaq.layers.LSTM`).
+    """``nn.LSTM`` with int8 or 4-bit input and hidden projections (wraps
+    :class:`dynaq.layers.LSTM`).
 
     Parameters
     ----------
@@ -777,7 +930,8 @@ class LSTM(_Recurrent):
 
 
 class GRU(_Recurrent):
-    """``nn.GRU`` with int8 input and hidden projections (wraps :class:`dynaq.layers.GRU`).
+    """``nn.GRU`` with int8 or 4-bit input and hidden projections (wraps
+    :class:`dynaq.layers.GRU`).
 
     Parameters
     ----------

@@ -1,15 +1,20 @@
-"""dynaq's operations as PyTorch operators: ``torch.ops.dynaq.linear``, ``.lstm`` and ``.gru``.
+"""dynaq's operations as PyTorch operators: ``torch.ops.dynaq.linear`` (int8 weights),
+``.linear4`` (4-bit weights), ``.lstm`` and ``.gru`` (either).
 
 Registered with ``torch.library`` under the namespace ``dynaq``, with a CPU implementation that
 calls dynaq's kernels and a fake (meta) implementation for shape inference, so that
 ``torch.compile`` (``fullgraph=True`` included), ``torch.export`` and ``torch.jit.trace`` record
 them as operators instead of tracing into numpy. The TorchScript ONNX exporter writes each as a
-node of the custom domain ``dynaq`` (``dynaq::Linear``, ``dynaq::LSTM``, ``dynaq::GRU``) with its
-inputs. They are inference only: their outputs carry no autograd history, and the modules make
-a backward through them raise (:func:`no_gradient`).
+node of the custom domain ``dynaq`` (``dynaq::Linear``, ``dynaq::Linear4``, ``dynaq::LSTM``,
+``dynaq::GRU``) with its inputs. They are inference only: their outputs carry no autograd
+history, and the modules make a backward through them raise (:func:`no_gradient`).
 
-Weights travel as tensors in the layout the kernels read: ``weight_panels``, the int8 panels of
-:attr:`dynaq.PackedWeight.panels` (the same on every CPU), and ``weight_scale``. The native
+Weights travel as tensors in the layout the kernels read (the same on every CPU), in the order of
+:data:`BUFFER_SUFFIXES`: an int8 weight as ``weight_panels`` (:attr:`dynaq.PackedWeight.panels`)
+and ``weight_scale``; a 4-bit one as ``weight_panels`` (uint8, two levels per byte), its group
+codes ``weight_gscale_panels`` and ``weight_gmin_panels`` (:attr:`~dynaq.PackedWeight.code_panels`)
+and its row factors ``weight_scale`` and ``weight_min`` (:attr:`~dynaq.PackedWeight.row_factors`).
+The native
 weight built from them is cached while those tensors live unchanged (:class:`Prepared`), so a
 module's buffers are packed once; the modules seed the cache with the weights they already
 hold, so their panels are never copied.
@@ -27,7 +32,15 @@ import torch
 from .. import layers as _layers
 from .._dynaq import PackedWeight
 
-__all__ = ["Prepared", "PREPARED", "linear_layer", "recurrent_layer", "panels_tensor"]
+__all__ = [
+    "BUFFER_SUFFIXES",
+    "PREPARED",
+    "Prepared",
+    "linear4_layer",
+    "linear_layer",
+    "recurrent_layer",
+    "weight_buffers",
+]
 
 # --- the native objects behind the operators' tensors ----------------------------------------
 
@@ -108,26 +121,98 @@ def _numpy(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
     return None if t is None else t.detach().contiguous().numpy()
 
 
-def panels_tensor(pw: PackedWeight) -> torch.Tensor:
-    """``pw``'s panels as an int8 tensor sharing their memory (read-only by contract: torch
-    does not enforce numpy's flag, and the kernels read this memory)."""
+#: The buffers of a weight ``W``, by its bits, in the order the operators take them.
+BUFFER_SUFFIXES: dict[int, tuple[str, ...]] = {
+    8: ("_panels", "_scale"),
+    4: ("_panels", "_gscale_panels", "_gmin_panels", "_scale", "_min"),
+}
+
+#: A weight's format as the operators take it: ``(bits, group_size, symmetric)``, group size 0
+#: for one scale per output channel (int8 weights: ``(8, 0, True)``).
+Format = tuple[int, int, bool]
+INT8: Format = (8, 0, True)
+
+
+def weight_format(pw: PackedWeight) -> Format:
+    """``pw``'s :data:`Format`."""
+    return (int(pw.bits), int(pw.group_size or 0), bool(pw.symmetric))
+
+
+def _view(a: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``a``'s memory (read-only by contract: torch does not enforce numpy's
+    flag, and the kernels read this memory)."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(pw.panels)
+        return torch.from_numpy(a)
 
 
-def _weight(panels: torch.Tensor, scale: torch.Tensor, n: int, k: int) -> PackedWeight:
-    """The native weight of panels and scales that no cache entry holds (copied)."""
-    if panels.device.type == "meta" or scale.device.type == "meta":
+def weight_buffers(pw: PackedWeight) -> tuple[torch.Tensor, ...]:
+    """``pw`` as the tensors the operators take (:data:`BUFFER_SUFFIXES`): views of its memory
+    for the panels and codes, float32 copies of its (small) scales and factors."""
+    if pw.bits == 8:
+        s = np.array(pw.scales, dtype=np.float32)
+        return _view(pw.panels), torch.from_numpy(s if pw.per_channel else s.reshape(()))
+    scale_codes, min_codes = pw.code_panels
+    row_scales, row_minima = pw.row_factors
+    return (_view(pw.panels), _view(scale_codes), _view(min_codes), torch.from_numpy(row_scales),
+            torch.from_numpy(row_minima))  # fmt: skip
+
+
+def meta_buffers(n: int, k: int, fmt: Format, per_channel: bool) -> tuple[torch.Tensor, ...]:
+    """The tensors of an ``(n, k)`` weight of format ``fmt`` on the meta device (shapes only)."""
+
+    def meta(size: Any, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(size, dtype=dtype, device="meta")
+
+    if fmt[0] == 8:
+        panels = meta(PackedWeight.panels_size(n, k), torch.int8)
+        return panels, meta((n,) if per_channel else (), torch.float32)
+    codes = PackedWeight.code_panels_size(n, k, fmt[1] or None)
+    return (meta(PackedWeight.panels_size(n, k, bits=4), torch.uint8), meta(codes, torch.uint8),
+            meta(codes, torch.uint8), meta(n, torch.float32), meta(n, torch.float32))  # fmt: skip
+
+
+def _weight(tensors: Sequence[torch.Tensor], n: int, k: int, fmt: Format) -> PackedWeight:
+    """The native weight of buffers that no cache entry holds (copied)."""
+    if any(t.device.type == "meta" for t in tensors):
         raise ValueError(
             "the weights are on the meta device (a skeleton): load a checkpoint into the module "
             "(load_state_dict) before calling it"
         )
-    if panels.device.type != "cpu" or scale.device.type != "cpu":
-        raise ValueError(f"dynaq's weights must be on the CPU, not {panels.device}")
-    return PackedWeight.from_panels(_numpy(panels), _numpy(scale.to(torch.float32)), int(n), int(k))
+    for t in tensors:
+        if t.device.type != "cpu":
+            raise ValueError(f"dynaq's weights must be on the CPU, not {t.device}")
+    if fmt[0] == 8:
+        panels, scale = tensors
+        return PackedWeight.from_panels(
+            _numpy(panels), _numpy(scale.to(torch.float32)), int(n), int(k)
+        )
+    panels, scale_codes, min_codes, row_scales, row_minima = tensors
+    return PackedWeight.from_int4_panels(
+        _numpy(panels), _numpy(scale_codes), _numpy(min_codes),
+        _numpy(row_scales.to(torch.float32)), _numpy(row_minima.to(torch.float32)), int(n),
+        int(k), group_size=int(fmt[1]) or None, symmetric=bool(fmt[2]),
+    )  # fmt: skip
+
+
+def _linear_from(
+    pw: PackedWeight,
+    bias: Optional[torch.Tensor],
+    input_scale: Optional[torch.Tensor],
+    input_zero_point: Optional[torch.Tensor],
+    granularity: str,
+) -> _layers.Linear:
+    named = {"bias": bias, "input_scale": input_scale, "input_zero_point": input_zero_point}
+    arrays = {k: _numpy(v) for k, v in named.items() if v is not None}
+    if "bias" in arrays:
+        arrays["bias"] = arrays["bias"].astype(np.float32, copy=False)
+    return _layers.Linear._from_tensors(
+        {"weight": pw},
+        arrays,
+        {"granularity": granularity},  # type: ignore[arg-type]
+    )
 
 
 def linear_layer(
@@ -170,16 +255,40 @@ def linear_layer(
         return prepared
 
     def build() -> _layers.Linear:
-        pw = _weight(weight_panels, weight_scale, out_features, in_features)
-        named = {"bias": bias, "input_scale": input_scale, "input_zero_point": input_zero_point}
-        arrays = {k: _numpy(v) for k, v in named.items() if v is not None}
-        if "bias" in arrays:
-            arrays["bias"] = arrays["bias"].astype(np.float32, copy=False)
-        return _layers.Linear._from_tensors(
-            {"weight": pw},
-            arrays,
-            {"granularity": granularity},  # type: ignore[arg-type]
-        )
+        pw = _weight((weight_panels, weight_scale), out_features, in_features, INT8)
+        return _linear_from(pw, bias, input_scale, input_zero_point, granularity)
+
+    return PREPARED.get(tensors, config, build)
+
+
+def linear4_layer(
+    weight_panels: torch.Tensor,
+    weight_gscale_panels: torch.Tensor,
+    weight_gmin_panels: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_min: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    out_features: int,
+    in_features: int,
+    group_size: int,
+    symmetric: bool,
+    granularity: str,
+    input_scale: Optional[torch.Tensor] = None,
+    input_zero_point: Optional[torch.Tensor] = None,
+    *,
+    prepared: Optional[_layers.Linear] = None,
+) -> _layers.Linear:
+    """:func:`linear_layer` for a 4-bit weight (``group_size`` 0: per channel)."""
+    weight = (weight_panels, weight_gscale_panels, weight_gmin_panels, weight_scale, weight_min)
+    tensors = (*weight, bias, input_scale, input_zero_point)
+    config = ("linear4", out_features, in_features, group_size, symmetric, granularity)
+    if prepared is not None:
+        PREPARED.put(tensors, config, prepared)
+        return prepared
+
+    def build() -> _layers.Linear:
+        pw = _weight(weight, out_features, in_features, (4, group_size, symmetric))
+        return _linear_from(pw, bias, input_scale, input_zero_point, granularity)
 
     return PREPARED.get(tensors, config, build)
 
@@ -204,15 +313,23 @@ def recurrent_layer(
     input_size: int,
     hidden_size: int,
     granularity: str,
+    bits: int = 8,
+    group_size: int = 0,
+    symmetric: bool = True,
     *,
     prepared: Any = None,
 ) -> Any:
     """The numpy :class:`dynaq.layers.LSTM` / ``GRU`` these tensors describe (cached;
     ``prepared``: the layer they were made from).
 
-    ``params`` holds, per cell in :func:`cell_names` order, ``weight_ih`` panels and scale,
-    ``weight_hh`` panels and scale, then ``bias_ih`` and ``bias_hh`` when ``has_biases``."""
-    per_cell = 6 if has_biases else 4
+    ``params`` holds, per cell in :func:`cell_names` order, the buffers of ``weight_ih``, then
+    of ``weight_hh`` (:data:`BUFFER_SUFFIXES` of ``bits``), then ``bias_ih`` and ``bias_hh``
+    when ``has_biases``. Every weight has the format ``(bits, group_size, symmetric)``."""
+    fmt: Format = INT8 if bits == 8 else (int(bits), int(group_size), bool(symmetric))
+    if fmt[0] not in BUFFER_SUFFIXES:
+        raise ValueError(f"dynaq.{kind.lower()}: bits must be 8 or 4, got {bits}")
+    per_weight = len(BUFFER_SUFFIXES[fmt[0]])
+    per_cell = 2 * per_weight + (2 if has_biases else 0)
     cells = cell_names(num_layers, bidirectional)
     if len(params) != per_cell * len(cells):
         raise ValueError(
@@ -220,7 +337,7 @@ def recurrent_layer(
             f"{per_cell} tensors"
         )
     config = (kind, has_biases, num_layers, bidirectional, batch_first, input_size, hidden_size,
-              granularity)  # fmt: skip
+              granularity, fmt)  # fmt: skip
     if prepared is not None:
         PREPARED.put(list(params), config, prepared)
         return prepared
@@ -233,11 +350,12 @@ def recurrent_layer(
             p = params[i * per_cell : (i + 1) * per_cell]
             dirs = 2 if bidirectional else 1
             k_ih = input_size if sfx.startswith("_l0") else hidden_size * dirs
-            weights["weight_ih" + sfx] = _weight(p[0], p[1], g, k_ih)
-            weights["weight_hh" + sfx] = _weight(p[2], p[3], g, hidden_size)
+            ih, hh, biases = p[:per_weight], p[per_weight : 2 * per_weight], p[2 * per_weight :]
+            weights["weight_ih" + sfx] = _weight(ih, g, k_ih, fmt)
+            weights["weight_hh" + sfx] = _weight(hh, g, hidden_size, fmt)
             if has_biases:
-                tensors["bias_ih" + sfx] = _numpy(p[4].to(torch.float32))  # type: ignore[assignment]
-                tensors["bias_hh" + sfx] = _numpy(p[5].to(torch.float32))  # type: ignore[assignment]
+                tensors["bias_ih" + sfx] = _numpy(biases[0].to(torch.float32))  # type: ignore[assignment]
+                tensors["bias_hh" + sfx] = _numpy(biases[1].to(torch.float32))  # type: ignore[assignment]
         cls = _layers.LSTM if kind == "LSTM" else _layers.GRU
         return cls._from_tensors(
             weights,
@@ -257,9 +375,16 @@ _LIB.define(
     "int out_features, int in_features, str granularity='row', Tensor? input_scale=None, "
     "Tensor? input_zero_point=None) -> Tensor"
 )
+_LIB.define(
+    "linear4(Tensor input, Tensor weight_panels, Tensor weight_gscale_panels, "
+    "Tensor weight_gmin_panels, Tensor weight_scale, Tensor weight_min, Tensor? bias, "
+    "int out_features, int in_features, int group_size, bool symmetric, str granularity='row', "
+    "Tensor? input_scale=None, Tensor? input_zero_point=None) -> Tensor"
+)
 _RNN_ARGS = (
     "Tensor input, Tensor[] hx, Tensor[] params, bool has_biases, int num_layers, "
-    "bool bidirectional, bool batch_first, int input_size, int hidden_size, str granularity"
+    "bool bidirectional, bool batch_first, int input_size, int hidden_size, str granularity, "
+    "int bits=8, int group_size=0, bool symmetric=True"
 )
 _LIB.define(f"lstm({_RNN_ARGS}) -> (Tensor, Tensor, Tensor)")
 _LIB.define(f"gru({_RNN_ARGS}) -> (Tensor, Tensor)")
@@ -269,6 +394,13 @@ def _input(x: torch.Tensor, op: str) -> np.ndarray:
     if x.dtype != torch.float32:
         raise TypeError(f"dynaq.{op}: input must be float32, got {x.dtype}")
     return (x.detach() if x.requires_grad else x).numpy()
+
+
+def _linear_out(layer: _layers.Linear, input: torch.Tensor, op: str) -> torch.Tensor:
+    if input.dtype != torch.float32:
+        raise TypeError(f"dynaq.{op}: input must be float32, got {input.dtype}")
+    x = input.detach() if input.requires_grad else input
+    return torch.from_numpy(layer._forward(x.numpy(), name="input"))
 
 
 def _linear_cpu(
@@ -286,10 +418,45 @@ def _linear_cpu(
         weight_panels, weight_scale, bias, out_features, in_features, granularity, input_scale,
         input_zero_point,
     )  # fmt: skip
-    if input.dtype != torch.float32:
-        raise TypeError(f"dynaq.linear: input must be float32, got {input.dtype}")
-    x = input.detach() if input.requires_grad else input
-    return torch.from_numpy(layer._forward(x.numpy(), name="input"))
+    return _linear_out(layer, input, "linear")
+
+
+def _linear4_cpu(
+    input: torch.Tensor,
+    weight_panels: torch.Tensor,
+    weight_gscale_panels: torch.Tensor,
+    weight_gmin_panels: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_min: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    out_features: int,
+    in_features: int,
+    group_size: int,
+    symmetric: bool,
+    granularity: str = "row",
+    input_scale: Optional[torch.Tensor] = None,
+    input_zero_point: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    layer = linear4_layer(
+        weight_panels, weight_gscale_panels, weight_gmin_panels, weight_scale, weight_min, bias,
+        out_features, in_features, group_size, symmetric, granularity, input_scale,
+        input_zero_point,
+    )  # fmt: skip
+    return _linear_out(layer, input, "linear4")
+
+
+def _linear_shape(input: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
+    """The fake output of both linear operators."""
+    torch._check(input.dtype == torch.float32, lambda: f"input must be float32, got {input.dtype}")
+    torch._check(input.dim() >= 1, lambda: "input must have at least 1 dimension")
+    torch._check(
+        input.shape[-1] == in_features,
+        lambda: (
+            f"input has shape {tuple(input.shape)}: its last axis must equal in_features = "
+            f"{in_features}"
+        ),
+    )
+    return input.new_empty((*input.shape[:-1], out_features))
 
 
 def _linear_fake(
@@ -303,16 +470,26 @@ def _linear_fake(
     input_scale: Optional[torch.Tensor] = None,
     input_zero_point: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    torch._check(input.dtype == torch.float32, lambda: f"input must be float32, got {input.dtype}")
-    torch._check(input.dim() >= 1, lambda: "input must have at least 1 dimension")
-    torch._check(
-        input.shape[-1] == in_features,
-        lambda: (
-            f"input has shape {tuple(input.shape)}: its last axis must equal in_features = "
-            f"{in_features}"
-        ),
-    )
-    return input.new_empty((*input.shape[:-1], out_features))
+    return _linear_shape(input, out_features, in_features)
+
+
+def _linear4_fake(
+    input: torch.Tensor,
+    weight_panels: torch.Tensor,
+    weight_gscale_panels: torch.Tensor,
+    weight_gmin_panels: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_min: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    out_features: int,
+    in_features: int,
+    group_size: int,
+    symmetric: bool,
+    granularity: str = "row",
+    input_scale: Optional[torch.Tensor] = None,
+    input_zero_point: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    return _linear_shape(input, out_features, in_features)
 
 
 def _rnn_state(hx: Sequence[torch.Tensor], kind: str) -> Any:
@@ -334,10 +511,13 @@ def _rnn_cpu(kind: str) -> Callable[..., Any]:
         input_size: int,
         hidden_size: int,
         granularity: str,
+        bits: int = 8,
+        group_size: int = 0,
+        symmetric: bool = True,
     ) -> Any:
         layer = recurrent_layer(
             kind, params, has_biases, num_layers, bidirectional, batch_first, input_size,
-            hidden_size, granularity,
+            hidden_size, granularity, bits, group_size, symmetric,
         )  # fmt: skip
         out, state = layer(_input(input, kind.lower()), _rnn_state(hx, kind))
         if kind == "LSTM":
@@ -359,6 +539,9 @@ def _rnn_fake(kind: str) -> Callable[..., Any]:
         input_size: int,
         hidden_size: int,
         granularity: str,
+        bits: int = 8,
+        group_size: int = 0,
+        symmetric: bool = True,
     ) -> Any:
         torch._check(input.dtype == torch.float32, lambda: "input must be float32")
         torch._check(input.dim() in (2, 3), lambda: "input must be 2-D or 3-D")
@@ -409,6 +592,9 @@ def no_gradient(out: Any, input: torch.Tensor, op: str) -> Any:
 _LIB.impl("linear", _linear_cpu, "CPU")
 _LIB.impl("linear", torch.library.fallthrough_kernel, "Autograd")
 torch.library.register_fake("dynaq::linear", _linear_fake, lib=_LIB)
+_LIB.impl("linear4", _linear4_cpu, "CPU")
+_LIB.impl("linear4", torch.library.fallthrough_kernel, "Autograd")
+torch.library.register_fake("dynaq::linear4", _linear4_fake, lib=_LIB)
 for _kind in ("LSTM", "GRU"):
     _name = _kind.lower()
     _LIB.impl(_name, _rnn_cpu(_kind), "CPU")
@@ -437,12 +623,31 @@ def _register_onnx() -> None:
             layout_s="K4N16",
         )
 
+    @parse_args("v", "v", "v", "v", "v", "v", "v", "i", "i", "i", "b", "s", "v", "v")
+    def linear4(g, input, panels, gscale, gmin, scale, minimum, bias, out_features, in_features,  # type: ignore[no-untyped-def]
+                group_size, symmetric, granularity, s, zp):  # fmt: skip
+        weight = [panels, gscale, gmin, scale, minimum]
+        inputs = [input, *weight] + [t for t in (bias, s, zp) if not _is_none(t)]
+        return g.op(
+            "dynaq::Linear4",
+            *inputs,
+            out_features_i=out_features,
+            in_features_i=in_features,
+            group_size_i=group_size,
+            symmetric_i=int(symmetric),
+            granularity_s=granularity,
+            has_bias_i=int(not _is_none(bias)),
+            static_i=int(not _is_none(s)),
+            layout_s="K8N16",
+        )
+
     def rnn(kind: str) -> Callable[..., Any]:
         outputs = 3 if kind == "LSTM" else 2
 
-        @parse_args("v", "v", "v", "b", "i", "b", "b", "i", "i", "s")
+        @parse_args("v", "v", "v", "b", "i", "b", "b", "i", "i", "s", "i", "i", "b")
         def symbolic(g, input, hx, params, has_biases, num_layers, bidirectional, batch_first,  # type: ignore[no-untyped-def]
-                     input_size, hidden_size, granularity):  # fmt: skip
+                     input_size, hidden_size, granularity, bits, group_size,
+                     symmetric):  # fmt: skip
             from torch.onnx.symbolic_helper import _unpack_list
 
             args = [input, *_unpack_list(hx), *_unpack_list(params)]
@@ -457,13 +662,17 @@ def _register_onnx() -> None:
                 hidden_size_i=hidden_size,
                 granularity_s=granularity,
                 num_states_i=len(_unpack_list(hx)),
-                layout_s="K4N16",
+                bits_i=bits,
+                group_size_i=group_size,
+                symmetric_i=int(symmetric),
+                layout_s="K4N16" if bits == 8 else "K8N16",
                 outputs=outputs,
             )
 
         return symbolic
 
     register_custom_op_symbolic("dynaq::linear", linear, 1)
+    register_custom_op_symbolic("dynaq::linear4", linear4, 1)
     register_custom_op_symbolic("dynaq::lstm", rnn("LSTM"), 1)
     register_custom_op_symbolic("dynaq::gru", rnn("GRU"), 1)
 

@@ -12,8 +12,10 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
+from .. import _dynaq
 from .. import layers as _layers
 from .._dynaq import check_granularity as _check_granularity
+from ..layers import _common
 from . import _bridge
 from .modules import GRU, LSTM, Linear
 
@@ -23,7 +25,7 @@ Spec = Union[Iterable[Union[type, str]], Mapping[Union[type, str], Any]]
 
 _SWAPS: dict[type, Any] = {nn.Linear: Linear, nn.LSTM: LSTM, nn.GRU: GRU}
 _SUPPORTED = "torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU and transformers' Conv1D"
-_OPTION_KEYS = ("per_channel", "granularity")
+_OPTION_KEYS = ("per_channel", "granularity", "bits", "group_size", "symmetric", "method")
 
 
 def _options(value: Any, where: str, default: dict[str, Any]) -> Optional[dict[str, Any]]:
@@ -37,10 +39,28 @@ def _options(value: Any, where: str, default: dict[str, Any]) -> Optional[dict[s
                 f"qconfig_spec[{where}]: unknown option(s) {unknown}; known: {list(_OPTION_KEYS)}"
             )
         opts = {**default, **value}
-        _check_granularity(opts["granularity"])
-        opts["per_channel"] = bool(opts["per_channel"])
+        if "bits" in value and value["bits"] != default["bits"]:
+            # Options of the default's bits that do not apply to these: dropped.
+            for key in ("group_size", "symmetric", "method"):
+                if key not in value:
+                    opts.pop(key, None)
+        _check_options(opts, f"qconfig_spec[{where}]")
         return opts
     return dict(default)  # True, a torch QConfig, ...: quantize with the defaults.
+
+
+def _check_options(opts: dict[str, Any], where: str) -> None:
+    """Checks one set of options as quantizing will (any in_features): ``ValueError`` /
+    ``TypeError`` naming ``where``."""
+    _check_granularity(opts["granularity"])
+    opts["per_channel"] = bool(opts["per_channel"])
+    weight = {k: v for k, v in opts.items() if k not in ("granularity", "per_channel")}
+    try:
+        # 128 columns: every group size divides it (whether one divides a module's width is
+        # checked when that module is quantized).
+        _dynaq.weight_format(128, per_channel=opts["per_channel"], **weight)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{where}: {e}") from None
 
 
 def _parse_spec(
@@ -104,13 +124,18 @@ def quantize_dynamic(
     *,
     per_channel: bool = True,
     granularity: str = "row",
+    bits: int = 8,
+    group_size: Optional[int] = ...,  # type: ignore[assignment]
+    symmetric: Optional[bool] = None,
+    method: Optional[str] = None,
     exclude: Iterable[str] = (),
 ) -> nn.Module:
     """Swap a model's ``nn.Linear`` / ``nn.LSTM`` / ``nn.GRU`` modules (and transformers'
-    ``Conv1D``) for dynaq int8 ones.
+    ``Conv1D``) for dynaq ones, with int8 (default) or 4-bit weights.
 
     Like ``torch.ao.quantization.quantize_dynamic``, with dynaq's kernels: int8 weights with
-    per-output-channel scales and per-row activation scales by default, exact int32
+    per-output-channel scales (or, with ``bits=4``, 4-bit weights with a scale and minimum per
+    group of 32 input features) and per-row activation scales by default, exact integer
     accumulation, and modules that save and load with ``torch.save`` and ``state_dict``.
 
     Every projection: transformers' ``Conv1D`` (GPT-2's, weight stored ``(in, out)``) is
@@ -130,15 +155,16 @@ def quantize_dynamic(
         ``out_proj`` are never swapped) and/or module names as ``named_modules()`` gives them;
         a name selects that module and, for a container, every supported module inside it. A
         dict maps each entry to None or False (do not quantize), a dict of options
-        (``{"per_channel": bool, "granularity": "row" | "tensor"}``), or anything else (a
-        torch ``QConfig``, True) for the defaults. A name's entry applies to
-        that module and everything inside it and takes precedence over type entries (the
-        closest named ancestor wins). dynaq always quantizes to int8, whatever a ``QConfig``
-        says.
+        (``{"per_channel": bool, "granularity": "row" | "tensor", "bits": 8 | 4,
+        "group_size": 32 | 64 | 128 | None, "symmetric": bool, "method": "search" | "rtn"}``,
+        each defaulting to this call's), or anything else (a torch ``QConfig``, True) for the
+        defaults. A name's entry applies to that module and everything inside it and takes
+        precedence over type entries (the closest named ancestor wins). dynaq quantizes as its
+        own options say, whatever a ``QConfig`` says.
     dtype : torch.dtype, optional
         As in PyTorch's ``quantize_dynamic``, so that its calls run unchanged:
-        ``torch.qint8`` (or None, the same). dynaq quantizes to int8 only; any other dtype
-        raises ``ValueError``.
+        ``torch.qint8`` (or None, the same); any other dtype raises ``ValueError`` (choose
+        4-bit weights with ``bits``).
     mapping : dict, optional
         PyTorch's float-to-quantized module mapping; only None (dynaq's own modules) is
         accepted.
@@ -150,6 +176,13 @@ def quantize_dynamic(
     granularity : {"row", "tensor"}
         Default activation scales: per row (a row's result never depends on the batch) or one
         per call.
+    bits, group_size, symmetric, method
+        Default weight format, as :func:`dynaq.pack_weight` takes them: 8 bits, or 4 with
+        groups of 32 (default), 64 or 128 input features or per channel (``group_size=None``),
+        asymmetric unless ``symmetric``, scales found by a least-squares search unless
+        ``method="rtn"``. A group size that does not divide a module's ``in_features`` raises
+        ``ValueError`` naming the module (give that module its own options in
+        ``qconfig_spec``, or exclude it).
     exclude : iterable of str
         Module names to keep in float, with everything inside them. An entry matches a name
         exactly or as a dotted prefix (``"encoder.layer.0"`` covers
@@ -176,16 +209,18 @@ def quantize_dynamic(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if dtype is not None and dtype is not torch.qint8:
         raise ValueError(
-            f"dtype={dtype}: dynaq quantizes weights to int8 with dynamically quantized int8 "
-            "activations (dtype=torch.qint8, the default); other dtypes are not supported"
+            f"dtype={dtype}: dynaq quantizes weights to int8 (or 4 bits with bits=4) with "
+            "dynamically quantized int8 activations (dtype=torch.qint8, the default); other "
+            "dtypes are not supported"
         )
     if mapping is not None:
         raise ValueError(
             "mapping: dynaq swaps modules for its own (dynaq.torch.Linear, LSTM, GRU); choose "
             "what to quantize with qconfig_spec and exclude instead"
         )
-    _check_granularity(granularity)
-    default = {"per_channel": bool(per_channel), "granularity": granularity}
+    default = {"per_channel": per_channel, "granularity": granularity,
+               **_common.weight_options(bits, group_size, symmetric, method)}  # fmt: skip
+    _check_options(default, "quantize_dynamic")
     types, names = _parse_spec(qconfig_spec, default)
     modules = dict(model.named_modules())
     is_excluded = _excluder(exclude, list(modules))
@@ -202,7 +237,7 @@ def quantize_dynamic(
         model = copy.deepcopy(model)
     tied = _tied_to_others(model)
     memo: dict[int, nn.Module] = {}
-    shared: dict[tuple[int, bool, bool], Any] = {}  # (id(weight), conv1d, per_channel) -> weight
+    shared: dict[tuple[Any, ...], Any] = {}  # (id(weight), conv1d, options) -> packed weight
     left: dict[str, nn.Module] = {}  # modules kept in float on purpose (excluded, tied, unselected)
     unset: Any = object()
 
@@ -317,7 +352,8 @@ def _warn_unhandled(model: nn.Module, left: dict[str, nn.Module], swapped: dict[
 def _swap(mod: nn.Module, name: str, opts: dict[str, Any], shared: dict[Any, Any]) -> nn.Module:
     try:
         cls = _swap_target(mod)
-        key = (id(getattr(mod, "weight", None)), _bridge.is_conv1d(mod), opts["per_channel"])
+        weight_opts = tuple(sorted((k, v) for k, v in opts.items() if k != "granularity"))
+        key = (id(getattr(mod, "weight", None)), _bridge.is_conv1d(mod), weight_opts)
         if cls is Linear and key in shared and mod.weight.device.type != "meta":
             # A weight shared by several linear modules is quantized once, its memory shared.
             bias = None if mod.bias is None else _bridge.param_numpy(mod.bias, "bias")

@@ -41,6 +41,9 @@ _META_FORMAT = "dynaq.format"
 _META_LAYOUT = "dynaq.layout"
 _LAYOUT = "out_in"
 _SCALE = _dynaq.SCALE_SUFFIX  # "_scale"
+#: The parts a stored weight may have besides ``weight``: ``weight_scale`` always; a 4-bit one
+#: ``weight_min``, ``weight_gscale``, ``weight_gmin`` as its format needs them.
+_PARTS = tuple(_dynaq.WEIGHT_PART_SUFFIXES)
 _OPTIONAL = ("input_scale", "input_zero_point")
 #: Where a module keeps its packed weight between the moment it is read and the end of loading.
 #: On the module: transformers hands each tensor a copy of the quantizer, not the quantizer.
@@ -53,16 +56,27 @@ class DynaqConfig(QuantizationConfigMixin):
     Parameters
     ----------
     per_channel : bool
-        One weight scale per output channel (default) or one per tensor.
+        int8: one weight scale per output channel (default) or one per tensor.
     granularity : {"row", "tensor"}
         Activation scales per row (default) or one per call.
+    bits : int
+        8 (default) or 4: the weights' bits (activations are int8 either way).
+    group_size : int or None
+        4-bit weights: 32 (default), 64 or 128 input features per scale and minimum, or None for
+        one per output channel. Must divide the ``in_features`` of every module converted (keep
+        others float with ``modules_to_not_convert``).
+    symmetric : bool
+        4-bit weights: levels symmetric about zero instead of a minimum per group.
+    method : {"search", "rtn"}
+        4-bit weights: least-squares search of each group's scale and minimum (default), or
+        round-to-nearest.
     modules_to_not_convert : list of str, optional
         Modules kept in float (names, prefixes or regular expressions, as transformers matches
         them), in addition to those transformers keeps by default (tied weights and the output
         embedding, which a quantized model must not duplicate).
-    format_version : int
-        The version of dynaq's on-disk form a saved model uses (written by dynaq; a folder from
-        a newer dynaq is refused rather than misread).
+    format_version : int, optional
+        The version of dynaq's on-disk form a saved model uses (written by dynaq: 2 for int8
+        weights, 3 for 4-bit; a folder from a newer dynaq is refused rather than misread).
     """
 
     def __init__(
@@ -70,20 +84,39 @@ class DynaqConfig(QuantizationConfigMixin):
         per_channel: bool = True,
         granularity: str = "row",
         modules_to_not_convert: Optional[list[str]] = None,
-        format_version: int = _dynaq.FORMAT_VERSION,
+        format_version: Optional[int] = None,
+        bits: int = 8,
+        group_size: Optional[int] = ...,  # type: ignore[assignment]
+        symmetric: Optional[bool] = None,
+        method: Optional[str] = None,
         **kwargs: Any,
     ) -> None:
-        method = kwargs.pop("quant_method", METHOD)
-        if method != METHOD:
-            raise ValueError(f"DynaqConfig: quant_method must be {METHOD!r}, got {method!r}")
+        quant_method = kwargs.pop("quant_method", METHOD)
+        if quant_method != METHOD:
+            raise ValueError(f"DynaqConfig: quant_method must be {METHOD!r}, got {quant_method!r}")
         if kwargs:
             raise TypeError(f"DynaqConfig got unknown option(s): {', '.join(sorted(kwargs))}")
         self.quant_method = METHOD
         self.per_channel = per_channel
         self.granularity = granularity
         self.modules_to_not_convert = modules_to_not_convert
+        self.bits = bits
+        # Resolved, so that config.json says what was used: 32 unless given for 4 bits.
+        self.group_size = (32 if bits == 4 else None) if group_size is ... else group_size
+        self.symmetric = symmetric
+        self.method = method
+        if format_version is None:
+            four = bits == 4
+            format_version = _dynaq.FORMAT_VERSION_INT4 if four else _dynaq.FORMAT_VERSION
         self.format_version = format_version
         self.post_init()
+
+    def weight_options(self) -> dict[str, Any]:
+        """The options :func:`dynaq.pack_weight` takes for these weights."""
+        if self.bits == 8:
+            return {"per_channel": self.per_channel}
+        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
+                "method": self.method}  # fmt: skip
 
     def post_init(self) -> None:
         """Check every option (transformers calls it with the values of config.json too)."""
@@ -109,13 +142,30 @@ class DynaqConfig(QuantizationConfigMixin):
             raise TypeError("DynaqConfig: modules_to_not_convert must be a list of module names")
         if skip is not None:
             self.modules_to_not_convert = list(skip)
+        # Options read from an older config.json are absent: int8.
+        for name, default in (("bits", 8), ("group_size", None), ("symmetric", None),
+                              ("method", None)):  # fmt: skip
+            if not hasattr(self, name):
+                setattr(self, name, default)
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            raise TypeError(f"DynaqConfig: bits must be 8 or 4, got {self.bits!r}")
+        options = {"bits": self.bits, "symmetric": self.symmetric, "method": self.method}
+        if self.bits == 4 or self.group_size is not None:
+            options["group_size"] = self.group_size
+        try:
+            # 128 columns: every group size divides it (a module it does not fit is named when
+            # the model is converted).
+            _dynaq.weight_format(128, per_channel=self.per_channel, **options)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"DynaqConfig: {e}") from None
         v = self.format_version
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"DynaqConfig: format_version must be an int, got {type(v).__name__}")
-        if not 1 <= v <= _dynaq.FORMAT_VERSION:
+        newest = max(_dynaq.FORMAT_VERSION, _dynaq.FORMAT_VERSION_INT4)
+        if not 1 <= v <= newest:
             raise ValueError(
                 f"DynaqConfig: format_version {v} is not one this dynaq reads (1 to "
-                f"{_dynaq.FORMAT_VERSION}); the model was saved by a newer dynaq: upgrade dynaq"
+                f"{newest}); the model was saved by a newer dynaq: upgrade dynaq"
             )
 
 
@@ -159,10 +209,13 @@ class _Quantize(_Op):
             value = _one(value)
             module, _ = get_module_from_name(model, key)
             w = value.t() if getattr(module, "_dynaq_conv1d", False) else value
-            module.__dict__[_PENDING] = _dynaq.pack_weight(
-                param_numpy(w, key), per_channel=q.quantization_config.per_channel
-            )
-            _discard(missing_keys, key, key + _SCALE)
+            try:
+                module.__dict__[_PENDING] = _dynaq.pack_weight(
+                    param_numpy(w, key), **q.quantization_config.weight_options()
+                )
+            except ValueError as e:
+                raise ValueError(f"{key}: {e}") from None
+            _discard(missing_keys, key, *(key + p for p in _PARTS))
         return {}
 
 
@@ -172,9 +225,9 @@ class _Identity(ConversionOps):
 
 
 class _Deserialize(_Op):
-    """Load a dynaq checkpoint: each ``X.weight`` with its ``X.weight_scale``. A dynaq module's
-    int8 weight is checked and packed; any other module gets float weights in its own dtype
-    (the CLI also quantizes embeddings: they are dequantized)."""
+    """Load a dynaq checkpoint: each ``X.weight`` with its ``X.weight_scale`` (and a 4-bit
+    weight's other parts). A dynaq module's weight is checked and packed; any other module gets
+    float weights in its own dtype (the CLI also quantizes embeddings: they are dequantized)."""
 
     @property
     def reverse_op(self) -> ConversionOps:
@@ -191,18 +244,24 @@ class _Deserialize(_Op):
         q = self.hf_quantizer
         w = _one(input_dict.get("weight"))
         s = _one(input_dict.get("weight" + _SCALE))
+        parts = {p: _one(input_dict.get("weight" + p)) for p in _PARTS}
+        parts = {p: t for p, t in parts.items() if t is not None}
         if w is None:
-            raise ValueError(f"{full_layer_name}{_SCALE} is in the checkpoint, its weight is not")
+            found = ", ".join(f"{full_layer_name}{p}" for p in parts)
+            raise ValueError(f"{found} in the checkpoint, {full_layer_name} is not")
         module, _ = get_module_from_name(model, full_layer_name)
         if isinstance(module, Linear):
             if s is None:
                 raise ValueError(f"{full_layer_name}: a dynaq layer needs its {_SCALE[1:]}")
-            module.__dict__[_PENDING] = q._load_weight(module, full_layer_name, w, s)
-            _discard(missing_keys, full_layer_name, full_layer_name + _SCALE)
+            module.__dict__[_PENDING] = q._load_weight(module, full_layer_name, w, parts)
+            _discard(missing_keys, full_layer_name, *(full_layer_name + p for p in _PARTS))
             return {}
         target = module._parameters.get("weight")
         dtype = target.dtype if target is not None else torch.get_default_dtype()
-        if s is not None:  # quantized by the CLI, but this module stays float: dequantize
+        if s is not None and w.dtype == torch.uint8:  # a 4-bit weight that stays float
+            pw = _dynaq.weight_from_tensors(_arrays(full_layer_name, w, parts), full_layer_name)
+            w = torch.from_numpy(pw.dequantize())
+        elif s is not None:  # quantized by the CLI, but this module stays float: dequantize
             if w.dtype != torch.int8:
                 raise ValueError(f"{full_layer_name}: a scaled weight must be int8, got {w.dtype}")
             w = w.float() * (s.float().reshape(-1, *([1] * (w.dim() - 1))) if s.dim() else s)
@@ -212,6 +271,12 @@ class _Deserialize(_Op):
                 "needs float weights"
             )
         return {"weight": w.to(dtype)}
+
+
+def _arrays(key: str, w: torch.Tensor, parts: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A stored weight's tensors as ``weight_from_tensors`` takes them, named as stored."""
+    tensors = {key: w, **{key + p: t for p, t in parts.items()}}
+    return {k: t.detach().cpu().contiguous().numpy() for k, t in tensors.items()}
 
 
 def _one(value: Any) -> Any:
@@ -232,7 +297,8 @@ class DynaqHfQuantizer(HfQuantizer):
     modules swapped are those the checkpoint quantized."""
 
     requires_calibration = False
-    serialized_names = {"weight": ["weight", "weight" + _SCALE]}
+    # Every name a stored weight may have; a checkpoint holds its own format's.
+    serialized_names = {"weight": ["weight", *("weight" + p for p in _PARTS)]}
 
     def __init__(self, quantization_config: DynaqConfig, **kwargs: Any) -> None:
         super().__init__(quantization_config, **kwargs)
@@ -262,7 +328,7 @@ class DynaqHfQuantizer(HfQuantizer):
         scaled = {k[: -len(_SCALE)] for k in tensors if k.endswith(_SCALE)}
         # A folder without a quantization_config whose weights are dynaq's (the CLI's file):
         # load it as stored, not as float weights to quantize again.
-        if not self.pre_quantized and any(tensors.get(k, ("",))[0] == "I8" for k in scaled):
+        if not self.pre_quantized and any(tensors.get(k, ("",))[0] in ("I8", "U8") for k in scaled):
             self.pre_quantized = True
         self._out_in = metadata.get(_META_LAYOUT) == _LAYOUT
         cfg = self.quantization_config
@@ -297,12 +363,20 @@ class DynaqHfQuantizer(HfQuantizer):
             mod = model.get_submodule(name)
             conv1d = is_conv1d(mod)
             in_f, out_f = (mod.nx, mod.nf) if conv1d else (mod.in_features, mod.out_features)
-            per_channel = cfg.per_channel
+            options = cfg.weight_options()
             if found is not None:  # as the checkpoint stores it
-                key, tensors = found
-                per_channel = len(tensors[key + _SCALE][1]) == 1
-            new = Linear(in_f, out_f, mod.bias is not None, per_channel=per_channel,
-                         granularity=cfg.granularity, device="meta")  # fmt: skip
+                options = _stored_options(*found)
+                if conv1d and not self._out_in and options.get("bits") == 4:
+                    # The CLI's (in, out) groups: requantized per the module when loaded.
+                    options["group_size"] = None
+            try:
+                new = Linear(in_f, out_f, mod.bias is not None, granularity=cfg.granularity,
+                             device="meta", **options)  # fmt: skip
+            except ValueError as e:
+                raise ValueError(
+                    f"{name}.weight: {e} (keep the module float with modules_to_not_convert, or "
+                    "choose a group size that divides it)"
+                ) from None
             new._dynaq_conv1d = conv1d  # type: ignore[attr-defined]
             if found is not None:
                 # A calibrated input scale in the checkpoint: the skeleton has a place for it.
@@ -326,19 +400,22 @@ class DynaqHfQuantizer(HfQuantizer):
     def get_load_operations(self) -> dict[str, Any]:
         return {"deserialize": _Deserialize}
 
-    def _load_weight(self, module: Linear, key: str, w: torch.Tensor, s: torch.Tensor) -> Any:
-        """A stored int8 weight and its scales as a PackedWeight, checked."""
-        arrays = {key: w.detach().cpu().contiguous().numpy(),
-                  key + _SCALE: s.detach().cpu().contiguous().numpy()}  # fmt: skip
+    def _load_weight(
+        self, module: Linear, key: str, w: torch.Tensor, parts: dict[str, torch.Tensor]
+    ) -> Any:
+        """A stored weight and its parts (``_scale``, ...) as a PackedWeight, checked."""
+        pw = _dynaq.weight_from_tensors(_arrays(key, w, parts), key)
         if getattr(module, "_dynaq_conv1d", False) and not self._out_in:
             # The CLI quantized a Conv1D weight as stored, (in, out), by rows: scales per input
-            # feature. Dequantize it and quantize it per output channel, as dynaq computes.
-            pw = _dynaq.weight_from_tensors(arrays, key)
-            return _dynaq.pack_weight(
-                np.ascontiguousarray(pw.dequantize().T),
-                per_channel=self.quantization_config.per_channel,
-            )
-        return _dynaq.weight_from_tensors(arrays, key)
+            # feature. Dequantize it and quantize it per output channel (in the file's format),
+            # as dynaq computes.
+            options: dict[str, Any] = {"per_channel": pw.per_channel}
+            if pw.bits == 4:
+                k = pw.shape[0]  # the module's in_features
+                group = pw.group_size if pw.group_size and k % pw.group_size == 0 else None
+                options = {"bits": 4, "group_size": group, "symmetric": pw.symmetric}
+            return _dynaq.pack_weight(np.ascontiguousarray(pw.dequantize().T), **options)
+        return pw
 
     def _process_model_after_weight_loading(self, model: Any, **kwargs: Any) -> Any:
         # transformers fills what the checkpoint lacked with uninitialised memory, and replaces
@@ -386,7 +463,9 @@ class DynaqHfQuantizer(HfQuantizer):
     # --- saving, dequantizing, flags ---------------------------------------------------------
 
     def get_state_dict_and_metadata(self, model: Any) -> tuple[None, dict[str, str]]:
-        return None, {_META_FORMAT: str(_dynaq.FORMAT_VERSION), _META_LAYOUT: _LAYOUT}
+        four = any(isinstance(m, Linear) and m.bits == 4 for m in model.modules())
+        version = _dynaq.FORMAT_VERSION_INT4 if four else _dynaq.FORMAT_VERSION
+        return None, {_META_FORMAT: str(version), _META_LAYOUT: _LAYOUT}
 
     def _dequantize(self, model: Any, dtype: Any = None) -> Any:
         dtype = dtype or torch.float32
@@ -423,6 +502,20 @@ class DynaqHfQuantizer(HfQuantizer):
     @property
     def is_compileable(self) -> bool:
         return True
+
+
+def _stored_options(key: str, tensors: dict[str, tuple[str, list[int]]]) -> dict[str, Any]:
+    """The options of the weight a checkpoint stores under ``key``, from its header: int8 with a
+    scale per channel or per tensor; 4-bit with its group size (``K / groups``) and whether it
+    is symmetric (no ``_min``)."""
+    dtype, shape = tensors[key]
+    if dtype != "U8":
+        return {"per_channel": len(tensors[key + _SCALE][1]) == 1}
+    gscale = tensors.get(key + "_gscale")
+    k = shape[1] if len(shape) == 2 else 0
+    groups = gscale[1][1] if gscale is not None and len(gscale[1]) == 2 else 0
+    group = k // groups if groups else None
+    return {"bits": 4, "group_size": group, "symmetric": key + "_min" not in tensors}
 
 
 def _module_name(name: str, modules: dict[str, Any], model: Any) -> Optional[str]:

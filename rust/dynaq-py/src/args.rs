@@ -446,6 +446,17 @@ impl<'a, 'py> FromPyObject<'a, 'py> for GroupSizeArg {
     }
 }
 
+impl GroupSizeArg {
+    /// The group size this stands for: None per channel, the default when not given.
+    pub fn size(&self) -> Option<usize> {
+        match self {
+            GroupSizeArg::Unset => Some(DEFAULT_GROUP_SIZE),
+            GroupSizeArg::PerChannel => None,
+            GroupSizeArg::Size(g) => Some(*g),
+        }
+    }
+}
+
 /// The group size 4-bit weights get when none is given.
 pub const DEFAULT_GROUP_SIZE: usize = 32;
 
@@ -497,11 +508,7 @@ pub fn weight_spec(
                 }
             };
             Ok(WeightSpec::Int4 {
-                group: match group_size {
-                    GroupSizeArg::Unset => Some(DEFAULT_GROUP_SIZE),
-                    GroupSizeArg::PerChannel => None,
-                    GroupSizeArg::Size(g) => Some(g),
-                },
+                group: group_size.size(),
                 symmetric: symmetric.unwrap_or(false),
                 method,
             })

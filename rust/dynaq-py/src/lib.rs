@@ -38,6 +38,7 @@ fn _dynaq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::dynamic_quantize_linear, m)?)?;
     m.add_function(wrap_pyfunction!(matmul::matmul_integer, m)?)?;
     m.add_function(wrap_pyfunction!(weight::pack_weight, m)?)?;
+    m.add_function(wrap_pyfunction!(weight::weight_format, m)?)?;
     m.add_function(wrap_pyfunction!(ops::layer_linear, m)?)?;
     m.add_function(wrap_pyfunction!(ops::as_float32, m)?)?;
     m.add_function(wrap_pyfunction!(ops::as_packed_weight, m)?)?;

@@ -2,6 +2,7 @@
 
 use crate::args::{self, detach, float_array, int8_array, GroupSizeArg, WeightSpec};
 use crate::errors::{named, shape, to_py, type_error, value_error, Role};
+use dynaq_core::int4::Int4Weight;
 use dynaq_core::isa::active_isa;
 use dynaq_core::pack::PackedB;
 use dynaq_core::PackedWeight;
@@ -119,6 +120,35 @@ pub fn pack_weight(
     })
 }
 
+/// The format :func:`pack_weight` gives a weight of ``in_features`` columns with these options,
+/// as ``(bits, group_size, symmetric, per_channel)``, raising what it would raise; without
+/// quantizing anything (a model skeleton's shapes depend on it).
+#[pyfunction]
+#[pyo3(signature = (
+    in_features, *, per_channel = true, bits = 8, group_size = GroupSizeArg::Unset,
+    symmetric = None, method = None
+))]
+pub fn weight_format(
+    py: Python<'_>,
+    in_features: usize,
+    per_channel: bool,
+    bits: i64,
+    group_size: GroupSizeArg,
+    symmetric: Option<bool>,
+    method: Option<&str>,
+) -> PyResult<(u32, Option<usize>, bool, bool)> {
+    match args::weight_spec(py, bits, per_channel, group_size, symmetric, method)? {
+        WeightSpec::Int8 { per_channel } => Ok((8, None, true, per_channel)),
+        WeightSpec::Int4 {
+            group, symmetric, ..
+        } => {
+            // The checks a weight of this width gets (the group size must divide it).
+            Int4Weight::code_panels_len(0, in_features, group).map_err(to_py)?;
+            Ok((4, group, symmetric, true))
+        }
+    }
+}
+
 /// int8 values and float32 scales.
 type Unpacked<'py> = (Bound<'py, PyArray2<i8>>, Bound<'py, PyArray1<f32>>);
 
@@ -227,29 +257,163 @@ impl PyPackedWeight {
         Ok(PyPackedWeight { inner })
     }
 
-    /// Bytes of the packed panels of an ``(out_features, in_features)`` weight (the length of
-    /// :attr:`panels`).
+    /// A 4-bit ``PackedWeight`` from the memory its kernels read, as :attr:`panels`,
+    /// :attr:`code_panels` and :attr:`row_factors` of another weight gave it (kept, for
+    /// example, in torch buffers). Every part is checked: the lengths, the codes, the factors
+    /// (finite, their grids within float32) and the padding (zero).
+    ///
+    /// Parameters
+    /// ----------
+    /// panels : array_like of uint8, shape (PackedWeight.panels_size(out_features, in_features, bits=4),)
+    /// scale_codes, min_codes : array_like of uint8, shape (PackedWeight.code_panels_size(out_features, in_features, group_size),)
+    /// row_scales, row_minima : array_like of float, shape (out_features,)
+    /// out_features, in_features : int
+    /// group_size : int or None
+    ///     32, 64 or 128, or None for one scale per output channel.
+    /// symmetric : bool
     #[staticmethod]
-    fn panels_size(out_features: usize, in_features: usize) -> PyResult<usize> {
-        PackedB::panels_len(out_features, in_features).map_err(to_py)
+    #[pyo3(signature = (
+        panels, scale_codes, min_codes, row_scales, row_minima, out_features, in_features, *,
+        group_size, symmetric
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn from_int4_panels(
+        py: Python<'_>,
+        panels: &Bound<'_, PyAny>,
+        scale_codes: &Bound<'_, PyAny>,
+        min_codes: &Bound<'_, PyAny>,
+        row_scales: &Bound<'_, PyAny>,
+        row_minima: &Bound<'_, PyAny>,
+        out_features: usize,
+        in_features: usize,
+        group_size: GroupSizeArg,
+        symmetric: bool,
+    ) -> PyResult<Self> {
+        let bytes = |obj: &Bound<'_, PyAny>, name: &str| -> PyResult<Vec<u8>> {
+            let a = match int8_array(obj, name, true, false, "a uint8 array")? {
+                args::Int8Array::U8(v) => v,
+                args::Int8Array::I8(_) => unreachable!("only uint8 was allowed"),
+            };
+            if a.shape().len() != 1 {
+                return Err(value_error(format!(
+                    "{name} must be 1-D, got shape {}",
+                    shape(a.shape())
+                )));
+            }
+            Ok(a.as_slice().to_vec())
+        };
+        let factors = |obj: &Bound<'_, PyAny>, name: &str| -> PyResult<Vec<f32>> {
+            let a = float_array(obj, name)?;
+            if a.shape() != [out_features] {
+                return Err(value_error(format!(
+                    "{name} must have shape ({out_features},), got shape {}",
+                    shape(a.shape())
+                )));
+            }
+            Ok(a.as_slice().to_vec())
+        };
+        let (p, cd, cm) = (
+            bytes(panels, "panels")?,
+            bytes(scale_codes, "scale_codes")?,
+            bytes(min_codes, "min_codes")?,
+        );
+        let (fd, fm) = (
+            factors(row_scales, "row_scales")?,
+            factors(row_minima, "row_minima")?,
+        );
+        let group = group_size.size();
+        let w = detach(py, || {
+            Int4Weight::from_panels(
+                out_features,
+                in_features,
+                group,
+                symmetric,
+                &p,
+                &cd,
+                &cm,
+                fd,
+                fm,
+            )
+        })
+        .map_err(to_py)?;
+        Ok(PyPackedWeight {
+            inner: PackedWeight::from_int4(w),
+        })
     }
 
-    /// The packed panels: a read-only int8 view (no copy) of the memory the kernels read, in
-    /// the layout that is the same on every CPU (``PackedWeight.from_panels`` takes it back).
+    /// Bytes of the packed panels of an ``(out_features, in_features)`` weight of ``bits``
+    /// bits (the length of :attr:`panels`).
+    #[staticmethod]
+    #[pyo3(signature = (out_features, in_features, bits = 8))]
+    fn panels_size(out_features: usize, in_features: usize, bits: i64) -> PyResult<usize> {
+        match bits {
+            8 => PackedB::panels_len(out_features, in_features).map_err(to_py),
+            4 => Int4Weight::panels_len(out_features, in_features).map_err(to_py),
+            other => Err(value_error(format!("bits must be 8 or 4, got {other}"))),
+        }
+    }
+
+    /// Bytes of each of the code panels (:attr:`code_panels`) of an ``(out_features,
+    /// in_features)`` 4-bit weight in groups of ``group_size`` (None: per channel).
+    #[staticmethod]
+    fn code_panels_size(
+        out_features: usize,
+        in_features: usize,
+        group_size: GroupSizeArg,
+    ) -> PyResult<usize> {
+        Int4Weight::code_panels_len(out_features, in_features, group_size.size()).map_err(to_py)
+    }
+
+    /// The packed panels: a read-only view (no copy) of the memory the kernels read, in the
+    /// layout that is the same on every CPU. int8 weights: int8 values
+    /// (``PackedWeight.from_panels`` takes them back); 4-bit weights: uint8, two levels per
+    /// byte (``PackedWeight.from_int4_panels``).
     #[getter]
-    fn panels<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyArray1<i8>>> {
-        let Some(w8) = slf.get().inner.int8() else {
-            return Err(value_error(
-                "a 4-bit weight has no int8 panels; weight_tensors() gives its stored form",
-            ));
+    fn panels<'py>(slf: Bound<'py, Self>) -> Bound<'py, PyAny> {
+        let w = &slf.get().inner;
+        match (w.int8(), w.int4()) {
+            (Some(w8), _) => {
+                // SAFETY: the panels live in this frozen object's weight.
+                unsafe { own_view(&slf, w8.packed().data()) }.into_any()
+            }
+            (None, Some(w4)) => {
+                // SAFETY: the panels live in this frozen object's weight.
+                unsafe { own_view(&slf, w4.panels()) }.into_any()
+            }
+            (None, None) => unreachable!("a weight is int8 or 4-bit"),
+        }
+    }
+
+    /// A 4-bit weight's group codes as the kernels read them, ``(scale_codes, min_codes)``:
+    /// read-only uint8 views (no copy); ``ValueError`` for int8 weights.
+    #[getter]
+    fn code_panels<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let Some(w4) = slf.get().inner.int4() else {
+            return Err(value_error("an int8 weight has no group codes"));
         };
-        let view = ArrayView1::from(w8.packed().data());
-        // SAFETY: the panels live in this frozen object's `PackedWeight`, which is never
-        // modified, moved out of or reallocated; the array keeps this object (its base) alive,
-        // so the memory outlives the array.
-        let array = unsafe { PyArray1::borrow_from_array(&view, slf.clone().into_any()) };
-        array.readwrite().make_nonwriteable();
-        Ok(array)
+        // SAFETY: both code panels live in this frozen object's weight.
+        let (cd, cm) = unsafe {
+            (
+                own_view(&slf, w4.cd_panels()),
+                own_view(&slf, w4.cm_panels()),
+            )
+        };
+        PyTuple::new(slf.py(), [cd, cm])
+    }
+
+    /// A 4-bit weight's row factors ``(row_scales, row_minima)``, float32 ``(out_features,)``
+    /// each (copies): group ``g`` of output ``o`` has scale ``row_scales[o] * scale_code`` and
+    /// minimum ``row_minima[o] * min_code``; ``ValueError`` for int8 weights.
+    #[getter]
+    fn row_factors<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let Some(w4) = self.inner.int4() else {
+            return Err(value_error("an int8 weight has no row factors"));
+        };
+        let (fd, fm) = w4.row_factors();
+        PyTuple::new(
+            py,
+            [fd.to_vec().into_pyarray(py), fm.to_vec().into_pyarray(py)],
+        )
     }
 
     /// Reads bytes written by :meth:`to_bytes` (any version this build knows).
@@ -411,4 +575,21 @@ impl PyPackedWeight {
             )
         }
     }
+}
+
+/// A read-only array over `data` whose base is `owner`.
+///
+/// # Safety
+/// `data` must be memory `owner`'s weight holds: the object is frozen and its weight never
+/// modified, moved out of or reallocated, and the array keeps `owner` (its base) alive, so the
+/// memory outlives the array.
+unsafe fn own_view<'py, T: numpy::Element>(
+    owner: &Bound<'py, PyPackedWeight>,
+    data: &[T],
+) -> Bound<'py, PyArray1<T>> {
+    let view = ArrayView1::from(data);
+    // SAFETY: the caller's promise: `data` lives as long as `owner`, the array's base.
+    let array = unsafe { PyArray1::borrow_from_array(&view, owner.clone().into_any()) };
+    array.readwrite().make_nonwriteable();
+    array
 }

@@ -182,6 +182,87 @@ impl Int4Weight {
         probe.assemble(levels, fd, fm, cd, cm)
     }
 
+    /// A weight from the memory the kernels read, as [`Int4Weight::panels`],
+    /// [`Int4Weight::cd_panels`] and [`Int4Weight::cm_panels`] gave it (kept, say, in a
+    /// torch buffer), and its row factors ([`Int4Weight::row_factors`]). Decoded and checked as
+    /// [`Int4Weight::from_parts`] checks its parts; padding that is not zero is refused (the
+    /// bytes must be exactly what packing the decoded parts gives).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_panels(
+        n: usize,
+        k: usize,
+        group: Option<usize>,
+        symmetric: bool,
+        panels: &[u8],
+        cd_panels: &[u8],
+        cm_panels: &[u8],
+        fd: Vec<f32>,
+        fm: Vec<f32>,
+    ) -> Result<Int4Weight> {
+        let size = group_len(group, k)?;
+        let probe = Int4Weight::empty(n, k, size, group.is_none(), symmetric);
+        let (want, codes) = (Self::panels_len(n, k)?, Self::code_panels_len(n, k, group)?);
+        if panels.len() != want {
+            return Err(Error::Shape(format!(
+                "the panels of a ({n}, {k}) 4-bit weight are {want} bytes, got {}",
+                panels.len()
+            )));
+        }
+        if cd_panels.len() != codes || cm_panels.len() != codes {
+            return Err(Error::Shape(format!(
+                "the code panels of a ({n}, {k}) 4-bit weight in groups of {size} are {codes} \
+                 bytes each, got {} and {}",
+                cd_panels.len(),
+                cm_panels.len()
+            )));
+        }
+        let groups = probe.groups();
+        let mut levels: Vec<u8> = try_zeroed(n * k, "4-bit levels")?;
+        for col in 0..n {
+            for kk in 0..k {
+                let (byte, high) = probe.index(col, kk);
+                let b = panels[byte];
+                levels[col * k + kk] = if high { b >> 4 } else { b & 0x0F };
+            }
+        }
+        let code = |src: &[u8], i: usize| {
+            let (col, g) = (i / groups, i % groups);
+            src[((col / PANEL) * groups + g) * PANEL + col % PANEL]
+        };
+        let cd = (0..n * groups).map(|i| code(cd_panels, i)).collect();
+        let cm = (0..n * groups).map(|i| code(cm_panels, i)).collect();
+        let w = Int4Weight::from_parts(n, k, group, symmetric, &levels, fd, fm, cd, cm)?;
+        if w.panels != panels || w.cd_panels != cd_panels || w.cm_panels != cm_panels {
+            return Err(Error::Value(
+                "the panels' padding (columns past out_features, k past in_features) must be \
+                 zero"
+                    .into(),
+            ));
+        }
+        Ok(w)
+    }
+
+    /// Bytes of the level panels of an `(n, k)` weight ([`Int4Weight::panels`]).
+    pub fn panels_len(n: usize, k: usize) -> Result<usize> {
+        n.div_ceil(PANEL)
+            .checked_mul(k.div_ceil(8))
+            .and_then(|v| v.checked_mul(BLOCK_BYTES))
+            .ok_or_else(|| Error::Memory(format!("4-bit weight {n} x {k} is too large")))
+    }
+
+    /// Bytes of each of the code panels ([`Int4Weight::cd_panels`]) of an `(n, k)` weight in
+    /// groups of `group` (`None`: per channel).
+    pub fn code_panels_len(n: usize, k: usize, group: Option<usize>) -> Result<usize> {
+        let groups = if group.is_none() {
+            1
+        } else {
+            k / group_len(group, k)?
+        };
+        n.div_ceil(PANEL)
+            .checked_mul(groups * PANEL)
+            .ok_or_else(|| Error::Memory(format!("4-bit weight {n} x {k} is too large")))
+    }
+
     fn empty(n: usize, k: usize, group: usize, per_channel: bool, symmetric: bool) -> Int4Weight {
         Int4Weight {
             n,
@@ -349,6 +430,11 @@ impl Int4Weight {
     /// The `K8N16` panels.
     pub fn panels(&self) -> &[u8] {
         &self.panels
+    }
+
+    /// The row factors `(fd, fm)`, one of each per column.
+    pub fn row_factors(&self) -> (&[f32], &[f32]) {
+        (&self.fd, &self.fm)
     }
 
     /// The decoded grid of column `col`, group `g`.

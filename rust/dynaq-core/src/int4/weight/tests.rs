@@ -210,3 +210,64 @@ fn oracle_matches_float64_and_the_kernels_decomposition() {
         }
     }
 }
+
+#[test]
+fn the_kernels_memory_gives_the_weight_back() {
+    let mut rng = Rng(7);
+    for (n, k, group, symmetric) in cases() {
+        let w = rng.values(n * k, 0.5);
+        let q = Int4Weight::from_float(&w, n, k, group, symmetric, Method::Search).unwrap();
+        let (fd, fm) = q.row_factors();
+        assert_eq!(q.panels().len(), Int4Weight::panels_len(n, k).unwrap());
+        assert_eq!(
+            q.cd_panels().len(),
+            Int4Weight::code_panels_len(n, k, group).unwrap()
+        );
+        let back = Int4Weight::from_panels(
+            n,
+            k,
+            group,
+            symmetric,
+            q.panels(),
+            q.cd_panels(),
+            q.cm_panels(),
+            fd.to_vec(),
+            fm.to_vec(),
+        )
+        .unwrap();
+        assert_eq!(back, q, "({n}, {k}) group {group:?} symmetric {symmetric}");
+    }
+}
+
+#[test]
+fn the_kernels_memory_is_checked() {
+    // 19 columns (13 of padding in the second panel), K = 9 (7 padding levels per row).
+    let (n, k) = (19, 9);
+    let w = Rng(3).values(n * k, 1.0);
+    let q = Int4Weight::from_float(&w, n, k, None, false, Method::Rtn).unwrap();
+    let (fd, fm) = (q.row_factors().0.to_vec(), q.row_factors().1.to_vec());
+    let build = |p: &[u8], cd: &[u8], cm: &[u8]| {
+        Int4Weight::from_panels(n, k, None, false, p, cd, cm, fd.clone(), fm.clone())
+    };
+    let (p, cd, cm) = (q.panels(), q.cd_panels(), q.cm_panels());
+    assert!(build(p, cd, cm).is_ok());
+    assert!(matches!(build(&p[1..], cd, cm), Err(Error::Shape(_))));
+    assert!(matches!(build(p, &cd[1..], cm), Err(Error::Shape(_))));
+    // A padding column (col 21, panel 1), a padding level (k = 12 of col 0), a code of a
+    // padding column: each refused.
+    let mut bad = p.to_vec();
+    let blocks = k.div_ceil(8);
+    bad[blocks * BLOCK_BYTES + 5 * 4] = 1;
+    assert!(matches!(build(&bad, cd, cm), Err(Error::Value(_))));
+    let mut bad = p.to_vec();
+    bad[BLOCK_BYTES] |= 0x10; // block 1, column 0, high nibble: k = 12
+    let r = build(&bad, cd, cm);
+    assert!(matches!(r, Err(Error::Value(_))), "{r:?}");
+    let mut bad = cd.to_vec();
+    bad[PANEL + 5] = 1; // panel 1, column 21
+    assert!(matches!(build(p, &bad, cm), Err(Error::Value(_))));
+    // A per-channel weight's codes are 1.
+    let mut bad = cm.to_vec();
+    bad[0] = 2;
+    assert!(matches!(build(p, cd, &bad), Err(Error::Value(_))));
+}
