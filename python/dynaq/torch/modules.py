@@ -7,7 +7,7 @@ the state dict, which holds the int8 values ``W`` in the ``(out, in)`` layout in
 ``W_scale`` (float32); a 4-bit one is ``W_panels``, ``W_gscale_panels`` and ``W_gmin_panels``
 (uint8, the levels and group codes as the kernels read them) and ``W_scale`` and ``W_min``
 (float32 row factors), and its state dict holds the stored tensors of
-:func:`dynaq.weight_tensors` (``W``, ``W_scale``, ``W_min``, ``W_gscale``, ``W_gmin``). Biases
+``dynaq._dynaq.weight_tensors`` (``W``, ``W_scale``, ``W_min``, ``W_gscale``, ``W_gmin``). Biases
 and a calibrated input scale are ordinary float32 buffers. A module
 built from a dynaq layer shares that layer's memory (the panels are a view of its
 ``PackedWeight``): one copy of every weight. Modules can be built on the ``meta`` device (a
