@@ -254,12 +254,16 @@ def quiet_python_logging() -> Iterator[None]:
         logging.disable(previous)
 
 
-def ort_model(nodes: list, inputs: list, outputs: list, initializers: list) -> Any:
-    """An ONNX model (opset 17) of one graph made of ``nodes``."""
+def ort_model(
+    nodes: list, inputs: list, outputs: list, initializers: list, domains: Sequence[str] = ()
+) -> Any:
+    """An ONNX model (opset 17, and version 1 of each custom ``domains``) of one graph made of
+    ``nodes``."""
     from onnx import helper
 
     graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opsets = [helper.make_opsetid("", 17), *(helper.make_opsetid(d, 1) for d in domains)]
+    model = helper.make_model(graph, opset_imports=opsets)
     # The oldest IR version that knows opset 17: an onnx newer than the onnxruntime installed
     # would otherwise write an IR version that runtime refuses.
     model.ir_version = 8
@@ -276,24 +280,43 @@ def ort_session(ort: Any, model: Any, threads: int) -> Any:
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
-class OnnxruntimeLib(Lib):
-    name = "onnxruntime"
+class _OrtLib(Lib):
+    """What the ONNX Runtime libraries share: one session per thread count, fed ``x``."""
 
     def __init__(self) -> None:
         import onnx
         import onnxruntime  # type: ignore[import]
 
-        with quiet_python_logging():
-            from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import]
-
         self.onnx = onnx
         self.ort = onnxruntime
-        self.quantize_dynamic = quantize_dynamic
-        self.qint8 = QuantType.QInt8
         self.sessions: dict[int, Any] = {}
 
     def info(self) -> dict[str, Any]:
         return {"version": str(self.ort.__version__), "onnx_version": str(self.onnx.__version__)}
+
+    def open_sessions(self, path: str, threads: Sequence[int]) -> None:
+        """A session of the model at ``path`` for each thread count (then the file is removed)."""
+        self.sessions = {t: ort_session(self.ort, path, t) for t in threads}
+        os.remove(path)
+
+    def call(self, x: np.ndarray, threads: int) -> Callable[[], Any]:
+        run, feed = self.sessions[threads].run, {"x": x}
+        return lambda: run(None, feed)[0]
+
+    def release(self) -> None:
+        self.sessions = {}
+
+
+class OnnxruntimeLib(_OrtLib):
+    name = "onnxruntime"
+
+    def __init__(self) -> None:
+        super().__init__()
+        with quiet_python_logging():
+            from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import]
+
+        self.quantize_dynamic = quantize_dynamic
+        self.qint8 = QuantType.QInt8
 
     def prepare(self, w: np.ndarray, b: np.ndarray, threads: Sequence[int], tmp: str) -> None:
         from onnx import TensorProto, helper
@@ -324,15 +347,7 @@ class OnnxruntimeLib(Lib):
         with quiet_python_logging():
             self.quantize_dynamic(float_path, quant_path, weight_type=self.qint8)
         os.remove(float_path)
-        self.sessions = {t: ort_session(self.ort, quant_path, t) for t in threads}
-        os.remove(quant_path)
-
-    def call(self, x: np.ndarray, threads: int) -> Callable[[], Any]:
-        run, feed = self.sessions[threads].run, {"x": x}
-        return lambda: run(None, feed)[0]
-
-    def release(self) -> None:
-        self.sessions = {}
+        self.open_sessions(quant_path, threads)
 
 
 def pack_4bit_blocks(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -358,24 +373,13 @@ def pack_4bit_blocks(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray,
     return packed, scale.astype(np.float32).reshape(-1), zps
 
 
-class OrtW4Lib(Lib):
+class OrtW4Lib(_OrtLib):
     """ONNX Runtime's ``MatMulNBits`` (com.microsoft): 4-bit blocks of ``block`` along K,
     ``accuracy_level=4`` (int8 activations per block), bias added by an ``Add``."""
 
     name = "ort-w4"
     block = 32
     max_error = W4_MAX_REL_ERROR
-
-    def __init__(self) -> None:
-        import onnx
-        import onnxruntime  # type: ignore[import]
-
-        self.onnx = onnx
-        self.ort = onnxruntime
-        self.sessions: dict[int, Any] = {}
-
-    def info(self) -> dict[str, Any]:
-        return {"version": str(self.ort.__version__), "onnx_version": str(self.onnx.__version__)}
 
     def prepare(self, w: np.ndarray, b: np.ndarray, threads: Sequence[int], tmp: str) -> None:
         from onnx import TensorProto, helper
@@ -403,30 +407,17 @@ class OrtW4Lib(Lib):
             block_size=self.block,
             accuracy_level=4,
         )
-        graph = helper.make_graph(
+        model = ort_model(
             [node, helper.make_node("Add", ["xw", "bias"], ["y"])],
-            "g",
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
             inits,
+            domains=["com.microsoft"],
         )
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
-        )
-        model.ir_version = 8
         path = os.path.join(tmp, f"linear_{k}x{n}.w4b{self.block}.onnx")
         self.onnx.save(model, path)
         del model, inits
-        self.sessions = {t: ort_session(self.ort, path, t) for t in threads}
-        os.remove(path)
-
-    def call(self, x: np.ndarray, threads: int) -> Callable[[], Any]:
-        run, feed = self.sessions[threads].run, {"x": x}
-        return lambda: run(None, feed)[0]
-
-    def release(self) -> None:
-        self.sessions = {}
+        self.open_sessions(path, threads)
 
 
 class OrtW4G128Lib(OrtW4Lib):

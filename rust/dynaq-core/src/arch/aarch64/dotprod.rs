@@ -72,25 +72,6 @@ macro_rules! sdot {
     }};
 }
 
-/// `acc + sdot(x, y[LANE])`: `y`'s 32-bit element `LANE` (4 bytes) against each lane of `x`.
-macro_rules! sdot_lane {
-    ($acc:expr, $x:expr, $y:expr, $lane:literal) => {{
-        let mut acc: int32x4_t = $acc;
-        // SAFETY: as for `sdot!`; `$lane < 4` is checked by the assembler.
-        unsafe {
-            asm!(
-                "sdot {acc:v}.4s, {x:v}.16b, {y:v}.4b[{lane}]",
-                acc = inout(vreg) acc,
-                x = in(vreg) $x,
-                y = in(vreg) $y,
-                lane = const $lane,
-                options(pure, nomem, nostack, preserves_flags)
-            )
-        };
-        acc
-    }};
-}
-
 /// Computes `R` rows x 16 columns over `k4` groups and stores them to `c`.
 ///
 /// Blocks of 4 groups load 16 bytes of each row at once (flipped with one `eor`) and take each
@@ -140,7 +121,7 @@ unsafe fn tile<const R: usize>(
                 let bq = load_b!(g0 + $j);
                 for (r, acc) in acc.iter_mut().enumerate() {
                     for q in 0..4 {
-                        acc[q] = sdot_lane!(acc[q], bq[q], av[r], $j);
+                        acc[q] = dot_lane!("sdot", int32x4_t, acc[q], bq[q], av[r], $j);
                     }
                 }
             }};

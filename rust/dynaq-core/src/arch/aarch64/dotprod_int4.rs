@@ -16,12 +16,11 @@
 //! Tile: up to [`MR`] = 4 rows × 16 columns: 16 group sums, one quad's two unpacked vectors and
 //! the rows' activations in registers; the two outputs (32 vectors) are updated once per group.
 
-use super::{int4_codes, store_int4};
+use super::int4_codes;
 use crate::int4::kernel::{Int4Kernel, Int4Ptrs, Int4Tile};
 use crate::int4::weight::BLOCK_BYTES;
 use crate::isa::Isa;
 use core::arch::aarch64::*;
-use core::arch::asm;
 
 /// Most rows of a tile.
 const MR: usize = 4;
@@ -34,26 +33,6 @@ pub static GEMM_INT4: Int4Kernel = Int4Kernel {
     np: 1,
     func: gemm_entry,
 };
-
-/// `acc + udot(x, y[LANE])`: `y`'s 32-bit element `LANE` (4 bytes) against each lane of `x`.
-macro_rules! udot_lane {
-    ($acc:expr, $x:expr, $y:expr, $lane:literal) => {{
-        let mut acc: uint32x4_t = $acc;
-        // SAFETY: only used in `#[target_feature(enable = "neon,dotprod")]` functions, which
-        // run only where dotprod was detected; the instruction touches registers only.
-        unsafe {
-            asm!(
-                "udot {acc:v}.4s, {x:v}.16b, {y:v}.4b[{lane}]",
-                acc = inout(vreg) acc,
-                x = in(vreg) $x,
-                y = in(vreg) $y,
-                lane = const $lane,
-                options(pure, nomem, nostack, preserves_flags)
-            )
-        };
-        acc
-    }};
-}
 
 /// `R` rows × 16 columns: `(Σ cd·P, Σ cm·A)`, 4 columns per vector.
 ///
@@ -80,8 +59,8 @@ unsafe fn panel<const R: usize>(p: &Int4Ptrs) -> [[[uint32x4_t; 4]; 2]; MR] {
                 let v = unsafe { vld1q_u8(p.b.add(BLOCK_BYTES * h + 16 * q)) };
                 let (lo, hi) = (vandq_u8(v, mask), vshrq_n_u8::<4>(v));
                 for r in 0..R {
-                    t[r][q] = udot_lane!(t[r][q], lo, av[r], 0);
-                    t[r][q] = udot_lane!(t[r][q], hi, av[r], 1);
+                    t[r][q] = dot_lane!("udot", uint32x4_t, t[r][q], lo, av[r], 0);
+                    t[r][q] = dot_lane!("udot", uint32x4_t, t[r][q], hi, av[r], 1);
                 }
             }
         }
@@ -104,25 +83,4 @@ unsafe fn panel<const R: usize>(p: &Int4Ptrs) -> [[[uint32x4_t; 4]; 2]; MR] {
     out
 }
 
-type PanelFn = unsafe fn(&Int4Ptrs) -> [[[uint32x4_t; 4]; 2]; MR];
-
-/// # Safety
-/// The CPU must have dotprod, and `t` must satisfy the bounds asserted by [`Int4Kernel::run`]
-/// (the only caller).
-unsafe fn gemm_entry(t: &mut Int4Tile<'_>) {
-    debug_assert!(t.rows >= 1 && t.rows <= MR && t.panels == 1);
-    let f: PanelFn = match t.rows {
-        1 => panel::<1>,
-        2 => panel::<2>,
-        3 => panel::<3>,
-        4 => panel::<4>,
-        _ => unreachable!("tile rows out of range"),
-    };
-    let p = t.ptrs();
-    // SAFETY: `Int4Kernel::run` asserted that the CPU supports `Isa::Dotprod` and every range
-    // `panel` reads: rows `r < rows` of `a` hold `8·groups·group_blocks` bytes from `r·lda`, of
-    // `asum` `groups` sums from `r·lds`; the panel holds 64 bytes per block; each group's codes
-    // are 16 bytes at `g·code_step`.
-    let out = unsafe { f(&p) };
-    store_int4(t, &out);
-}
+int4_gemm_entry!(1, 2, 3, 4);

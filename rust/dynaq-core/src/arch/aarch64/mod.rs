@@ -47,6 +47,52 @@ macro_rules! gemm_entry_4x16 {
     };
 }
 
+/// `acc + sdot/udot(x, y[LANE])` (`$op` the mnemonic, `$ty` the accumulator's type): `y`'s
+/// 32-bit element `LANE` (4 bytes) against each lane of `x`.
+macro_rules! dot_lane {
+    ($op:literal, $ty:ty, $acc:expr, $x:expr, $y:expr, $lane:literal) => {{
+        let mut acc: $ty = $acc;
+        // SAFETY: only used in `#[target_feature(enable = "neon,dotprod")]` functions, which
+        // run only where dotprod was detected; the instruction touches registers only, and
+        // `$lane < 4` is checked by the assembler.
+        unsafe {
+            ::core::arch::asm!(
+                concat!($op, " {acc:v}.4s, {x:v}.16b, {y:v}.4b[{lane}]"),
+                acc = inout(vreg) acc,
+                x = in(vreg) $x,
+                y = in(vreg) $y,
+                lane = const $lane,
+                options(pure, nomem, nostack, preserves_flags)
+            )
+        };
+        acc
+    }};
+}
+
+/// Defines a 4-bit path's `gemm_entry`: it calls the module's `panel::<R>` for the tile's `rows`
+/// (each of `$rows`, up to the module's `MR`) and stores the sums.
+macro_rules! int4_gemm_entry {
+    ($($rows:literal),+) => {
+        /// # Safety
+        /// The CPU must have this path's features, and `t` must satisfy the bounds asserted by
+        /// [`Int4Kernel::run`] (the only caller).
+        unsafe fn gemm_entry(t: &mut Int4Tile<'_>) {
+            debug_assert!(t.rows >= 1 && t.rows <= MR && t.panels == 1);
+            let f: unsafe fn(&Int4Ptrs) -> [[[uint32x4_t; 4]; 2]; MR] = match t.rows {
+                $($rows => panel::<$rows>,)+
+                _ => unreachable!("tile rows out of range"),
+            };
+            let p = t.ptrs();
+            // SAFETY: `Int4Kernel::run` asserted that the CPU supports this path and every
+            // range `panel` reads: rows `r < rows` of `a` hold `8·groups·group_blocks` bytes
+            // from `r·lda`, of `asum` `groups` sums from `r·lds`; the panel holds 64 bytes per
+            // block; each group's codes are 16 bytes at `g·code_step`.
+            let out = unsafe { f(&p) };
+            super::store_int4(t, &out);
+        }
+    };
+}
+
 /// The 16 codes of a 4-bit panel's group at `p`, widened to u32, 4 columns per vector.
 ///
 /// # Safety

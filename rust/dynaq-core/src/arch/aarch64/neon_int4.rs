@@ -15,7 +15,7 @@
 //! Tile: up to [`MR`] = 2 rows × 16 columns: 16 accumulators (two per column quad and row),
 //! one quad's two unpacked vectors and the rows' broadcast activations in registers.
 
-use super::{int4_codes, store_int4};
+use super::int4_codes;
 use crate::int4::kernel::{Int4Kernel, Int4Ptrs, Int4Tile};
 use crate::int4::weight::BLOCK_BYTES;
 use crate::isa::Isa;
@@ -97,23 +97,4 @@ unsafe fn panel<const R: usize>(p: &Int4Ptrs) -> [[[uint32x4_t; 4]; 2]; MR] {
     out
 }
 
-type PanelFn = unsafe fn(&Int4Ptrs) -> [[[uint32x4_t; 4]; 2]; MR];
-
-/// # Safety
-/// The CPU must have NEON, and `t` must satisfy the bounds asserted by [`Int4Kernel::run`]
-/// (the only caller).
-unsafe fn gemm_entry(t: &mut Int4Tile<'_>) {
-    debug_assert!(t.rows >= 1 && t.rows <= MR && t.panels == 1);
-    let f: PanelFn = match t.rows {
-        1 => panel::<1>,
-        2 => panel::<2>,
-        _ => unreachable!("tile rows out of range"),
-    };
-    let p = t.ptrs();
-    // SAFETY: `Int4Kernel::run` asserted that the CPU supports `Isa::Neon` and every range
-    // `panel` reads: rows `r < rows` of `a` hold `8·groups·group_blocks` bytes from `r·lda`, of
-    // `asum` `groups` sums from `r·lds`; the panel holds 64 bytes per block; each group's codes
-    // are 16 bytes at `g·code_step`.
-    let out = unsafe { f(&p) };
-    store_int4(t, &out);
-}
+int4_gemm_entry!(1, 2);
