@@ -175,7 +175,9 @@ def _oracle(x, pw, bias, granularity="row"):
 
 
 @pytest.mark.parametrize("kw", VARIANTS, ids=str)
-@pytest.mark.parametrize("m, n, k", [(1, 17, 128), (3, 33, 256), (9, 16, 384), (5, 70, 4096)])
+@pytest.mark.parametrize(
+    "m, n, k", [(1, 17, 128), (2, 65, 512), (3, 33, 256), (9, 16, 384), (5, 70, 4096)]
+)
 def test_linear_matches_the_numpy_oracle_bit_for_bit_on_every_path(kw, m, n, k):
     w = _student_t(n, k, seed=m)
     pw = dynaq.pack_weight(w, **kw)

@@ -52,8 +52,9 @@ def _header(doc: dict[str, Any]) -> list[str]:
     if any(lib in W4_PAIRS for lib in libs):
         lines.append(
             "  dq w4, dq w4g128, dq w4ch: dynaq with 4-bit weights (least-squares grids) in "
-            "groups of 32, 128, per channel; kernel "
-            f"{dq.get('kernels', {}).get('gemm_int4', '?')}"
+            "groups of 32, 128, per channel; kernels "
+            f"{dq.get('kernels', {}).get('gemm_int4', '?')}, one row "
+            f"{dq.get('kernels', {}).get('gemv_int4', '?')}"
         )
     if any(lib.startswith("ort-w4") for lib in libs):
         lines.append(

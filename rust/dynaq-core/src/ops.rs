@@ -6,7 +6,7 @@
 //! is safe to call directly; the bindings check their arguments first and name them in their
 //! errors.
 
-use crate::dispatch::{gemm_kernel, int4_kernel};
+use crate::dispatch::{gemm_kernel, int4_kernel_for};
 use crate::epilogue::{IntegerEpilogue, LinearEpilogue};
 use crate::error::{Error, Result};
 use crate::gemm::{gemm, QuantizedA, SharedOut};
@@ -194,7 +194,7 @@ fn linear_with(
                 w: w4,
                 bias,
             };
-            return int4::gemm::linear(int4_kernel(isa), &call, out);
+            return int4::gemm::linear(int4_kernel_for(isa, s.a.m()), &call, out);
         }
         (None, None) => unreachable!("a weight is int8 or 4-bit"),
     };

@@ -12,8 +12,9 @@
 mod common;
 
 use common::{cases, paths, quick, scale, Rng, Scale};
-use dynaq_core::dispatch::int4_kernel;
+use dynaq_core::dispatch::int4_kernels;
 use dynaq_core::int4::gemm::{CHANNEL_CHUNK, GROUP_CHUNK};
+use dynaq_core::int4::kernel::Int4Kernel;
 use dynaq_core::int4::kernel::Int4Tile;
 use dynaq_core::int4::quant::Method;
 use dynaq_core::int4::weight::{linear_ref, BLOCK_BYTES, PANEL};
@@ -44,10 +45,9 @@ struct TileCase {
     fill: Fill,
 }
 
-/// Runs `isa`'s 4-bit microkernel on one tile and checks both outputs against the definition,
-/// and that nothing outside the tile's part of C is written.
-fn check_tile(isa: Isa, rng: &mut Rng, t: &TileCase) {
-    let kern = int4_kernel(isa);
+/// Runs one of `isa`'s 4-bit microkernels on one tile and checks both outputs against the
+/// definition, and that nothing outside the tile's part of C is written.
+fn check_tile(isa: Isa, kern: &Int4Kernel, rng: &mut Rng, t: &TileCase) {
     let blocks = t.groups * t.group_blocks;
     let lda = 8 * blocks + 8 * rng.below(3) as usize;
     let panel_stride = blocks * BLOCK_BYTES + BLOCK_BYTES * rng.below(2) as usize;
@@ -148,8 +148,10 @@ fn check_tile(isa: Isa, rng: &mut Rng, t: &TileCase) {
 fn int4_microkernels_every_tile_shape() {
     let mut rng = Rng::new(11);
     let small = scale() == Scale::Small || quick();
-    for isa in paths() {
-        let kern = int4_kernel(isa);
+    for (isa, kern) in paths()
+        .into_iter()
+        .flat_map(|isa| int4_kernels(isa).into_iter().map(move |k| (isa, k)))
+    {
         println!(
             "{isa:?}: 4-bit kernel {} ({}x{})",
             kern.name,
@@ -174,7 +176,7 @@ fn int4_microkernels_every_tile_shape() {
                             shared_codes,
                             fill: Fill::Random,
                         };
-                        check_tile(isa, &mut rng, &case);
+                        check_tile(isa, kern, &mut rng, &case);
                     }
                 }
             }
@@ -189,8 +191,10 @@ fn int4_microkernels_every_tile_shape() {
 fn int4_microkernels_longest_chunks_at_the_largest_values() {
     let mut rng = Rng::new(12);
     let small = scale() == Scale::Small || quick();
-    for isa in paths() {
-        let kern = int4_kernel(isa);
+    for (isa, kern) in paths()
+        .into_iter()
+        .flat_map(|isa| int4_kernels(isa).into_iter().map(move |k| (isa, k)))
+    {
         for g in [32, 64, 128] {
             let case = TileCase {
                 rows: kern.mr,
@@ -200,7 +204,7 @@ fn int4_microkernels_longest_chunks_at_the_largest_values() {
                 shared_codes: false,
                 fill: Fill::Max,
             };
-            check_tile(isa, &mut rng, &case);
+            check_tile(isa, kern, &mut rng, &case);
         }
         let (rows, panels) = if small { (1, 1) } else { (kern.mr, kern.np) };
         let case = TileCase {
@@ -211,7 +215,7 @@ fn int4_microkernels_longest_chunks_at_the_largest_values() {
             shared_codes: true,
             fill: Fill::Max,
         };
-        check_tile(isa, &mut rng, &case);
+        check_tile(isa, kern, &mut rng, &case);
     }
 }
 

@@ -12,6 +12,9 @@
 //!
 //! Tile: up to [`MR`] rows × 1 panel, in two passes of 8 columns so that the block sums
 //! (`MR`), the unpacked levels (4) and the constants fit in 16 ymm registers.
+//!
+//! [`GEMV_INT4`] is the kernel of one or two rows: several panels side by side, each block
+//! read once (`int4/README.md`, "Few rows: the streaming kernel").
 
 use crate::int4::kernel::{Int4Kernel, Int4Ptrs, Int4Tile};
 use crate::int4::weight::BLOCK_BYTES;
@@ -139,6 +142,162 @@ unsafe fn pass<const R: usize>(p: &Int4Ptrs) -> [[__m256i; 2]; MR] {
         }
     }
     out
+}
+
+/// Rows and panels of the streaming tile ([`GEMV_INT4`]).
+const GEMV_MR: usize = 2;
+const GEMV_NP: usize = 4;
+
+/// The 4-bit kernel of few rows (M <= 8): up to [`GEMV_NP`] panels read side by side (more
+/// streams in flight), each 64-byte block once, all 16 columns of a panel in one pass. One
+/// row takes 4 panels at once, two rows 2 (the sums then fill the 16 registers).
+pub static GEMV_INT4: Int4Kernel = Int4Kernel {
+    name: "avx2_u8u4_i32_maddubs_2x64",
+    isa: Isa::Avx2,
+    mr: GEMV_MR,
+    np: GEMV_NP,
+    func: gemv_entry,
+};
+
+/// `R` rows against `P` panels: `(Σ cd·P, Σ cm·A)` for 16 columns of each, as 8-column halves
+/// (`[row][panel][half]`).
+///
+/// # Safety
+/// The CPU must have AVX2. For `r < R`, `q < P`, `g < groups`, block `h <
+/// groups·group_blocks`: `a + r·lda + 8h .. + 8`, `asum + r·lds + g`,
+/// `b + q·panel_stride + 64h .. + 64` and `cd/cm + q·code_stride + g·code_step .. + 16` are
+/// readable.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn gemv<const R: usize, const P: usize>(
+    p: &Int4Ptrs,
+    panel_stride: usize,
+    code_stride: usize,
+) -> [[[[__m256i; 2]; 2]; P]; R] {
+    let zero = _mm256_setzero_si256();
+    let mask = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut out = [[[[zero; 2]; 2]; P]; R];
+    // The codes of panel `q`, group `g`, half `half`, zero-extended.
+    let codes = |c: *const u8, q: usize, g: usize, half: usize| {
+        // SAFETY: panel `q < P`, group `g < groups`: 8 of its 16 readable codes (contract
+        // above).
+        unsafe {
+            let at = c.add(q * code_stride + g * p.code_step + 8 * half);
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(at.cast()))
+        }
+    };
+    for g in 0..p.groups {
+        let mut t = [[[zero; 2]; P]; R];
+        for h in g * p.group_blocks..(g + 1) * p.group_blocks {
+            // SAFETY: block `h < groups·group_blocks`, rows `r < R`, panels `q < P`: inside
+            // the ranges of the contract above.
+            unsafe {
+                let a: [(__m256i, __m256i); R] = std::array::from_fn(|r| {
+                    let row = p.a.add(r * p.lda + 8 * h);
+                    (bcast4(row), bcast4(row.add(4)))
+                });
+                for q in 0..P {
+                    let blk = p.b.add(q * panel_stride + BLOCK_BYTES * h);
+                    for half in 0..2 {
+                        let (lo, hi) = unpack(blk.add(32 * half), mask);
+                        for r in 0..R {
+                            let s = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(a[r].0, lo),
+                                _mm256_maddubs_epi16(a[r].1, hi),
+                            );
+                            t[r][q][half] =
+                                _mm256_add_epi32(t[r][q][half], _mm256_madd_epi16(s, ones));
+                        }
+                    }
+                }
+            }
+        }
+        for q in 0..P {
+            for half in 0..2 {
+                let cd = codes(p.cd, q, g, half);
+                for r in 0..R {
+                    let o = &mut out[r][q][half][0];
+                    *o = _mm256_add_epi32(*o, _mm256_mullo_epi32(t[r][q][half], cd));
+                }
+            }
+        }
+    }
+    for g in 0..p.groups {
+        for q in 0..P {
+            for half in 0..2 {
+                let cm = codes(p.cm, q, g, half);
+                for r in 0..R {
+                    // SAFETY: row `r < R`, group `g < groups` (contract above).
+                    let asum = _mm256_set1_epi32(unsafe { *p.asum.add(r * p.lds + g) });
+                    let o = &mut out[r][q][half][1];
+                    *o = _mm256_add_epi32(*o, _mm256_mullo_epi32(asum, cm));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Panels `q0 .. q0 + P` of a tile of `R` rows.
+///
+/// # Safety
+/// The CPU must have AVX2, `t` must satisfy the bounds asserted by [`Int4Kernel::run`], and
+/// `R == t.rows`, `q0 + P <= t.panels`.
+#[target_feature(enable = "avx2")]
+unsafe fn gemv_panels<const R: usize, const P: usize>(t: &mut Int4Tile<'_>, q0: usize) {
+    debug_assert!(t.rows == R && q0 + P <= t.panels);
+    let p = Int4Ptrs {
+        b: t.b[q0 * t.panel_stride..].as_ptr(),
+        cd: t.cd[q0 * t.code_stride..].as_ptr(),
+        cm: t.cm[q0 * t.code_stride..].as_ptr(),
+        ..t.ptrs()
+    };
+    // SAFETY: `Int4Kernel::run` asserted every range `gemv` reads: for rows `r < rows`,
+    // `8·groups·group_blocks` bytes of `a` from `r·lda` and `groups` sums of `asum` from
+    // `r·lds`; `64` bytes per block of each panel at `q·panel_stride`, 16 codes per group at
+    // `q·code_stride + g·code_step`, for the panels `q0 .. q0 + P <= panels`.
+    let out = unsafe { gemv::<R, P>(&p, t.panel_stride, t.code_stride) };
+    for (r, panels) in out.iter().enumerate() {
+        for (q, halves) in panels.iter().enumerate() {
+            for (half, o) in halves.iter().enumerate() {
+                let at = r * t.ldc + 16 * (q0 + q) + 8 * half;
+                // SAFETY: row `r < rows`, columns `16(q0 + q) + 8·half .. + 8 <= 16·panels`:
+                // inside the C tiles (asserted by `Int4Kernel::run`).
+                unsafe {
+                    _mm256_storeu_si256(t.c1.as_mut_ptr().add(at).cast(), o[0]);
+                    _mm256_storeu_si256(t.c2.as_mut_ptr().add(at).cast(), o[1]);
+                }
+            }
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must have AVX2, and `t` must satisfy the bounds asserted by [`Int4Kernel::run`]
+/// (the only caller).
+unsafe fn gemv_entry(t: &mut Int4Tile<'_>) {
+    // SAFETY: `Int4Kernel::run` asserted that the CPU supports `Isa::Avx2` and the bounds;
+    // each call covers panels inside `0..panels` with the tile's row count.
+    unsafe {
+        match (t.rows, t.panels) {
+            (1, 1) => gemv_panels::<1, 1>(t, 0),
+            (1, 2) => gemv_panels::<1, 2>(t, 0),
+            (1, 3) => gemv_panels::<1, 3>(t, 0),
+            (1, 4) => gemv_panels::<1, 4>(t, 0),
+            (2, 1) => gemv_panels::<2, 1>(t, 0),
+            (2, 2) => gemv_panels::<2, 2>(t, 0),
+            (2, 3) => {
+                gemv_panels::<2, 2>(t, 0);
+                gemv_panels::<2, 1>(t, 2);
+            }
+            (2, 4) => {
+                gemv_panels::<2, 2>(t, 0);
+                gemv_panels::<2, 2>(t, 2);
+            }
+            _ => unreachable!("tile shape out of range"),
+        }
+    }
 }
 
 type PassFn = unsafe fn(&Int4Ptrs) -> [[__m256i; 2]; MR];
