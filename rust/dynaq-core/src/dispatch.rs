@@ -49,6 +49,26 @@ pub fn int4_kernel(isa: Isa) -> &'static Int4Kernel {
     }
 }
 
+/// The GEMM kernel for `m` rows of `linear` on the best supported path not above `isa`: few
+/// rows have a streaming kernel of their own where the path has one.
+pub fn gemm_kernel_for(isa: Isa, m: usize) -> &'static GemmKernel {
+    match best_up_to(isa) {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if m <= GEMV_ROWS => &crate::arch::x86_64::avx2::GEMV,
+        _ => gemm_kernel(isa),
+    }
+}
+
+/// Every GEMM kernel the path of `isa` may run (the tests check each).
+pub fn gemm_kernels(isa: Isa) -> Vec<&'static GemmKernel> {
+    let (all, one) = (gemm_kernel(isa), gemm_kernel_for(isa, 1));
+    if std::ptr::eq(all, one) {
+        vec![all]
+    } else {
+        vec![all, one]
+    }
+}
+
 /// The 4-bit kernel for `m` rows on the best supported path not above `isa`: few rows have a
 /// streaming kernel of their own where the path has one (it reads several panels side by side:
 /// more streams in flight).
@@ -60,9 +80,10 @@ pub fn int4_kernel_for(isa: Isa, m: usize) -> &'static Int4Kernel {
     }
 }
 
-/// Most rows that take the streaming 4-bit kernel: on AVX2 at 4096 x 11008, group 32, one
-/// thread, it ran 1.6x the general kernel at M = 1, 1.24x at M = 2, the same at M = 3 and
-/// 0.94x at M = 4 (interleaved medians).
+/// Most rows that take a streaming kernel. On AVX2 at 4096 x 11008, one thread (interleaved
+/// medians), the 4-bit one (group 32) ran 1.6x the general kernel at M = 1, 1.24x at M = 2,
+/// the same at M = 3 and 0.94x at M = 4; the int8 one 1.6x at M = 1, 1.18x at M = 2, 0.93x at
+/// M = 3.
 pub const GEMV_ROWS: usize = 2;
 
 /// Every 4-bit kernel the path of `isa` may run (the tests check each).
@@ -110,6 +131,10 @@ pub fn kernel_report() -> Vec<KernelInfo> {
         KernelInfo {
             op: "gemm",
             kernel: g.name.to_string(),
+        },
+        KernelInfo {
+            op: "gemv",
+            kernel: gemm_kernel_for(isa, 1).name.to_string(),
         },
         KernelInfo {
             op: "gemm_int4",

@@ -6,7 +6,7 @@
 //! is safe to call directly; the bindings check their arguments first and name them in their
 //! errors.
 
-use crate::dispatch::{gemm_kernel, int4_kernel_for};
+use crate::dispatch::{gemm_kernel, gemm_kernel_for, int4_kernel_for};
 use crate::epilogue::{IntegerEpilogue, LinearEpilogue};
 use crate::error::{Error, Result};
 use crate::gemm::{gemm, QuantizedA, SharedOut};
@@ -199,7 +199,7 @@ fn linear_with(
         (None, None) => unreachable!("a weight is int8 or 4-bit"),
     };
     quantize_into(s, isa, x, how, 4)?;
-    let kernel = gemm_kernel(isa);
+    let kernel = gemm_kernel_for(isa, s.a.m());
     let epi = LinearEpilogue {
         kernel,
         out: SharedOut::new(out),

@@ -15,7 +15,7 @@
 mod common;
 
 use common::{paths, scale, Rng, Scale};
-use dynaq_core::dispatch::{gemm_kernel, int4_kernel, int4_kernels, quant_kernels};
+use dynaq_core::dispatch::{gemm_kernels, int4_kernel, int4_kernels, quant_kernels};
 use dynaq_core::gemm::K_CHUNK;
 use dynaq_core::int4::kernel::{Int4Kernel, Int4Tile};
 use dynaq_core::int4::quant::Method;
@@ -731,8 +731,7 @@ fn microkernels_against_guards() {
     } else {
         &[0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33]
     };
-    for isa in paths() {
-        let kern = gemm_kernel(isa);
+    for kern in paths().into_iter().flat_map(gemm_kernels) {
         for rows in 1..=kern.mr {
             for panels in 1..=kern.np {
                 for &k4 in k4s {

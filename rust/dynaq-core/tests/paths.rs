@@ -15,8 +15,9 @@
 mod common;
 
 use common::{cases, paths, quick, scale, Rng, Scale};
-use dynaq_core::dispatch::{gemm_kernel, quant_kernels};
+use dynaq_core::dispatch::{gemm_kernel, gemm_kernels, quant_kernels};
 use dynaq_core::gemm::K_CHUNK;
+use dynaq_core::kernel::GemmKernel;
 use dynaq_core::kernel::{AData, AFormat, Tile};
 use dynaq_core::ops::{self, Int8Data, MatmulOperand, MatmulShape};
 use dynaq_core::pack::{PackedB, GROUP_BYTES, PANEL};
@@ -107,10 +108,17 @@ fn shape_grid() -> Vec<(usize, usize, usize)> {
 // (a) Microkernels.
 // ---------------------------------------------------------------------------------------------
 
-/// Runs `isa`'s microkernel on one `rows x panels` tile of `k4` groups and checks it against the
-/// oracle, including that nothing outside the tile's part of C is written.
-fn check_tile(isa: Isa, rng: &mut Rng, rows: usize, panels: usize, k4: usize, fill: Fill) {
-    let kern = gemm_kernel(isa);
+/// Runs one of `isa`'s microkernels on one `rows x panels` tile of `k4` groups and checks it
+/// against the oracle, including that nothing outside the tile's part of C is written.
+fn check_tile(
+    isa: Isa,
+    kern: &GemmKernel,
+    rng: &mut Rng,
+    rows: usize,
+    panels: usize,
+    k4: usize,
+    fill: Fill,
+) {
     let k = 4 * k4;
     // Padded strides: A rows and B panels longer than the tile's K, C rows wider than the tile.
     let lda = k + 4 * (rng.below(3) as usize);
@@ -170,8 +178,17 @@ fn microkernels_every_tile_shape() {
     let mut rng = Rng::new(1);
     let small = scale() == Scale::Small;
     for isa in paths() {
-        let kern = gemm_kernel(isa);
-        assert_eq!(kern.isa, isa, "a detected path gets its own kernel");
+        assert_eq!(
+            gemm_kernel(isa).isa,
+            isa,
+            "a detected path gets its own kernel"
+        );
+    }
+    for (isa, kern) in paths()
+        .into_iter()
+        .flat_map(|isa| gemm_kernels(isa).into_iter().map(move |k| (isa, k)))
+    {
+        assert_eq!(kern.isa, isa);
         assert!(kern.mr >= 1 && kern.np >= 1 && kern.np * PANEL <= 64 && kern.mr <= 8);
         println!(
             "{isa:?}: kernel {} ({}x{}, {:?})",
@@ -188,7 +205,7 @@ fn microkernels_every_tile_shape() {
                     &[0, 1, 2, 3, 4, 5, 7, 8, 9, 16, 33]
                 };
                 for &k4 in k4s {
-                    check_tile(isa, &mut rng, rows, panels, k4, Fill::Random);
+                    check_tile(isa, kern, &mut rng, rows, panels, k4, Fill::Random);
                 }
                 let fills: &[Fill] = if small {
                     &[Fill::Extreme]
@@ -196,7 +213,7 @@ fn microkernels_every_tile_shape() {
                     &[Fill::Extreme, Fill::Zero, Fill::Alternating]
                 };
                 for &fill in fills {
-                    check_tile(isa, &mut rng, rows, panels, 13, fill);
+                    check_tile(isa, kern, &mut rng, rows, panels, 13, fill);
                 }
             }
         }
@@ -209,15 +226,17 @@ fn microkernels_every_tile_shape() {
 fn microkernels_longest_chunk_extremes() {
     let mut rng = Rng::new(2);
     let small = scale() == Scale::Small;
-    for isa in paths() {
-        let kern = gemm_kernel(isa);
+    for (isa, kern) in paths()
+        .into_iter()
+        .flat_map(|isa| gemm_kernels(isa).into_iter().map(move |k| (isa, k)))
+    {
         for (rows, panels) in [(kern.mr, kern.np), (1, 1)] {
             for fill in [Fill::Extreme, Fill::Alternating] {
                 // Small: the full tile at the largest products only.
                 if small && !(rows == kern.mr && matches!(fill, Fill::Extreme)) {
                     continue;
                 }
-                check_tile(isa, &mut rng, rows, panels, K_CHUNK / 4, fill);
+                check_tile(isa, kern, &mut rng, rows, panels, K_CHUNK / 4, fill);
             }
         }
     }
@@ -964,10 +983,11 @@ proptest! {
     ) {
         let mut rng = Rng::new(seed);
         for isa in paths() {
-            let kern = gemm_kernel(isa);
-            let rows = 1 + rows_sel % kern.mr;
-            let panels = 1 + panels_sel % kern.np;
-            check_tile(isa, &mut rng, rows, panels, k4, Fill::Random);
+            for kern in gemm_kernels(isa) {
+                let rows = 1 + rows_sel % kern.mr;
+                let panels = 1 + panels_sel % kern.np;
+                check_tile(isa, kern, &mut rng, rows, panels, k4, Fill::Random);
+            }
         }
     }
 
