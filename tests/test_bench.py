@@ -189,6 +189,46 @@ def test_wrong_library_is_flagged_not_timed():
     assert cell["ratio_vs_numpy"] is None and cell["best_peer"] is None
 
 
+def test_rotation_checks_every_copy_and_goes_round_them():
+    import numpy as np
+
+    calls = []
+
+    class Counted(_bench.peers.NumpyLib):
+        def call(self, x, threads):
+            inner = super().call(x, threads)
+            return lambda: calls.append(id(self)) or inner()
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 16), dtype=np.float32)
+    weights = [(rng.standard_normal((24, 16), dtype=np.float32),
+                rng.standard_normal(24, dtype=np.float32)) for _ in range(3)]  # fmt: skip
+    refs = [_bench.sweep.Reference(x, w, b) for w, b in weights]
+    copies = [Counted() for _ in weights]
+    for c, (w, b) in zip(copies, weights):
+        c.prepare(w, b, [1], "")
+    r = _bench.sweep.time_lib(copies, x, 1, refs, 1.0, TINY)
+    assert r["valid"] is True
+    timed = calls[3:]  # after the three checked warm-up calls
+    assert len(timed) >= 3 and set(timed) == {id(c) for c in copies}
+    assert all(a != b for a, b in zip(timed, timed[1:]))  # never the same weight twice running
+    # One copy prepared with another copy's weight: its output is refused.
+    wrong = Counted()
+    wrong.prepare(*weights[0], [1], "")
+    r = _bench.sweep.time_lib([copies[0], wrong], x, 1, refs[:2], 1.0, TINY)
+    assert r["valid"] is False and "median_s" not in r
+
+
+def test_cli_rotate(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    argv = ["bench", "--quick", "--no-quant", "--no-overhead", "--libs", "dynaq,numpy"]
+    assert main([*argv, "--m", "1", "--rotate", "3", "--quiet", "--json", str(out)]) == 0
+    assert "holds 3 weights per shape" in capsys.readouterr().out
+    d = json.loads(out.read_text())
+    assert d["config"]["rotate"] == 3
+    assert all(c["rotate"] == 3 and c["results"]["dynaq"]["valid"] for c in d["gemm"])
+
+
 def test_cli_quick_subprocess(tmp_path):
     out = tmp_path / "out.json"
     proc = subprocess.run(
@@ -271,6 +311,7 @@ def test_cli_no_overhead(tmp_path, capsys):
         (["--libs", "tensorflow"], "unknown library"),
         (["--isa", "sse9"], "invalid choice"),
         (["--repeats", "0"], "at least 1"),
+        (["--rotate", "0"], "at least 1"),
         (["--min-time", "-1"], ">= 0"),
         (["--no-quant", "--quant-only"], "not allowed"),
         (["--numpy-coretype", "Haswell"], "new process"),

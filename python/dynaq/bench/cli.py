@@ -147,6 +147,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quant-only", action="store_true", help="only the activation quantization section"
     )
     sweep.add_argument(
+        "--rotate",
+        type=_positive_int,
+        metavar="R",
+        help="R weights per shape, the timed calls going round them (R weights beyond the "
+        "last-level cache measure DRAM; default 1)",
+    )
+    sweep.add_argument(
         "--no-overhead",
         action="store_true",
         help="skip the call-overhead section (dynaq's per-call cost at 1x64 by 64x64, ~1 s)",
@@ -205,6 +212,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         "min_time": args.min_time,
         "max_reps": args.max_reps,
         "seed": args.seed,
+        "rotate": args.rotate,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
     fields["gemm"] = not args.quant_only

@@ -54,6 +54,11 @@ class BenchConfig:
         ``(rows, cols)`` of the activations quantized in the quantization section.
     seed : int
         Seed of the random data (the same for every library).
+    rotate : int
+        Weights per (K, N): each library prepares this many (different data) and the timed
+        calls go round them, so that ``rotate`` weights larger than the last-level cache
+        together measure reading weights from DRAM (1: one weight, re-read from the caches
+        that hold it).
     """
 
     ms: tuple[int, ...] = DEFAULT_MS
@@ -69,6 +74,7 @@ class BenchConfig:
     overhead: bool = True
     quant_shapes: tuple[Shape, ...] = QUANT_SHAPES
     seed: int = 0
+    rotate: int = 1
 
 
 def quick_config(**overrides: Any) -> BenchConfig:

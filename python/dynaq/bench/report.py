@@ -85,6 +85,11 @@ def _gemm_lines(doc: dict[str, Any]) -> list[str]:
         "Linear layer, fp32 in -> fp32 out (quantization included): GOP/s = 2*M*K*N / "
         f"median time; >= {cfg['min_reps']} calls and >= {cfg['min_time']:g} s each.",
     ]
+    if cfg.get("rotate", 1) > 1:
+        lines.append(
+            f"Each library holds {cfg['rotate']} weights per shape (different data) and the "
+            "timed calls go round them: weights beyond the last-level cache come from DRAM."
+        )
     header = ["M", "K", "N", "thr", *(SHORT[lib] for lib in libs), "dq/np", "dq/best", "best peer"]
     rows: list[list[str]] = []
     problems: list[str] = []

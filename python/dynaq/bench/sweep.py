@@ -5,6 +5,7 @@ against a float reference, then timed; the speed ratios of each cell and their g
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import tempfile
 import time
@@ -161,21 +162,51 @@ def summary(cells: list[dict[str, Any]], threads: Sequence[int]) -> dict[str, An
 
 
 def time_lib(
-    lib: Lib, x: np.ndarray, threads: int, ref: Reference, ops: float, cfg: BenchConfig
+    lib: Lib | Sequence[Lib],
+    x: np.ndarray,
+    threads: int,
+    ref: Reference | Sequence[Reference],
+    ops: float,
+    cfg: BenchConfig,
 ) -> dict[str, Any]:
-    """Validates one library's output on one cell, then times it (only if it is right)."""
+    """Validates one library's output on one cell, then times it (only if it is right).
+    Given copies of the library prepared with different weights (and their references), every
+    copy's output is checked and the timed calls go round the copies."""
+    copies = [lib] if isinstance(lib, Lib) else list(lib)
+    refs = [ref] if isinstance(ref, Reference) else list(ref)
     try:
-        with lib.running(threads):
-            fn = lib.call(x, threads)
-            y = lib.to_numpy(fn())  # the warm-up call, whose output is checked
-            valid, err, problem = ref.check(y, lib.max_error or MAX_REL_ERROR)
-            del y
+        with copies[0].running(threads):
+            fns = [c.call(x, threads) for c in copies]
+            err, valid, problem = 0.0, True, None
+            for c, f, r in zip(copies, fns, refs):
+                y = c.to_numpy(f())  # the warm-up call, whose output is checked
+                ok, e, why = r.check(y, c.max_error or MAX_REL_ERROR)
+                del y
+                err = max(err, e)
+                if not ok:
+                    valid, problem = False, why
+                    break
+            fn = fns[0] if len(fns) == 1 else _round_robin(fns)
             timing = measure(fn, cfg.min_reps, cfg.min_time, cfg.max_reps) if valid else None
     except Exception as e:  # a library failing must not end the whole run
         return {"valid": False, "rel_error": None, "error": f"{type(e).__name__}: {e}"}
     if timing is None:
         return {"valid": False, "rel_error": err, "error": problem}
     return {"valid": True, "rel_error": err, **timing, "gops": ops / timing["median_s"] / 1e9}
+
+
+def _round_robin(fns: Sequence[Callable[[], Any]]) -> Callable[[], Any]:
+    """One call of each of ``fns`` in turn, a call at a time."""
+    turn = iter(itertools.cycle(fns))
+    return lambda: next(turn)()
+
+
+def _weight(cfg: BenchConfig, k: int, n: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weight and bias ``i`` of a (K, N) (the first is the same whatever ``rotate``)."""
+    rng = np.random.default_rng([cfg.seed, k, n] + ([i] if i else []))
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    w *= np.float32(1.0 / math.sqrt(k))  # keeps y about unit-sized
+    return w, rng.standard_normal(n, dtype=np.float32)
 
 
 def run_gemm(
@@ -188,19 +219,20 @@ def run_gemm(
     with tempfile.TemporaryDirectory(prefix="dynaq-bench-") as tmp:
         for k, n in cfg.shapes:
             progress.section(f"linear {k}x{n}: M in {list(cfg.ms)}, threads {threads}")
-            progress.note(f"{k}x{n}: making the weight")
-            rng = np.random.default_rng([cfg.seed, k, n])
-            # Built once per (K, N): at 4096 x 11008 it is 45M floats.
-            w = rng.standard_normal((n, k), dtype=np.float32)
-            w *= np.float32(1.0 / math.sqrt(k))  # keeps y about unit-sized
-            b = rng.standard_normal(n, dtype=np.float32)
+            progress.note(f"{k}x{n}: making the weights")
+            # Built once per (K, N): at 4096 x 11008 each is 45M floats.
+            weights = [_weight(cfg, k, n, i) for i in range(cfg.rotate)]
             prepared: list[Lib] = []
+            copies: dict[str, list[Lib]] = {}
             failed: dict[str, str] = {}
             for lib in libs:
                 progress.note(f"{k}x{n}: preparing {lib.name} (not timed)")
+                mine = [lib] + [type(lib)() for _ in weights[1:]]
                 try:
-                    lib.prepare(w, b, threads, tmp)
-                    prepared.append(lib)
+                    for c, (w, b) in zip(mine, weights):
+                        c.prepare(w, b, threads, tmp)
+                        prepared.append(c)
+                    copies[lib.name] = mine
                 except Exception as e:
                     failed[lib.name] = f"setup failed: {type(e).__name__}: {e}"
             for m in cfg.ms:
@@ -208,10 +240,12 @@ def run_gemm(
                     (m, k), dtype=np.float32
                 )
                 progress.note(f"{k}x{n}: float reference for M={m} (not timed)")
-                ref = Reference(x, w, b)
+                refs = [Reference(x, w, b) for w, b in weights]
                 ops = 2.0 * m * k * n
                 for t in threads:
                     cell: dict[str, Any] = {"m": m, "k": k, "n": n, "threads": t, "ops": ops}
+                    if cfg.rotate > 1:
+                        cell["rotate"] = cfg.rotate
                     results: dict[str, Any] = {}
                     for lib in libs:
                         progress.step(f"M={m} {k}x{n} t={t} {lib.name}")
@@ -223,14 +257,14 @@ def run_gemm(
                             # workers (OpenBLAS, OpenMP, ONNX Runtime) spin for a while after
                             # their last call and would take the core a multi-threaded run needs.
                             time.sleep(SETTLE_S)
-                        results[lib.name] = time_lib(lib, x, t, ref, ops, cfg)
+                        results[lib.name] = time_lib(copies[lib.name], x, t, refs, ops, cfg)
                         last_threads = t
                     cell["results"] = results
                     ratios(cell)
                     cells.append(cell)
-                del x, ref
+                del x, refs
             for lib in prepared:
                 lib.release()
-            del w, b
+            del weights
             gc.collect()
     return cells
