@@ -51,6 +51,8 @@ pub fn int4_kernel(isa: Isa) -> &'static Int4Kernel {
 
 /// The GEMM kernel for `m` rows of `linear` on the best supported path not above `isa`: few
 /// rows have a streaming kernel of their own where the path has one.
+// Only x86 has streaming kernels so far: elsewhere `m` chooses nothing.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub fn gemm_kernel_for(isa: Isa, m: usize) -> &'static GemmKernel {
     match best_up_to(isa) {
         #[cfg(target_arch = "x86_64")]
@@ -72,6 +74,8 @@ pub fn gemm_kernels(isa: Isa) -> Vec<&'static GemmKernel> {
 /// The 4-bit kernel for `m` rows on the best supported path not above `isa`: few rows have a
 /// streaming kernel of their own where the path has one (it reads several panels side by side:
 /// more streams in flight).
+// Only x86 has streaming kernels so far: elsewhere `m` chooses nothing.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 pub fn int4_kernel_for(isa: Isa, m: usize) -> &'static Int4Kernel {
     match best_up_to(isa) {
         #[cfg(target_arch = "x86_64")]
