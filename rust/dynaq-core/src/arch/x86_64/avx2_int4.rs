@@ -6,9 +6,11 @@
 //! per two blocks then widens to i32. Unpacking is `and 0x0F` and `srl 4; and 0x0F` on 32
 //! bytes (8 columns × 8 k), shared by every row of the tile.
 //!
-//! Per group, the i32 sums are multiplied by the group's codes (`vpmulld` with the 8 codes
-//! zero-extended) into `Σ cd·P`; the rows' activation sums times `cm` (`Σ cm·A`) are summed in a
-//! second, short loop over the groups.
+//! The general kernel applies a group's codes in the widening step: `vpmaddwd` takes, instead
+//! of ones, each column's `cd` in both i16 halves of its lane, so `Σ cd·P` accumulates directly
+//! (no per-group sums, no `vpmulld`). The rows' activation sums times `cm` (`Σ cm·A`) are
+//! summed in a second, short loop over the groups, two groups per `vpmaddwd` up to groups of
+//! 128 (their sums fit i16).
 //!
 //! Tile: up to [`MR`] rows × 1 panel, in two passes of 8 columns so that the block sums
 //! (`MR`), the unpacked levels (4) and the constants fit in 16 ymm registers.
@@ -70,16 +72,23 @@ unsafe fn bcast4(p: *const u8) -> __m256i {
 /// # Safety
 /// The CPU must have AVX2. For `r < R`, `g < groups`, block `h < groups·group_blocks`:
 /// `a + r·lda + 8h .. + 8`, `asum + r·lds + g`, `b + 64h .. + 32` and
-/// `cd/cm + g·code_step .. + 8` are readable.
+/// `cd/cm + g·code_step .. + 8` are readable. (The sums are exact when each `asum` is a group's
+/// activation sum, at most `255·8·group_blocks`, as [`Int4Tile`] defines it.)
 #[target_feature(enable = "avx2")]
 #[allow(clippy::needless_range_loop)]
 unsafe fn pass<const R: usize>(p: &Int4Ptrs) -> [[__m256i; 2]; MR] {
     let zero = _mm256_setzero_si256();
     let mask = _mm256_set1_epi8(0x0F);
-    let ones = _mm256_set1_epi16(1);
     let mut out = [[zero; 2]; MR];
     for g in 0..p.groups {
-        let mut t = [zero; R];
+        // SAFETY: group `g < groups`: 8 readable codes (contract above).
+        let cd = unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cd.add(g * p.code_step).cast())) };
+        // Each column's `cd` in both i16 halves of its i32 lane: `vpmaddwd` then applies the
+        // group's codes to the pair sums of `vpmaddubsw` (no per-group sums, no `vpmulld`).
+        // Exact: four products of a lane sum to at most 4·2·255·15 = 30,600 (< 2^15), times
+        // 255, twice: 15.6e6 per two blocks; every partial sum is non-negative and a chunk's
+        // total stays below 2^31 (the driver's chunks).
+        let cd = _mm256_or_si256(cd, _mm256_slli_epi32::<16>(cd));
         let (mut h, end) = (g * p.group_blocks, (g + 1) * p.group_blocks);
         while h + 2 <= end {
             // SAFETY: blocks `h, h + 1 < end <= groups·group_blocks` and rows `r < R`: every
@@ -105,7 +114,7 @@ unsafe fn pass<const R: usize>(p: &Int4Ptrs) -> [[__m256i; 2]; MR] {
                             _mm256_maddubs_epi16(bcast4(a.add(12)), h1),
                         ),
                     );
-                    t[r] = _mm256_add_epi32(t[r], _mm256_madd_epi16(s, ones));
+                    out[r][0] = _mm256_add_epi32(out[r][0], _mm256_madd_epi16(s, cd));
                 }
             }
             h += 2;
@@ -120,19 +129,36 @@ unsafe fn pass<const R: usize>(p: &Int4Ptrs) -> [[__m256i; 2]; MR] {
                         _mm256_maddubs_epi16(bcast4(a), l0),
                         _mm256_maddubs_epi16(bcast4(a.add(4)), h0),
                     );
-                    t[r] = _mm256_add_epi32(t[r], _mm256_madd_epi16(s, ones));
+                    out[r][0] = _mm256_add_epi32(out[r][0], _mm256_madd_epi16(s, cd));
                 }
             }
         }
-        // SAFETY: group `g < groups`: 8 readable codes (contract above).
-        let cd = unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cd.add(g * p.code_step).cast())) };
-        for r in 0..R {
-            out[r][0] = _mm256_add_epi32(out[r][0], _mm256_mullo_epi32(t[r], cd));
-        }
     }
     // `Σ cm·A` in a loop of its own: inside the one above, its accumulators spilled and cost
-    // ~15% at group 32.
-    for g in 0..p.groups {
+    // ~15% at group 32. Up to groups of 128 a group's activation sum is at most
+    // 255·128 = 32,640 (< 2^15): two groups then go through one `vpmaddwd`, each column's
+    // codes `(cm_g, cm_g+1)` against the sums `(A_g, A_g+1)`.
+    let pairs = if p.group_blocks <= 16 {
+        p.groups / 2
+    } else {
+        0
+    };
+    for gp in 0..pairs {
+        let g = 2 * gp;
+        // SAFETY: groups `g, g + 1 < groups`: 8 readable codes each (contract above).
+        let cm = unsafe {
+            let c0 = _mm_loadl_epi64(p.cm.add(g * p.code_step).cast());
+            let c1 = _mm_loadl_epi64(p.cm.add((g + 1) * p.code_step).cast());
+            _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(c0, c1))
+        };
+        for r in 0..R {
+            // SAFETY: row `r < R`, groups `g, g + 1 < groups` (contract above).
+            let (s0, s1) = unsafe { (*p.asum.add(r * p.lds + g), *p.asum.add(r * p.lds + g + 1)) };
+            let sums = _mm256_set1_epi32((s1 << 16) | s0);
+            out[r][1] = _mm256_add_epi32(out[r][1], _mm256_madd_epi16(cm, sums));
+        }
+    }
+    for g in 2 * pairs..p.groups {
         // SAFETY: group `g < groups`: 8 readable codes (contract above).
         let cm = unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cm.add(g * p.code_step).cast())) };
         for r in 0..R {
