@@ -33,18 +33,17 @@ pub fn gemm_kernel(isa: Isa) -> &'static GemmKernel {
 /// The 4-bit GEMM kernel for the best supported path not above `isa`.
 ///
 /// The AVX-512 path runs the AVX2 4-bit kernel (every AVX-512 CPU has AVX2) until a 4-bit
-/// AVX-512 kernel exists; i8mm runs the dotprod one (when dotprod is detected too, as on every
-/// i8mm CPU).
+/// AVX-512 kernel exists.
 pub fn int4_kernel(isa: Isa) -> &'static Int4Kernel {
     match best_up_to(isa) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni | Isa::Avx2 => &crate::arch::x86_64::avx2_int4::GEMM_INT4,
         #[cfg(target_arch = "aarch64")]
-        Isa::I8mm | Isa::Dotprod if Isa::Dotprod.is_supported() => {
-            &crate::arch::aarch64::dotprod_int4::GEMM_INT4
-        }
+        Isa::I8mm => &crate::arch::aarch64::i8mm_int4::GEMM_INT4,
         #[cfg(target_arch = "aarch64")]
-        Isa::I8mm | Isa::Dotprod | Isa::Neon => &crate::arch::aarch64::neon_int4::GEMM_INT4,
+        Isa::Dotprod => &crate::arch::aarch64::dotprod_int4::GEMM_INT4,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => &crate::arch::aarch64::neon_int4::GEMM_INT4,
         _ => &SCALAR_INT4,
     }
 }
@@ -71,15 +70,21 @@ pub fn gemm_kernels(isa: Isa) -> Vec<&'static GemmKernel> {
     }
 }
 
-/// The 4-bit kernel for `m` rows on the best supported path not above `isa`: few rows have a
-/// streaming kernel of their own where the path has one (it reads several panels side by side:
-/// more streams in flight).
-// Only x86 has streaming kernels so far: elsewhere `m` chooses nothing.
-#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+/// The 4-bit kernel for `m` rows on the best supported path not above `isa`: on x86 few rows
+/// have a streaming kernel of their own (it reads several panels side by side: more streams in
+/// flight); on i8mm one row takes the dotprod kernel (it would waste half of every `ummla`).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(unused_variables)
+)]
 pub fn int4_kernel_for(isa: Isa, m: usize) -> &'static Int4Kernel {
     match best_up_to(isa) {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni | Isa::Avx2 if m <= GEMV_ROWS => &crate::arch::x86_64::avx2_int4::GEMV_INT4,
+        #[cfg(target_arch = "aarch64")]
+        Isa::I8mm if m == 1 && Isa::Dotprod.is_supported() => {
+            &crate::arch::aarch64::dotprod_int4::GEMM_INT4
+        }
         _ => int4_kernel(isa),
     }
 }

@@ -25,7 +25,7 @@ use core::arch::aarch64::*;
 /// Most rows of a tile.
 const MR: usize = 4;
 
-/// The 4-bit GEMM kernel of this path (and of i8mm, whose CPUs have dotprod).
+/// The 4-bit GEMM kernel of this path (and of one row on i8mm, whose CPUs have dotprod).
 pub static GEMM_INT4: Int4Kernel = Int4Kernel {
     name: "dotprod_u8u4_i32_udot_4x16",
     isa: Isa::Dotprod,

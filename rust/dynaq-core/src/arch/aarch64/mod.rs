@@ -137,5 +137,6 @@ fn store_int4<const MR: usize>(
 pub mod dotprod;
 pub mod dotprod_int4;
 pub mod i8mm;
+pub mod i8mm_int4;
 pub mod neon;
 pub mod neon_int4;
