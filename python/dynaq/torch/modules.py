@@ -12,6 +12,9 @@ and a calibrated input scale are ordinary float32 buffers. A module
 built from a dynaq layer shares that layer's memory (the panels are a view of its
 ``PackedWeight``): one copy of every weight. Modules can be built on the ``meta`` device (a
 skeleton to load a checkpoint into), and pickle as plain tensors.
+
+This file holds the shared base and :class:`Linear`; :class:`LSTM` and :class:`GRU` live in
+``recurrent.py`` (re-exported here), the state-dict machinery in ``_state.py``.
 """
 
 from __future__ import annotations
@@ -23,23 +26,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import _dynaq, _legacy
+from .. import _dynaq
 from .. import layers as _layers
 from .._dynaq import PackedWeight
 from .._dynaq import check_granularity as _check_granularity
 from ..layers import _common
-from . import ops
+from . import _state, ops
 from ._bridge import checked, direct, is_conv1d, param_numpy
 
 __all__ = ["GRU", "LSTM", "Linear", "safe_globals"]
 
-# The key of a module's options in the state dict's per-module metadata.
-_CONFIG_KEY = "dynaq"
 _PANELS = "_panels"
-
-
-#: Every buffer suffix a weight may have, whatever its bits.
-_WEIGHT_BUFFERS = tuple(dict.fromkeys(x for sfx in ops.BUFFER_SUFFIXES.values() for x in sfx))
 
 
 def _weight_format(
@@ -121,7 +118,7 @@ class _DynaqModule(nn.Module):
     def _set_weight_buffers(self, name: str, bits: int, tensors: tuple[torch.Tensor, ...]) -> None:
         """``tensors`` as the buffers of weight ``name`` (those of another format dropped); the
         panels are derived (not in the state dict as such)."""
-        for sfx in _WEIGHT_BUFFERS:
+        for sfx in _state.WEIGHT_BUFFERS:
             self._buffers.pop(name + sfx, None)
             self._non_persistent_buffers_set.discard(name + sfx)
         for sfx, t in zip(ops.BUFFER_SUFFIXES[bits], tensors):
@@ -166,66 +163,10 @@ class _DynaqModule(nn.Module):
         if not self._on_meta():
             self._adopt(self.layer)
 
-    # --- state dicts -----------------------------------------------------------------------------
+    # --- state dicts (the machinery: _state.py) ---------------------------------------------------
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
-        shapes = self._weight_shapes()
-        if self._on_meta():
-            for name, (n, k) in shapes.items():
-                for key, t in self._meta_stored(name, n, k).items():
-                    destination[prefix + key] = t
-        else:
-            weights, _, _ = self.layer._tensors()
-            for name, pw in weights.items():
-                if pw.bits == 8:
-                    values, _ = pw.unpack()
-                    destination[prefix + name] = torch.from_numpy(values)
-                    destination[prefix + name + "_scale"] = self._buffers[name + "_scale"]
-                else:
-                    for key, a in _dynaq.weight_tensors(pw, name).items():
-                        destination[prefix + key] = torch.from_numpy(a)
-        derived = {w + sfx for w in shapes for sfx in _WEIGHT_BUFFERS}
-        for name, buf in self._buffers.items():
-            if buf is not None and name not in derived:
-                destination[prefix + name] = buf if keep_vars else buf.detach()
-        # The layer's options (granularity, ...) are not tensors: they go where PyTorch keeps a
-        # module's version, the state dict's per-module metadata (kept by torch.save/load).
-        metadata = getattr(destination, "_metadata", None)
-        if metadata is not None:
-            metadata.setdefault(prefix[:-1], {})[_CONFIG_KEY] = self._layer_config()
-
-    def _meta_stored(self, name: str, n: int, k: int) -> dict[str, torch.Tensor]:
-        """The state-dict entries of weight ``name`` of a skeleton (meta tensors)."""
-
-        def meta(*shape: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
-            return torch.empty(shape, dtype=dtype, device="meta")
-
-        bits, group, symmetric = self._format
-        scale = self._buffers[name + "_scale"]
-        if bits == 8:
-            return {name: meta(n, k, dtype=torch.int8), name + "_scale": scale}
-        out = {name: meta((n + 1) // 2, k), name + "_scale": scale}
-        if not symmetric:
-            out[name + "_min"] = self._buffers[name + "_min"]  # type: ignore[assignment]
-        if group:
-            out[name + "_gscale"] = meta(n, k // group)
-            if not symmetric:
-                out[name + "_gmin"] = meta(n, k // group)
-        return out
-
-    @staticmethod
-    def _stored_parts(weight: str) -> tuple[str, ...]:
-        """The names that may store ``weight``: ``W`` and its parts (``W_scale``, ``W_min``,
-        ...); the first two are always there."""
-        return (weight, *(weight + sfx for sfx in _dynaq.WEIGHT_PART_SUFFIXES))
-
-    def _state_names(self) -> tuple[set[str], set[str]]:
-        """The names of this module's weights, and every name its state dict may hold (the
-        tensors that store the weights, biases, calibrated input scales)."""
-        weights = set(self._weight_shapes())
-        parts = {k for w in weights for k in self._stored_parts(w)}
-        optional = {w.replace("weight", "bias", 1) for w in weights} | set(self._optional)
-        return weights, parts | optional
+        _state.save_to_state_dict(self, destination, prefix, keep_vars)
 
     def _load_from_state_dict(
         self,
@@ -237,79 +178,10 @@ class _DynaqModule(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        # Whatever the module holds (real weights or a meta skeleton), a checkpoint that passes
-        # every check replaces its buffers (as load_state_dict(assign=True) would).
-        where = f"{self._get_name()} at {prefix[:-1] or '<root>'!r}"
-        if prefix + _legacy.STATE_PACKED in state_dict:
-            layer = _legacy.layer_from_state_dict(
-                state_dict, prefix, self._layer_type(), strict, missing_keys, unexpected_keys,
-                error_msgs, where,
-            )  # fmt: skip
-            if layer is not None:
-                problem = self._check_loaded(layer)
-                if problem is not None:
-                    error_msgs.append(
-                        f"size mismatch for {prefix}{_legacy.STATE_PACKED}: {problem}"
-                    )
-                    return
-                self._adopt(layer)
-            return
-        weight_names, known = self._state_names()
-        parts = {k for w in weight_names for k in self._stored_parts(w)}
-        required = {k for w in weight_names for k in (w, w + _dynaq.SCALE_SUFFIX)}
-        mine = {k[len(prefix) :]: k for k in state_dict if k.startswith(prefix)}
-        if strict:
-            unexpected_keys.extend(k for n, k in mine.items() if n not in known)
-        missing = [prefix + n for n in sorted(required) if n not in mine]
-        if missing:
-            if strict:
-                missing_keys.extend(missing)
-            return
-        if local_metadata is not None and not isinstance(local_metadata, Mapping):
-            error_msgs.append(f"{where}: its state-dict metadata must be a dict")
-            return
-        config = self._layer_config()
-        saved = (local_metadata or {}).get(_CONFIG_KEY)
-        if isinstance(saved, Mapping):
-            config.update(saved)
-        elif saved is not None:
-            error_msgs.append(f"{where}: its metadata {_CONFIG_KEY!r} must be a dict")
-            return
-        arrays: dict[str, np.ndarray] = {}
-        for n in sorted(known & set(mine)):
-            value = state_dict[mine[n]]
-            if not isinstance(value, torch.Tensor):
-                error_msgs.append(
-                    f"{where}: {mine[n]} must be a tensor, got {type(value).__name__}"
-                )
-                return
-            try:
-                arrays[n] = value.detach().cpu().contiguous().numpy()
-            except (TypeError, RuntimeError) as e:
-                error_msgs.append(f"{where}: {mine[n]} cannot be read: {e}")
-                return
-        weights = {}
-        for w in weight_names:
-            key = prefix + w
-            try:
-                # Keyed as in the state dict, so that errors name the entry at fault.
-                found = {prefix + n: arrays[n] for n in self._stored_parts(w) if n in arrays}
-                weights[w] = _dynaq.weight_from_tensors(found, key)
-            except (TypeError, ValueError) as e:
-                text = str(e)
-                error_msgs.append(f"{where}: {text if text.startswith(key) else f'{key}: {text}'}")
-                return
-        try:
-            tensors = {n: a for n, a in arrays.items() if n not in parts}
-            layer = self._layer_type()._from_tensors(weights, tensors, config)
-        except (TypeError, ValueError) as e:
-            error_msgs.append(f"{where}: {e}")
-            return
-        problem = self._check_loaded(layer)
-        if problem is not None:
-            error_msgs.append(f"size mismatch for {prefix[:-1] or '<root>'}: {problem}")
-            return
-        self._adopt(layer)
+        _state.load_from_state_dict(
+            self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+            error_msgs,
+        )  # fmt: skip
 
     @classmethod
     def _layer_type(cls) -> Any:  # pragma: no cover - overridden
@@ -646,316 +518,13 @@ def _format_repr(fmt: ops.Format, per_channel: bool) -> str:
     return f"dtype=int4, group_size={group or None}, symmetric={symmetric}"
 
 
-class _Recurrent(_DynaqModule):
-    _float_type: type[nn.Module] = nn.LSTM
-    _kind = "LSTM"
-
-    def __init__(self, layer: Any) -> None:
-        super().__init__()
-        if not isinstance(layer, self._layer_type()):
-            raise TypeError(
-                f"layer must be a dynaq.layers.{self._kind}, got {type(layer).__name__} (use "
-                f"{type(self).__name__}.from_float for a torch module)"
-            )
-        self.batch_first = bool(layer.batch_first)
-        self._adopt(layer)
-
-    @classmethod
-    def _layer_type(cls) -> Any:
-        return _layers.LSTM if cls._kind == "LSTM" else _layers.GRU
-
-    @classmethod
-    def from_float(
-        cls,
-        mod: nn.Module,
-        *,
-        per_channel: bool = True,
-        granularity: str = "row",
-        bits: int = 8,
-        group_size: Optional[int] = ...,  # type: ignore[assignment]
-        symmetric: Optional[bool] = None,
-        method: Optional[str] = None,
-    ) -> Any:
-        """Quantize a float ``nn.LSTM`` / ``nn.GRU`` (its configuration and weights). A module
-        on the ``meta`` device gives a skeleton of the same shape.
-
-        Parameters
-        ----------
-        mod : torch.nn.LSTM or torch.nn.GRU
-            As the class wraps; ``proj_size`` is not supported.
-        per_channel : bool
-            int8: per-output-channel weight scales (default) or one scale per weight tensor.
-        granularity : {"row", "tensor"}
-            Activation scales per row (default) or per call.
-        bits, group_size, symmetric, method
-            The weights' format, as :func:`dynaq.pack_weight` takes them (8 bits by default);
-            a group size must divide ``input_size`` and ``hidden_size``.
-        """
-        if not isinstance(mod, cls._float_type):
-            raise TypeError(
-                f"from_float needs a torch.nn.{cls._float_type.__name__}, got {type(mod).__name__}"
-            )
-        if getattr(mod, "proj_size", 0):
-            raise ValueError(f"{cls._float_type.__name__} with proj_size is not supported")
-        options = _common.weight_options(bits, group_size, symmetric, method)
-        if any(p.device.type == "meta" for p in mod.parameters()):
-            out = cls._skeleton(mod, per_channel, granularity, options)
-        else:
-            params = {k: param_numpy(v, k) for k, v in mod.named_parameters()}
-            layer = cls._layer_type()(
-                params,
-                num_layers=mod.num_layers,
-                bidirectional=mod.bidirectional,
-                batch_first=mod.batch_first,
-                input_size=mod.input_size,
-                hidden_size=mod.hidden_size,
-                per_channel=per_channel,
-                granularity=granularity,
-                **options,
-            )
-            out = cls(layer)
-        out.train(mod.training)
-        return out
-
-    @classmethod
-    def _skeleton(
-        cls, mod: Any, per_channel: bool, granularity: str, options: dict[str, Any]
-    ) -> Any:
-        _check_granularity(granularity)
-        out = cls.__new__(cls)
-        nn.Module.__init__(out)
-        out.input_size, out.hidden_size = int(mod.input_size), int(mod.hidden_size)
-        out.num_layers, out.bidirectional = int(mod.num_layers), bool(mod.bidirectional)
-        out.batch_first, out.bias = bool(mod.batch_first), bool(mod.bias)
-        out.granularity = granularity
-        for name, (n, k) in out._weight_shapes().items():
-            try:
-                fmt, pc = _weight_format(k, per_channel, options)
-            except ValueError as e:
-                raise ValueError(f"{name}: {e}") from e
-            out._format = fmt
-            out._set_meta_weight(name, n, k, fmt, pc)
-        for sfx in ops.cell_names(out.num_layers, out.bidirectional):
-            for b in ("bias_ih", "bias_hh"):
-                g = out._gates() * out.hidden_size
-                t = torch.empty(g, device="meta") if out.bias else None
-                out.register_buffer(b + sfx, t)
-        return out
-
-    def _gates(self) -> int:
-        return 4 if self._kind == "LSTM" else 3
-
-    def _weight_shapes(self) -> dict[str, tuple[int, int]]:
-        g, h = self._gates() * self.hidden_size, self.hidden_size
-        dirs = 2 if self.bidirectional else 1
-        out = {}
-        for sfx in ops.cell_names(self.num_layers, self.bidirectional):
-            k = self.input_size if sfx.startswith("_l0") else h * dirs
-            out["weight_ih" + sfx], out["weight_hh" + sfx] = (g, k), (g, h)
-        return out
-
-    @property
-    def _float32(self) -> tuple[str, ...]:  # type: ignore[override]
-        return tuple(
-            name
-            for sfx in ops.cell_names(self.num_layers, self.bidirectional)
-            for name in (f"weight_ih{sfx}_scale", f"weight_hh{sfx}_scale", f"weight_ih{sfx}_min",
-                         f"weight_hh{sfx}_min", f"bias_ih{sfx}", f"bias_hh{sfx}")
-        )  # fmt: skip
-
-    def _layer_config(self) -> dict[str, Any]:
-        return {
-            "num_layers": self.num_layers,
-            "bidirectional": self.bidirectional,
-            "batch_first": self.batch_first,
-            "granularity": self.granularity,
-        }
-
-    def _params(self) -> list[torch.Tensor]:
-        out = []
-        suffixes = ops.BUFFER_SUFFIXES[self._format[0]]
-        for sfx in ops.cell_names(self.num_layers, self.bidirectional):
-            for w in ("weight_ih", "weight_hh"):
-                out += [self._buffers[w + sfx + s] for s in suffixes]
-            if self.bias:
-                out += [self._buffers["bias_ih" + sfx], self._buffers["bias_hh" + sfx]]
-        return out  # type: ignore[return-value]
-
-    def _op_args(self) -> tuple[Any, ...]:
-        return (
-            self.bias, self.num_layers, self.bidirectional, self.batch_first, self.input_size,
-            self.hidden_size, self.granularity, *self._format,
-        )  # fmt: skip
-
-    def _layer_tensors(self) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-        return tuple(self._params()), self._op_args()
-
-    def _adopt(self, layer: Any) -> None:
-        # batch_first belongs to the calling code, not to the weights.
-        layer.batch_first = getattr(self, "batch_first", layer.batch_first)
-        weights, tensors, config = layer._tensors()
-        self.input_size, self.hidden_size = int(layer.input_size), int(layer.hidden_size)
-        self.num_layers, self.bidirectional = int(layer.num_layers), bool(layer.bidirectional)
-        self.batch_first = bool(layer.batch_first)
-        self.bias = layer.cells[0][0].b_ih is not None
-        self.granularity = str(layer.granularity)
-        self._format = self._uniform_format(weights)
-        for name, pw in weights.items():
-            self._set_weight(name, pw)
-        for sfx in ops.cell_names(self.num_layers, self.bidirectional):
-            for b in ("bias_ih", "bias_hh"):
-                self._set_tensor(b + sfx, tensors.get(b + sfx))
-        ops.recurrent_layer(self._kind, self._params(), *self._op_args(), prepared=layer)
-
-    @property
-    def layer(self) -> Any:
-        """The numpy :mod:`dynaq.layers` recurrent layer of the buffers (shared; cached)."""
-        return ops.recurrent_layer(self._kind, self._params(), *self._op_args())
-
-    @property
-    def proj_size(self) -> int:
-        """Always 0 (projections are not supported)."""
-        return 0
-
-    @property
-    def per_channel(self) -> bool:
-        """Whether the weights have one scale per output channel."""
-        return self._buffers["weight_ih_l0_scale"].dim() == 1  # type: ignore[union-attr]
-
-    @property
-    def bits(self) -> int:
-        """Bits per weight value: 8 or 4."""
-        return self._format[0]
-
-    @property
-    def group_size(self) -> Optional[int]:
-        """Input features per scale of 4-bit weights; None per channel, and for int8."""
-        return self._format[1] or None
-
-    def flatten_parameters(self) -> None:
-        """No-op, for code written for ``nn.LSTM`` / ``nn.GRU`` (the weights are packed)."""
-
-    def _check_input(self, input: Any) -> None:
-        if isinstance(input, nn.utils.rnn.PackedSequence):
-            raise TypeError(
-                f"{self._get_name()} does not take a PackedSequence; pass a padded tensor "
-                "(torch.nn.utils.rnn.pad_packed_sequence) or keep this module in float "
-                "(exclude it in quantize_dynamic)"
-            )
-
-    def _run(self, input: Any, states: list[Any], names: list[str]) -> tuple[torch.Tensor, ...]:
-        """The layer on ``input`` and the initial ``states`` (none, or ``h_0`` [and ``c_0``]):
-        directly when every tensor is a plain float32 one, else through the operator."""
-        self._check_input(input)
-        if direct(input) and all(direct(s) for s in states):
-            arrays = [s.numpy() for s in states]
-            hx = (tuple(arrays) if len(arrays) == 2 else arrays[0]) if arrays else None
-            out, state = self._direct_layer()(input.numpy(), hx)
-            flat = state if isinstance(state, tuple) else (state,)
-            return (torch.from_numpy(out), *(torch.from_numpy(s) for s in flat))
-        owner, meta = self._get_name(), self._on_meta()
-        x = checked(input, "input", owner, meta)
-        hx = [checked(s, n, owner, meta) for s, n in zip(states, names)]
-        op = torch.ops.dynaq.lstm if self._kind == "LSTM" else torch.ops.dynaq.gru
-        outs = ops.no_gradient(op(x, hx, self._params(), *self._op_args()), x, self._kind.lower())
-        if input.dtype != torch.float32:
-            outs = tuple(o.to(input.dtype) for o in outs)
-        return tuple(outs)
-
-    def _check_loaded(self, layer: Any) -> Optional[str]:
-        have = (
-            int(layer.input_size),
-            int(layer.hidden_size),
-            int(layer.num_layers),
-            bool(layer.bidirectional),
-            layer.cells[0][0].b_ih is not None,
-        )
-        want = (self.input_size, self.hidden_size, self.num_layers, self.bidirectional, self.bias)
-        if have != want:
-            names = ("input_size", "hidden_size", "num_layers", "bidirectional", "bias")
-            fmt = ", ".join
-            return (
-                f"the checkpoint holds a dynaq {layer.kind} with "
-                f"{fmt(f'{n}={v}' for n, v in zip(names, have))}; this module has "
-                f"{fmt(f'{n}={v}' for n, v in zip(names, want))}"
-            )
-        return None
-
-    def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
-        if not self.bias:
-            s += ", bias=False"
-        if self.batch_first:
-            s += ", batch_first=True"
-        if self.bidirectional:
-            s += ", bidirectional=True"
-        fmt = _format_repr(self._format, self.per_channel)
-        return s + f", {fmt}, granularity={self.granularity!r}"
-
-
-class LSTM(_Recurrent):
-    """``nn.LSTM`` with int8 or 4-bit input and hidden projections (wraps
-    :class:`dynaq.layers.LSTM`).
-
-    Parameters
-    ----------
-    layer : dynaq.layers.LSTM
-        The numpy layer to wrap; use :meth:`from_float` to quantize an ``nn.LSTM``.
-
-    Notes
-    -----
-    ``forward(input, hx=None)`` follows ``nn.LSTM``: ``input`` of shape (seq, batch,
-    input_size), (batch, seq, input_size) with ``batch_first``, or (seq, input_size) unbatched;
-    ``hx = (h_0, c_0)`` of shape (num_layers * directions, batch, hidden_size); returns
-    ``(output, (h_n, c_n))`` in the input's dtype. ``PackedSequence`` input raises
-    ``TypeError``. It calls the operator ``torch.ops.dynaq.lstm``. Inference only: a backward
-    through it raises, and dropout between layers is not applied.
-    """
-
-    _float_type = nn.LSTM
-    _kind = "LSTM"
-
-    def forward(
-        self, input: torch.Tensor, hx: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        states: list[Any] = []
-        if hx is not None:
-            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise TypeError(
-                    f"{self._get_name()}: hx must be a tuple (h_0, c_0), got {type(hx).__name__}"
-                )
-            states = list(hx)
-        out, h, c = self._run(input, states, ["h_0", "c_0"])
-        return out, (h, c)
-
-
-class GRU(_Recurrent):
-    """``nn.GRU`` with int8 or 4-bit input and hidden projections (wraps
-    :class:`dynaq.layers.GRU`).
-
-    Parameters
-    ----------
-    layer : dynaq.layers.GRU
-        The numpy layer to wrap; use :meth:`from_float` to quantize an ``nn.GRU``.
-
-    Notes
-    -----
-    ``forward(input, hx=None)`` follows ``nn.GRU`` and returns ``(output, h_n)``; it calls the
-    operator ``torch.ops.dynaq.gru``; otherwise as :class:`LSTM`.
-    """
-
-    _float_type = nn.GRU
-    _kind = "GRU"
-
-    def forward(
-        self, input: torch.Tensor, hx: Optional[torch.Tensor] = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        out, h = self._run(input, [] if hx is None else [hx], ["h_0"])
-        return out, h
-
-
 def safe_globals() -> list[type]:
     """The classes a pickle of a whole quantized model references besides the model's own:
     ``torch.serialization.safe_globals([MyModel, ..., *dynaq.torch.safe_globals()])`` lets
     ``torch.load(path, weights_only=True)`` load it (the modules pickle as plain tensors)."""
     return [Linear, LSTM, GRU]
+
+
+# LSTM and GRU are defined on the base above (recurrent.py imports this file), so this import
+# comes last.
+from .recurrent import GRU, LSTM  # noqa: E402
