@@ -55,19 +55,14 @@ pub fn int4_kernel(isa: Isa) -> &'static Int4Kernel {
 pub fn gemm_kernel_for(isa: Isa, m: usize) -> &'static GemmKernel {
     match best_up_to(isa) {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if m <= GEMV_ROWS => &crate::arch::x86_64::avx2::GEMV,
+        Isa::Avx2 if m <= GEMV_ROWS => &crate::arch::x86_64::avx2_gemv::GEMV,
         _ => gemm_kernel(isa),
     }
 }
 
 /// Every GEMM kernel the path of `isa` may run (the tests check each).
 pub fn gemm_kernels(isa: Isa) -> Vec<&'static GemmKernel> {
-    let (all, one) = (gemm_kernel(isa), gemm_kernel_for(isa, 1));
-    if std::ptr::eq(all, one) {
-        vec![all]
-    } else {
-        vec![all, one]
-    }
+    path_kernels(isa, gemm_kernel, gemm_kernel_for)
 }
 
 /// The 4-bit kernel for `m` rows on the best supported path not above `isa`: on x86 few rows
@@ -97,7 +92,17 @@ pub const GEMV_ROWS: usize = 2;
 
 /// Every 4-bit kernel the path of `isa` may run (the tests check each).
 pub fn int4_kernels(isa: Isa) -> Vec<&'static Int4Kernel> {
-    let (all, one) = (int4_kernel(isa), int4_kernel_for(isa, 1));
+    path_kernels(isa, int4_kernel, int4_kernel_for)
+}
+
+/// The general kernel of the path of `isa` (`general`) and, where it is another one, the kernel
+/// of one row (`for_rows(isa, 1)`): every kernel the path may run, each once.
+fn path_kernels<K>(
+    isa: Isa,
+    general: fn(Isa) -> &'static K,
+    for_rows: fn(Isa, usize) -> &'static K,
+) -> Vec<&'static K> {
+    let (all, one) = (general(isa), for_rows(isa, 1));
     if std::ptr::eq(all, one) {
         vec![all]
     } else {
@@ -111,7 +116,7 @@ pub fn quant_kernels(isa: Isa) -> &'static QuantKernels {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Vnni => &crate::arch::x86_64::avx512vnni::QUANT,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => &crate::arch::x86_64::avx2::QUANT,
+        Isa::Avx2 => &crate::arch::x86_64::avx2_quant::QUANT,
         #[cfg(target_arch = "aarch64")]
         Isa::I8mm => &crate::arch::aarch64::i8mm::QUANT,
         #[cfg(target_arch = "aarch64")]

@@ -27,7 +27,6 @@ use crate::isa::Isa;
 use crate::kernel::{AData, AFormat, GemmKernel, QuantKernels, Tile};
 use crate::pack::GROUP_BYTES;
 use core::arch::aarch64::*;
-use core::arch::asm;
 
 /// Most rows of a tile (a multiple of 2: `usmmla` works on row pairs).
 const MR: usize = 4;
@@ -51,25 +50,6 @@ pub static QUANT: QuantKernels = QuantKernels {
     quantize_u8: super::neon::quantize_u8,
     quantize_i8: super::neon::quantize_i8,
 };
-
-/// `acc + usmmla(u, s)`: the 2 x 2 i32 block `acc[i][j] + sum_k u[i][k] s[j][k]` over 8 k.
-macro_rules! usmmla {
-    ($acc:expr, $u:expr, $s:expr) => {{
-        let mut acc: int32x4_t = $acc;
-        // SAFETY: only used in `#[target_feature(enable = "neon,i8mm")]` functions, which run
-        // only where i8mm was detected; the instruction touches registers only.
-        unsafe {
-            asm!(
-                "usmmla {acc:v}.4s, {u:v}.16b, {s:v}.16b",
-                acc = inout(vreg) acc,
-                u = in(vreg) $u,
-                s = in(vreg) $s,
-                options(pure, nomem, nostack, preserves_flags)
-            )
-        };
-        acc
-    }};
-}
 
 /// Computes `R` rows x 16 columns over `k4` groups and stores them to `c`.
 ///
@@ -124,8 +104,8 @@ unsafe fn tile<const R: usize>(
                 let lo = vreinterpretq_s8_s32(vzip1q_s32(b0, b1));
                 let hi = vreinterpretq_s8_s32(vzip2q_s32(b0, b1));
                 for (p, acc) in acc.iter_mut().enumerate().take(pairs) {
-                    acc[2 * q] = usmmla!(acc[2 * q], av[p], lo);
-                    acc[2 * q + 1] = usmmla!(acc[2 * q + 1], av[p], hi);
+                    acc[2 * q] = mmla!("usmmla", int32x4_t, acc[2 * q], av[p], lo);
+                    acc[2 * q + 1] = mmla!("usmmla", int32x4_t, acc[2 * q + 1], av[p], hi);
                 }
             }
         }};

@@ -42,25 +42,6 @@ pub static GEMM_INT4: Int4Kernel = Int4Kernel {
     func: gemm_entry,
 };
 
-/// `acc + ummla(u, v)`: the 2 x 2 u32 block `acc[i][j] + Σ_k u[i][k]·v[j][k]` over 8 k.
-macro_rules! ummla {
-    ($acc:expr, $u:expr, $v:expr) => {{
-        let mut acc: uint32x4_t = $acc;
-        // SAFETY: only used in `#[target_feature(enable = "neon,i8mm")]` functions, which run
-        // only where i8mm was detected; the instruction touches registers only.
-        unsafe {
-            ::core::arch::asm!(
-                "ummla {acc:v}.4s, {u:v}.16b, {v:v}.16b",
-                acc = inout(vreg) acc,
-                u = in(vreg) $u,
-                v = in(vreg) $v,
-                options(pure, nomem, nostack, preserves_flags)
-            )
-        };
-        acc
-    }};
-}
-
 /// `R` rows × 16 columns: `(Σ cd·P, Σ cm·A)`, 4 columns per vector.
 ///
 /// # Safety
@@ -98,8 +79,9 @@ unsafe fn panel<const R: usize>(p: &Int4Ptrs) -> [[[uint32x4_t; 4]; 2]; MR] {
                 let c01 = vreinterpretq_u8_u32(vzip1q_u32(lo, hi));
                 let c23 = vreinterpretq_u8_u32(vzip2q_u32(lo, hi));
                 for pair in 0..pairs {
-                    t[pair][2 * q] = ummla!(t[pair][2 * q], av[pair], c01);
-                    t[pair][2 * q + 1] = ummla!(t[pair][2 * q + 1], av[pair], c23);
+                    t[pair][2 * q] = mmla!("ummla", uint32x4_t, t[pair][2 * q], av[pair], c01);
+                    t[pair][2 * q + 1] =
+                        mmla!("ummla", uint32x4_t, t[pair][2 * q + 1], av[pair], c23);
                 }
             }
         }

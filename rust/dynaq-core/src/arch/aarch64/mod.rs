@@ -69,6 +69,27 @@ macro_rules! dot_lane {
     }};
 }
 
+/// `acc + usmmla/ummla(x, y)` (`$op` the mnemonic, `$ty` the accumulator's type): the 2 x 2
+/// block `acc[i][j] + sum_k x[i][k] y[j][k]` over 8 k, with `x` two rows and `y` two columns of
+/// 8 bytes each (`usmmla`: `x` unsigned, `y` signed, i32 sums; `ummla`: both unsigned, u32).
+macro_rules! mmla {
+    ($op:literal, $ty:ty, $acc:expr, $x:expr, $y:expr) => {{
+        let mut acc: $ty = $acc;
+        // SAFETY: only used in `#[target_feature(enable = "neon,i8mm")]` functions, which run
+        // only where i8mm was detected; the instruction touches registers only.
+        unsafe {
+            ::core::arch::asm!(
+                concat!($op, " {acc:v}.4s, {x:v}.16b, {y:v}.16b"),
+                acc = inout(vreg) acc,
+                x = in(vreg) $x,
+                y = in(vreg) $y,
+                options(pure, nomem, nostack, preserves_flags)
+            )
+        };
+        acc
+    }};
+}
+
 /// Defines a 4-bit path's `gemm_entry`: it calls the module's `panel::<R>` for the tile's `rows`
 /// (each of `$rows`, up to the module's `MR`) and stores the sums.
 macro_rules! int4_gemm_entry {

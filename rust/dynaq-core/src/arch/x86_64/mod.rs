@@ -1,7 +1,9 @@
 //! x86-64 kernels: AVX2 and AVX-512 VNNI. See `README.md` in this folder for the design.
 
 pub mod avx2;
+pub mod avx2_gemv;
 pub mod avx2_int4;
+pub mod avx2_quant;
 
 // The AVX-512 intrinsics and the `avx512vnni` target feature are stable since Rust 1.89.
 #[clippy::msrv = "1.89"]
