@@ -41,8 +41,10 @@ layer needs. :func:`share_torch_threads` runs dynaq's multi-threaded GEMMs on to
 threads themselves (a BERT-base-sized encoder on 2 cores ran 15-25% faster than with two pools);
 it is off unless called.
 
-The package: ``ops.py`` (the registered operators and the cache of native layers behind their
-tensors), ``modules.py`` (the modules and their state dicts), ``quantize.py``
+The package: ``ops.py`` (the registered operators), ``_prepared.py`` (the tensors a weight
+travels as, and the cache of native layers behind them), ``_onnx.py`` (the operators' ONNX
+symbolics), ``modules.py`` (the module base and :class:`Linear`), ``recurrent.py``
+(:class:`LSTM`, :class:`GRU`), ``_state.py`` (the modules' state dicts), ``quantize.py``
 (:func:`quantize_dynamic`), ``compare.py`` (:func:`compare`), ``threads.py``
 (:func:`share_torch_threads`), ``_bridge.py`` (tensors to numpy and back).
 
@@ -61,9 +63,10 @@ except ImportError as _e:  # pragma: no cover - depends on the environment
         "of dynaq works without it."
     ) from _e
 
+from .budget import plan
 from .compare import Comparison, compare
 from .modules import GRU, LSTM, Linear, safe_globals
-from .quantize import quantize_dynamic
+from .quantize import quantize_dynamic, sensitivity
 from .threads import share_torch_threads
 
 __all__ = [
@@ -72,7 +75,9 @@ __all__ = [
     "Comparison",
     "Linear",
     "compare",
+    "plan",
     "quantize_dynamic",
     "safe_globals",
+    "sensitivity",
     "share_torch_threads",
 ]

@@ -15,11 +15,15 @@ from torch import nn
 from .. import _dynaq
 from .. import layers as _layers
 from .._dynaq import check_granularity as _check_granularity
+from .._text import Progress
 from ..layers import _common
+from ..mixed import Format, Plan, Sensitivity, parse_formats
+from ..mixed.select import check_budget
 from . import _bridge
+from . import budget as _budget
 from .modules import GRU, LSTM, Linear
 
-__all__ = ["quantize_dynamic"]
+__all__ = ["quantize_dynamic", "sensitivity"]
 
 Spec = Union[Iterable[Union[type, str]], Mapping[Union[type, str], Any]]
 
@@ -129,6 +133,13 @@ def quantize_dynamic(
     symmetric: Optional[bool] = None,
     method: Optional[str] = None,
     exclude: Iterable[str] = (),
+    max_bits_per_weight: Optional[float] = None,
+    max_bytes: Optional[int] = None,
+    min_sqnr_db: Optional[float] = None,
+    sample_inputs: Optional[Iterable[Any]] = None,
+    formats: Optional[Iterable[Any]] = None,
+    plan: Optional[Union[Plan, Mapping[str, Any]]] = None,
+    progress: Optional[bool] = None,
 ) -> nn.Module:
     """Swap a model's ``nn.Linear`` / ``nn.LSTM`` / ``nn.GRU`` modules (and transformers'
     ``Conv1D``) for dynaq ones, with int8 (default) or 4-bit weights.
@@ -221,6 +232,105 @@ def quantize_dynamic(
     default = {"per_channel": per_channel, "granularity": granularity,
                **_common.weight_options(bits, group_size, symmetric, method)}  # fmt: skip
     _check_options(default, "quantize_dynamic")
+    selection = _selection(model, qconfig_spec, exclude, default)
+    budget = check_budget(max_bits_per_weight, max_bytes, min_sqnr_db)
+    if plan is not None and (budget or sample_inputs is not None):
+        raise ValueError("plan applies a plan already chosen: give no budget or sample_inputs")
+    if sample_inputs is not None and not budget:
+        raise ValueError(
+            "sample_inputs measure the layers for a budget: give max_bits_per_weight, "
+            "max_bytes or min_sqnr_db too"
+        )
+    if formats is not None and not budget:
+        raise ValueError("formats are the candidates of a budget: give one too")
+    candidates = parse_formats(formats)
+    samples = _budget.samples_list(sample_inputs)
+    _budget.progress_mode(progress)
+    if plan is not None:
+        plan = _as_plan(plan)
+    if not inplace:
+        model = copy.deepcopy(model)
+    slots, left = _targets(model, *selection)
+    chosen = None
+    if plan is not None:
+        _apply_plan(slots, left, plan)
+    elif budget:
+        chosen = _budget.choose_plan(
+            [(s.name, s.mod, s.base) for s in slots.values()], candidates, budget, samples,
+            _swapper(model, slots), progress,
+        )  # fmt: skip
+        _set_formats(slots, chosen.formats())
+    converted = _apply(model, slots, left, {})
+    swapped = {id(s.new): s.new for s in slots.values() if s.opts is not None}
+    _warn_unhandled(converted, left, swapped)
+    if chosen is not None:
+        setattr(converted, _budget.PLAN_ATTR, chosen.to_json())
+    return converted
+
+
+def sensitivity(
+    model: nn.Module,
+    sample_inputs: Optional[Iterable[Any]] = None,
+    *,
+    formats: Optional[Iterable[Any]] = None,
+    qconfig_spec: Optional[Spec] = None,
+    exclude: Iterable[str] = (),
+    per_channel: bool = True,
+    granularity: str = "row",
+    progress: Optional[bool] = None,
+) -> Sensitivity:
+    """What each candidate format would cost each layer :func:`quantize_dynamic` swaps: the
+    table a budget's plan is chosen from (``quantize_dynamic(max_bits_per_weight=...)`` measures
+    it the same way).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The float model (left as it is: the measurement swaps layers in a copy).
+    sample_inputs : list, optional
+        Inputs as :func:`compare` takes them (tensors, tuples of arguments, dicts of keyword
+        arguments; a dict's ``attention_mask`` keeps padding out of the errors). Without them,
+        the weights alone: each layer's error on synthetic activations.
+    formats : list, optional
+        The candidates (names such as ``"int4-g64"``, dicts of options, or
+        :class:`dynaq.mixed.Format`); by default every 4-bit group size, int8 and float.
+    qconfig_spec, exclude, per_channel, granularity
+        Which layers, as :func:`quantize_dynamic` takes them.
+    progress : bool, optional
+        A progress bar on stderr (default: when stderr is a terminal).
+
+    Returns
+    -------
+    dynaq.mixed.Sensitivity
+        One row per layer: each format's stored bytes, the layer's own output SQNR and the
+        noise it adds to the model output (with samples) or to the mean layer (without).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    default = {"per_channel": per_channel, "granularity": granularity,
+               **_common.weight_options()}  # fmt: skip
+    _check_options(default, "sensitivity")
+    selection = _selection(model, qconfig_spec, exclude, default)
+    candidates = parse_formats(formats)
+    samples = _budget.samples_list(sample_inputs)
+    mode = _budget.progress_mode(progress)
+    if samples is not None:
+        model = copy.deepcopy(model)
+    slots, _ = _targets(model, *selection)
+    targets = [(s.name, s.mod, s.base) for s in slots.values()]
+    bar = Progress(len(targets) + (1 if samples else 0), mode)
+    try:
+        table, _ = _budget.measure(targets, candidates, samples, _swapper(model, slots), bar)
+    finally:
+        bar.close()
+    return table
+
+
+def _selection(
+    model: nn.Module, qconfig_spec: Optional[Spec], exclude: Iterable[str], default: dict[str, Any]
+) -> tuple[Any, ...]:
+    """What ``qconfig_spec`` and ``exclude`` select, checked against the model: the arguments
+    of :func:`_targets` after the model."""
     types, names = _parse_spec(qconfig_spec, default)
     modules = dict(model.named_modules())
     is_excluded = _excluder(exclude, list(modules))
@@ -233,22 +343,46 @@ def quantize_dynamic(
                 f"qconfig_spec names module {name!r} ({type(mod).__name__}), which is not one "
                 f"of {_SUPPORTED} and contains none"
             )
-    if not inplace:
-        model = copy.deepcopy(model)
+    conv1d_default = dict(default) if qconfig_spec is None else None
+    return types, names, is_excluded, conv1d_default
+
+
+class _Slot:
+    """A module to swap: its first name, the float module, the options ``qconfig_spec`` gives
+    it (``base``) and those it takes now (None: left float), the places it sits in the model,
+    and the dynaq module made for it."""
+
+    def __init__(self, name: str, mod: nn.Module, opts: dict[str, Any]) -> None:
+        self.name = name
+        self.mod = mod
+        self.base = opts
+        self.opts: Optional[dict[str, Any]] = opts
+        self.places: list[tuple[Optional[nn.Module], str]] = []
+        self.new: Optional[nn.Module] = None
+        self.made_for: Any = None
+
+
+def _targets(
+    model: nn.Module,
+    types: dict[type, Optional[dict[str, Any]]],
+    names: dict[str, Optional[dict[str, Any]]],
+    is_excluded: Callable[[str], bool],
+    conv1d_default: Optional[dict[str, Any]],
+) -> tuple[dict[int, _Slot], dict[str, nn.Module]]:
+    """What ``quantize_dynamic`` swaps, with which options (the module ids' slots), and what it
+    keeps in float on purpose (excluded, tied, unselected)."""
     tied = _tied_to_others(model)
-    memo: dict[int, nn.Module] = {}
-    shared: dict[tuple[Any, ...], Any] = {}  # (id(weight), conv1d, options) -> packed weight
-    left: dict[str, nn.Module] = {}  # modules kept in float on purpose (excluded, tied, unselected)
+    slots: dict[int, _Slot] = {}
+    left: dict[str, nn.Module] = {}
     unset: Any = object()
 
-    def convert(mod: nn.Module, name: str, named: Any) -> nn.Module:
+    def visit(mod: nn.Module, name: str, named: Any, parent: Any, attr: str) -> None:
         # ``named``: the entry of the closest named ancestor (or this module), else ``unset``.
         named = names.get(name, named)
         if is_excluded(name):
             left.update((f"{name}.{n}" if n else name, m) for n, m in mod.named_modules())
-            return mod
-        target = _swap_target(mod)
-        if target is not None:
+            return
+        if _swap_target(mod) is not None:
             if named is not unset:
                 opts = named
             elif _bridge.is_conv1d(mod):
@@ -259,23 +393,100 @@ def quantize_dynamic(
                 # A weight tied to a module that stays float (GPT-2's lm_head and wte): kept
                 # float and tied, not duplicated.
                 left[name] = mod
-                return mod
-            if id(mod) not in memo:
-                memo[id(mod)] = _swap(mod, name, opts, shared)
-            return memo[id(mod)]
+                return
+            slot = slots.setdefault(id(mod), _Slot(name, mod, opts))
+            slot.places.append((parent, attr))
+            return
         # Not named_children(): it skips a module's second appearance, which must be swapped too.
         for child_name, child in list(mod._modules.items()):
-            if child is None:
-                continue
-            new = convert(child, f"{name}.{child_name}" if name else child_name, named)
-            if new is not child:
-                setattr(mod, child_name, new)
-        return mod
+            if child is not None:
+                visit(child, f"{name}.{child_name}" if name else child_name, named, mod, child_name)
 
-    conv1d_default = dict(default) if qconfig_spec is None else None
-    converted = convert(model, "", unset)
-    _warn_unhandled(converted, left, memo)
-    return converted
+    visit(model, "", unset, None, "")
+    return slots, left
+
+
+def _apply(
+    model: nn.Module, slots: dict[int, _Slot], left: dict[str, nn.Module], shared: dict[Any, Any]
+) -> nn.Module:
+    """Puts each slot's module in its places: the dynaq module for its options (made once, and
+    again only when the options change), the float module when they are None. Returns the root
+    (a swapped root is a new module)."""
+    root = model
+    for slot in slots.values():
+        if slot.opts is None:
+            module = slot.mod
+            left[slot.name] = slot.mod
+        else:
+            left.pop(slot.name, None)
+            if slot.new is None or slot.made_for != slot.opts:
+                slot.new = _swap(slot.mod, slot.name, slot.opts, shared)
+                slot.made_for = dict(slot.opts)
+            module = slot.new
+        for parent, attr in slot.places:
+            if parent is None:
+                root = module
+            else:
+                setattr(parent, attr, module)
+    return root
+
+
+def _as_plan(plan: Any) -> Plan:
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, Mapping):
+        return Plan.from_dict(plan)
+    raise TypeError(f"plan must be a dynaq.mixed.Plan or a dict, got {type(plan).__name__}")
+
+
+def _apply_plan(slots: dict[int, _Slot], left: dict[str, nn.Module], plan: Plan) -> None:
+    """Gives each slot the format ``plan`` names for it (every layer the plan names must be
+    one the model swaps; the model's other layers stay float)."""
+    by_name = {s.name: s for s in slots.values()}
+    formats = plan.formats()
+    missing = [n for n in formats if n not in by_name]
+    if missing:
+        raise ValueError(
+            f"the plan names {len(missing)} layer(s) this model does not quantize: "
+            f"{', '.join(repr(n) for n in missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
+    for name, slot in by_name.items():
+        fmt = formats.get(name)
+        if fmt is not None and not fmt.is_float and not _budget._fits(fmt, slot.mod):
+            raise ValueError(f"the plan gives module {name!r} format {fmt.name}, which its "
+                             "input width does not allow")  # fmt: skip
+    _set_formats(slots, formats)
+
+
+def _set_formats(slots: dict[int, _Slot], formats: Mapping[str, Format]) -> None:
+    """Each slot's options for its format in ``formats`` (float when absent)."""
+    for slot in slots.values():
+        fmt = formats.get(slot.name)
+        slot.opts = None if fmt is None or fmt.is_float else _budget._options(fmt, slot.base)
+
+
+def _swapper(model: nn.Module, slots: dict[int, _Slot]) -> _budget.Swapper:
+    """How the budget's measurement swaps this model's layers (see :class:`budget.Swapper`)."""
+    shared: dict[Any, Any] = {}
+
+    def swap(chosen: Mapping[str, Any]) -> nn.Module:
+        # Formats by name; a module given instead is put in as it is (the probe of a layer).
+        _set_formats(slots, {n: f for n, f in chosen.items() if isinstance(f, Format)})
+        root = _apply(model, slots, {}, shared)
+        for slot in slots.values():
+            given = chosen.get(slot.name)
+            if isinstance(given, nn.Module):
+                for parent, attr in slot.places:
+                    if parent is None:
+                        root = given
+                    else:
+                        setattr(parent, attr, given)
+        return root
+
+    def make(mod: nn.Module, name: str, opts: dict[str, Any]) -> nn.Module:
+        return _swap(mod, name, opts, {})
+
+    return _budget.Swapper(swap, make)
 
 
 def _swap_target(mod: nn.Module) -> Any:
