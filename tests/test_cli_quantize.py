@@ -56,13 +56,16 @@ def test_quantize_command_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""  # not a terminal: no progress bar
     lines = r.stdout.splitlines()
-    assert lines[0].split() == "tensor shape dtype before after SQNR dB action".split()
+    assert (
+        lines[0].split() == "tensor shape dtype before after format SQNR dB out dB action".split()
+    )
     row = next(line for line in lines if line.startswith("layer.0.weight"))
     cells = row.split()
     assert cells[1:3] == ["32x48", "F32"]
     assert " ".join(cells[3:5]) == "6.00 KiB"  # 32 * 48 * 4 bytes
     assert " ".join(cells[5:7]) == "1.62 KiB"  # 32 * 48 + 4 * 32 bytes
-    assert 30 < float(cells[7]) < 60 and cells[8] == "quantized"
+    assert cells[7] == "int8" and 30 < float(cells[8]) < 60
+    assert cells[9:] == ["-", "quantized"]  # no budget: no output SQNR measured
     assert next(line for line in lines if line.startswith("layer.0.bias")).endswith("kept")
     total = next(line for line in lines if line.startswith("total:"))
     assert "5 tensors, 3 quantized, 2 kept" in total
@@ -95,12 +98,15 @@ def test_options_in_process(tmp_path, capsys):
 
 def test_min_sqnr_option(tmp_path, capsys):
     src = _model(tmp_path / "m.safetensors")
-    assert main(["quantize", str(src), str(tmp_path / "a.safetensors")]) == 0
-    rows = capsys.readouterr().out.splitlines()[2:-2]
+    # With --bits, int8 or float per tensor. A threshold every tensor meets: each one's output
+    # SQNR measured (the "out dB" column).
+    assert main(["quantize", str(src), str(tmp_path / "a.safetensors"), "--bits", "8",
+                 "--min-sqnr", "-1000"]) == 0  # fmt: skip
+    rows = capsys.readouterr().out.splitlines()
     sqnr = {line.split()[0]: float(line.split()[-2]) for line in rows if "quantized" in line}
     cut = sorted(sqnr.values())[1]  # keeps the worst tensor in float
-    assert main(["quantize", str(src), str(tmp_path / "b.safetensors"), "--min-sqnr",
-                 str(cut)]) == 0  # fmt: skip
+    assert main(["quantize", str(src), str(tmp_path / "b.safetensors"), "--bits", "8",
+                 "--min-sqnr", str(cut)]) == 0  # fmt: skip
     out = capsys.readouterr().out
     worst = min(sqnr, key=sqnr.__getitem__)
     assert f"{worst}" in out and "kept-low-sqnr" in out
@@ -294,3 +300,121 @@ def test_progress_bar_on_a_real_terminal(tmp_path):
     assert proc.returncode == 0
     assert "100%" in err and "w3" in err and "\r" in err
     assert "total: 4 tensors, 4 quantized" in proc.stdout.decode()
+
+
+def _mixed_model(path, seed=0):
+    """Tensors of several widths (64: no group of 128 divides it) and spreads."""
+    rng = np.random.default_rng(seed)
+    tensors = {
+        "a.weight": rng.standard_normal((48, 128)).astype(F32),
+        "b.weight": rng.standard_t(3, (64, 256)).astype(F32),
+        "c.weight": (rng.standard_normal((32, 64)) * 0.1).astype(np.float16),
+        "d.weight": rng.standard_normal((96, 128)).astype(F32),
+        "d.bias": rng.standard_normal(96).astype(F32),
+    }
+    ds.write(path, tensors)
+    return tensors
+
+
+def _stored_bits(loaded, names) -> float:
+    nbytes = weights = 0
+    for n in names:
+        w = loaded[n]
+        nbytes += sum(a.nbytes for a in dynaq._dynaq.weight_tensors(w).values())
+        weights += w.shape[0] * w.shape[1]
+    return 8 * nbytes / weights
+
+
+def test_max_bits_chooses_a_format_per_tensor(tmp_path, capsys):
+    src = tmp_path / "m.safetensors"
+    tensors = _mixed_model(src)
+    dst = tmp_path / "q.safetensors"
+    assert main(["quantize", str(src), str(dst), "--max-bits", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "budget: max_bits_per_weight = 6" in out and "predicted mean layer SQNR" in out
+    plan = dynaq.mixed.Plan.from_json(ds.read_metadata(dst)["dynaq.plan"])
+    assert plan.bits_per_weight <= 6 and plan.sensitivity == "weights"
+    assert len(set(plan.formats().values())) >= 2
+    loaded = ds.load_quantized(dst)
+    weights = [n for n in tensors if n.endswith("weight")]
+    assert _stored_bits(loaded, weights) == pytest.approx(plan.bits_per_weight)
+    for name, fmt in plan.formats().items():
+        # Each stored weight is exactly what pack_weight makes of it in its format.
+        assert loaded[name] == dynaq.pack_weight(tensors[name], **fmt.options())
+    assert plan.formats()["c.weight"] != dynaq.mixed.Format(4, 128)  # 64 columns
+    np.testing.assert_array_equal(loaded["d.bias"], tensors["d.bias"])
+
+
+def test_min_sqnr_takes_each_tensors_smallest_format_that_reaches_it(tmp_path, capsys):
+    src = tmp_path / "m.safetensors"
+    tensors = _mixed_model(src)
+    dst = tmp_path / "q.safetensors"
+    assert main(["quantize", str(src), str(dst), "--min-sqnr", "24"]) == 0
+    report = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    plan = dynaq.mixed.Plan.from_json(ds.read_metadata(dst)["dynaq.plan"])
+    for name, fmt in plan.formats().items():
+        row = dynaq.mixed.measure_weights(
+            name, "tensor", [tensors[name]], dynaq.mixed.DEFAULT_FORMATS,
+            float_itemsize=tensors[name].itemsize,
+        )  # fmt: skip
+        j = row.index(fmt)
+        assert row.layer_sqnr_db[j] >= 24
+        assert not np.any((row.nbytes < row.nbytes[j]) & (row.layer_sqnr_db >= 24))
+        assert report[name][7] == fmt.name  # after the two sizes (number, unit)
+
+
+def test_a_saved_plan_applies_again(tmp_path, capsys):
+    src = tmp_path / "m.safetensors"
+    _mixed_model(src)
+    first = tmp_path / "q.safetensors"
+    assert main(["quantize", str(src), str(first), "--max-bits", "5.5"]) == 0
+    plan = dynaq.mixed.Plan.from_json(ds.read_metadata(first)["dynaq.plan"])
+    plan.save(tmp_path / "plan.json")
+    for source in (first, tmp_path / "plan.json"):
+        again = tmp_path / "again.safetensors"
+        assert main(["quantize", str(src), str(again), "--plan", str(source)]) == 0
+        assert ds.read(again).keys() == ds.read(first).keys()
+        for name, t in ds.read(first).items():
+            np.testing.assert_array_equal(ds.read(again)[name], t)
+    capsys.readouterr()
+
+
+def test_plot_writes_the_curve(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    src = tmp_path / "m.safetensors"
+    _mixed_model(src)
+    png = tmp_path / "curve.png"
+    assert main(["quantize", str(src), str(tmp_path / "q.safetensors"), "--max-bits", "5",
+                 "--plot", str(png)]) == 0  # fmt: skip
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {png}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-bits", "5", "--min-sqnr", "30"], "one of --max-bits and --min-sqnr"),
+        (["--max-bits", "5", "--bits", "4"], "name the candidates with --formats"),
+        (["--formats", "int8"], "--formats names the candidates"),
+        (["--plot", "x.png"], "--plot draws a budget"),
+        (["--plan", "p.json", "--max-bits", "5"], "--plan applies a saved plan"),
+        (["--plan", "missing.json"], "missing.json"),
+        (["--max-bits", "2"], "cannot be met"),
+        (["--plan", "m.safetensors"], "no plan in its metadata"),
+    ],
+)
+def test_budget_errors_exit_1_naming_the_flags(tmp_path, args, message, capsys):
+    src = tmp_path / "m.safetensors"
+    _mixed_model(src)
+    (tmp_path / "p.json").write_text(json.dumps({"a.weight": "int8"}))
+    args = [a if not a.endswith((".json", ".safetensors")) else str(tmp_path / a) for a in args]
+    dst = tmp_path / "q.safetensors"
+    assert main(["quantize", str(src), str(dst), *args]) == 1
+    assert message in capsys.readouterr().err
+    assert not dst.exists()
+
+
+def test_unknown_formats_are_usage_errors(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", "a", "b", "--max-bits", "5", "--formats", "int8,int5"])
+    assert e.value.code == 2 and "unknown format 'int5'" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """``python -m dynaq quantize IN OUT``: quantize the 2-D float tensors of a safetensors file to int8
-(or 4 bits with ``--bits 4``).
+(or 4 bits with ``--bits 4``), or each to the format a budget (``--max-bits``, ``--min-sqnr``) or
+a saved plan (``--plan``) gives it.
 
 Prints a per-tensor table (shape, dtype, bytes before and after, weight SQNR, what was done) and
 the totals; shows a progress bar on stderr for large files when stderr is a terminal. Errors
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bits",
         type=int,
         choices=(8, 4),
-        default=8,
+        default=None,
         help="8 (default) or 4: 4-bit weights with a scale and minimum per group of input features",
     )
     parser.add_argument(
@@ -72,13 +73,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATTERN",
         help="keep tensors whose name matches this glob pattern as they are (repeatable)",
     )
-    parser.add_argument(
+    budget = parser.add_argument_group(
+        "automatic mixed precision",
+        "a format per tensor from its weights alone (each tensor's output error measured on "
+        "synthetic activations); the plan is printed and stored in OUT's metadata",
+    )
+    budget.add_argument(
+        "--max-bits",
+        type=_finite_float,
+        default=None,
+        metavar="B",
+        help="at most B stored bits per weight on average over the tensors considered, with the "
+        "least mean output error",
+    )
+    budget.add_argument(
         "--min-sqnr",
         type=_finite_float,
         default=None,
         metavar="DB",
-        help="keep tensors whose weight SQNR would fall below DB decibels in their float "
-        "format (automatic mixed precision)",
+        help="each tensor in the smallest format whose output SQNR reaches DB decibels (among "
+        "--formats, or between the --bits format and float when --bits is given)",
+    )
+    budget.add_argument(
+        "--formats",
+        type=_formats,
+        default=None,
+        metavar="LIST",
+        help="the candidates, comma-separated (default: int4-channel,int4-g128,int4-g64,int4,"
+        "int8,float; float is always one)",
+    )
+    budget.add_argument(
+        "--plan",
+        default=None,
+        metavar="FILE",
+        help="apply a saved plan: a JSON file (dynaq.mixed.Plan.save) or a file this command "
+        "wrote with a budget (its metadata holds the plan)",
+    )
+    budget.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="with a budget: write the size/accuracy curve (needs matplotlib)",
     )
 
 
@@ -92,10 +127,62 @@ def _group_size(text: str) -> object:
         raise argparse.ArgumentTypeError(f"not a group size: {text!r}") from None
 
 
+def _formats(text: str) -> list:
+    """``--formats``: names, checked here so that a typo is a usage error."""
+    from .mixed import Format
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("no format named")
+    try:
+        return [Format.parse(n) for n in names]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _budget_options(args: argparse.Namespace) -> dict:
+    """The budget, plan and plot flags as :func:`quantize_file` takes them; ``ValueError``
+    naming the flags that do not go together."""
+    budget = args.max_bits is not None or args.min_sqnr is not None
+    if args.max_bits is not None and args.min_sqnr is not None:
+        raise ValueError("give one of --max-bits and --min-sqnr")
+    if args.plan is not None and (budget or args.formats is not None):
+        raise ValueError("--plan applies a saved plan: give no --max-bits, --min-sqnr or --formats")
+    if args.formats is not None and not budget:
+        raise ValueError("--formats names the candidates of --max-bits or --min-sqnr")
+    if args.plot is not None and not budget:
+        raise ValueError("--plot draws a budget's choice: give --max-bits or --min-sqnr")
+    if args.max_bits is not None and args.bits is not None:
+        raise ValueError("--max-bits chooses the formats: name the candidates with --formats, "
+                         "not --bits")  # fmt: skip
+    out: dict = {"min_sqnr": args.min_sqnr, "max_bits_per_weight": args.max_bits,
+                 "formats": args.formats}  # fmt: skip
+    if args.plan is not None:
+        out["plan"] = _read_plan(args.plan)
+    return out
+
+
+def _read_plan(path: str) -> object:
+    """A plan from a JSON file or from the metadata of a file quantized with a budget."""
+    from .mixed import Plan
+    from .safetensors import read_metadata
+    from .safetensors._quantize import PLAN_KEY
+
+    with open(path, "rb") as f:
+        start = f.read(1)
+    if start == b"{":
+        return Plan.load(path)
+    meta = read_metadata(path)
+    if PLAN_KEY not in meta:
+        raise ValueError(f"{path}: no plan in its metadata (quantize it with --max-bits or "
+                         "--min-sqnr, or give a plan's JSON file)")  # fmt: skip
+    return Plan.from_json(meta[PLAN_KEY])
+
+
 def _weight_options(args: argparse.Namespace) -> dict:
     """The options for :func:`dynaq.pack_weight` the flags ask for (only those given);
     ``ValueError`` naming the flags that do not go together."""
-    if args.bits == 8:
+    if args.bits != 4:
         given = [
             flag
             for flag, on in (
@@ -109,7 +196,7 @@ def _weight_options(args: argparse.Namespace) -> dict:
             raise ValueError(f"{', '.join(given)} applies to --bits 4 only")
     elif args.per_tensor:
         raise ValueError("--per-tensor is int8 only (4-bit weights have scales per group)")
-    opts: dict = {"bits": args.bits}
+    opts: dict = {} if args.bits is None else {"bits": args.bits}
     if args.group_size is not None:
         opts["group_size"] = None if args.group_size == "none" else args.group_size
     if args.symmetric:
@@ -189,7 +276,8 @@ def run(args: argparse.Namespace, stderr: Optional[IO[str]] = None) -> int:
     err = sys.stderr if stderr is None else stderr
     try:
         options = _weight_options(args)
-    except ValueError as e:
+        options.update(_budget_options(args))
+    except (OSError, ValueError) as e:
         print(f"dynaq quantize: error: {e}", file=err)
         return 1
     show = bool(getattr(err, "isatty", lambda: False)())
@@ -200,7 +288,6 @@ def run(args: argparse.Namespace, stderr: Optional[IO[str]] = None) -> int:
             args.output,
             per_channel=not args.per_tensor,
             exclude=tuple(args.exclude),
-            min_sqnr=args.min_sqnr,
             progress=bar,
             **options,
         )
@@ -220,4 +307,12 @@ def run(args: argparse.Namespace, stderr: Optional[IO[str]] = None) -> int:
     bar.close()
     print(report.table())
     print(f"wrote {report.destination}")
+    if args.plot is not None:
+        from .mixed.plot import plot_plan
+
+        try:
+            print(f"wrote {plot_plan(report.plan, args.plot)}")
+        except (ImportError, OSError, ValueError) as e:
+            print(f"dynaq quantize: error: --plot: {e}", file=err)
+            return 1
     return 0

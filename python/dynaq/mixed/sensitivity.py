@@ -136,6 +136,7 @@ def measure_weights(
     formats: Sequence[Format],
     *,
     float_itemsize: int = 4,
+    per_channel: bool = True,
     granularity: str = "row",
     rows: int = SYNTHETIC_ROWS,
     seed: int = 0,
@@ -154,6 +155,8 @@ def measure_weights(
         width) are left out of the row.
     float_itemsize : int
         Bytes per weight kept in float (the model's dtype).
+    per_channel : bool
+        int8 scales per output channel (default) or one per matrix.
 
     Returns
     -------
@@ -186,7 +189,8 @@ def measure_weights(
         out_noise = w_noise = 0.0
         size = 0
         for w, x, ref in zip(ws, xs, refs):
-            packed = _dynaq.pack_weight(w, **fmt.options())
+            opts = fmt.options() or {}
+            packed = _dynaq.pack_weight(w, per_channel=per_channel or opts["bits"] == 4, **opts)
             size += stored_nbytes(packed)
             d = w - packed.dequantize()
             w_noise += float(np.vdot(d, d))

@@ -18,6 +18,11 @@ import numpy as np
 
 from .. import _dynaq
 from .._text import format_table
+from ..mixed.formats import FLOAT, Format, parse_formats
+from ..mixed.plan import Plan
+from ..mixed.plan import build as build_plan
+from ..mixed.select import check_budget, choose
+from ..mixed.sensitivity import LayerCosts, Sensitivity, measure_weights
 from ._io import (
     PathLike,
     _atomic_write,
@@ -42,7 +47,9 @@ _CHUNK = 1 << 24  # bytes per read/write when copying tensors
 _QUANTIZABLE = ("F32", "F16", "BF16", "F64")
 
 
-ACTIONS = ("quantized", "kept", "excluded", "kept-low-sqnr")
+ACTIONS = ("quantized", "kept", "excluded", "kept-low-sqnr", "kept-float")
+#: The metadata key of the plan that chose a file's formats (a :class:`dynaq.mixed.Plan` as JSON).
+PLAN_KEY = "dynaq.plan"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +71,14 @@ class TensorReport:
         (``inf`` when exact); None when not computed (not a quantizable tensor, or excluded).
     action : str
         ``"quantized"``, ``"kept"`` (not a 2-D floating tensor), ``"excluded"`` (matched an
-        exclude pattern) or ``"kept-low-sqnr"`` (SQNR below ``min_sqnr``; kept as it was).
+        exclude pattern), ``"kept-low-sqnr"`` (no format reaches ``min_sqnr``; kept as it was)
+        or ``"kept-float"`` (a size budget or a plan kept it as it was).
+    format : str or None
+        The format it was stored in (``"int8"``, ``"int4-g64"``, ...), or that a budget
+        measured it for; None when not quantized and not measured.
+    layer_sqnr_db : float or None
+        With a budget: its output SQNR in that format on synthetic activations (what the
+        budget compares); for a tensor kept float, the best that a quantized format reached.
     """
 
     name: str
@@ -74,6 +88,8 @@ class TensorReport:
     bytes_after: int
     sqnr_db: Optional[float]
     action: str
+    format: Optional[str] = None
+    layer_sqnr_db: Optional[float] = None
 
 
 def _fmt_bytes(n: float) -> str:
@@ -118,6 +134,7 @@ class QuantizeReport:
     file_bytes_after: int
     bits: int = 8
     group_size: Optional[int] = None
+    plan: Optional[Plan] = None
 
     @property
     def bytes_before(self) -> int:
@@ -140,8 +157,9 @@ class QuantizeReport:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (for JSON): the fields, the rows as dicts, and the totals."""
-        d = dataclasses.asdict(self)
+        d = dataclasses.asdict(dataclasses.replace(self, plan=None))
         d["rows"] = [dataclasses.asdict(r) for r in self.rows]
+        d["plan"] = None if self.plan is None else self.plan.to_dict()
         d["bytes_before"], d["bytes_after"] = self.bytes_before, self.bytes_after
         return d
 
@@ -149,9 +167,16 @@ class QuantizeReport:
         """One line: tensor counts by action, bytes before and after, SQNR range."""
         group = f"group {self.group_size}" if self.group_size else "per channel"
         fmt = "" if self.bits == 8 else f" (4-bit, {group})"
+        if self.plan is not None:
+            counts: dict[str, int] = {}
+            for r in self.rows:
+                if r.action == "quantized" and r.format is not None:
+                    counts[r.format] = counts.get(r.format, 0) + 1
+            fmt = " (" + ", ".join(f"{n} {name}" for name, n in sorted(counts.items())) + ")"
         parts = [f"{self.count('quantized')} quantized{fmt}"]
         for action, label in (
             ("kept-low-sqnr", "kept for low SQNR"),
+            ("kept-float", "kept float by the plan"),
             ("excluded", "excluded"),
             ("kept", "kept (not 2-D float)"),
         ):
@@ -171,7 +196,8 @@ class QuantizeReport:
 
     def table(self) -> str:
         """The per-tensor table and the totals line, as text."""
-        head = ("tensor", "shape", "dtype", "before", "after", "SQNR dB", "action")
+        head = ("tensor", "shape", "dtype", "before", "after", "format", "SQNR dB", "out dB",
+                "action")  # fmt: skip
         body = [
             (
                 r.name,
@@ -179,13 +205,17 @@ class QuantizeReport:
                 r.dtype,
                 _fmt_bytes(r.bytes_before),
                 _fmt_bytes(r.bytes_after),
+                r.format or "-",
                 _fmt_sqnr(r.sqnr_db),
+                _fmt_sqnr(r.layer_sqnr_db),
                 r.action,
             )
             for r in self.rows
         ]
-        lines = format_table(head, body, right=(3, 4, 5))
+        lines = format_table(head, body, right=(3, 4, 6, 7))
         lines.append(self.totals())
+        if self.plan is not None:
+            lines.extend(self.plan.summary())
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -261,12 +291,16 @@ def quantize_file(
     exclude: Union[str, Iterable[str]] = (),
     min_sqnr: Optional[float] = None,
     progress: Optional[Callable[[int, int, str], None]] = None,
-    bits: int = 8,
+    bits: Optional[int] = None,
     group_size: Optional[int] = ...,  # type: ignore[assignment]
     symmetric: Optional[bool] = None,
     method: Optional[str] = None,
+    max_bits_per_weight: Optional[float] = None,
+    formats: Optional[Iterable[Any]] = None,
+    plan: Any = None,
 ) -> QuantizeReport:
-    """Quantize every 2-D floating-point tensor of a safetensors file to int8 (or 4 bits).
+    """Quantize every 2-D floating-point tensor of a safetensors file to int8 (or 4 bits), or
+    each to the format a budget or a plan gives it.
 
     Each 2-D ``F32``, ``F16``, ``BF16`` or ``F64`` tensor not excluded is quantized as
     :func:`dynaq.pack_weight` does (symmetric int8, ``scale = max|w| / 127`` per output channel
@@ -277,25 +311,41 @@ def quantize_file(
     does and stored as ``W`` (uint8, two rows per byte), ``W_scale`` and, as the weight needs
     them, ``W_min``, ``W_gscale``, ``W_gmin`` (format version 3). Every other tensor is copied
     byte for byte. The metadata keeps the source's and adds ``dynaq.format``
-    (:data:`FORMAT_VERSION`), ``dynaq.quantized`` (a JSON list of the quantized names) and
-    ``dynaq.writer``. The file is written atomically.
+    (:data:`FORMAT_VERSION`), ``dynaq.quantized`` (a JSON list of the quantized names),
+    ``dynaq.writer`` and, when a budget or plan chose the formats, ``dynaq.plan`` (the
+    :class:`dynaq.mixed.Plan` as JSON). The file is written atomically.
+
+    Automatic mixed precision, from the weights alone (each tensor a layer; its error measured
+    on synthetic activations, see :func:`dynaq.mixed.measure_weights`): ``max_bits_per_weight``
+    picks a format per tensor among ``formats`` (every 4-bit group size, int8 and float by
+    default) for the least mean relative output error within that many stored bits per weight
+    of the tensors considered; ``min_sqnr`` gives each tensor the smallest format whose output
+    SQNR reaches it (among ``formats``, or between the format ``bits`` and friends name and
+    float when those are given). ``plan`` applies a plan chosen before.
 
     Parameters
     ----------
     src, dst : str or os.PathLike
         May be the same path (the source is replaced only once the result is complete).
     per_channel : bool
-        One scale per output channel (default) or one per tensor.
+        int8: one scale per output channel (default) or one per tensor.
     exclude : str or iterable of str
         ``fnmatch`` patterns (case-sensitive); a tensor whose name matches one stays as it is.
     min_sqnr : float, optional
-        Keep (as they are, e.g. float32) the tensors whose weight SQNR in dB falls below this:
-        automatic mixed precision.
+        An accuracy budget in dB (see above); tensors it keeps get action ``"kept-low-sqnr"``.
     progress : callable, optional
         Called after each tensor as ``progress(bytes_done, bytes_total, name)``, in source
-        bytes.
+        bytes (a budget reads the file twice: the total counts both).
     bits, group_size, symmetric, method
-        The weights' format, as :func:`dynaq.pack_weight` takes them.
+        The weights' format, as :func:`dynaq.pack_weight` takes them (8 bits by default).
+    max_bits_per_weight : float, optional
+        A size budget (see above); tensors it keeps get action ``"kept-float"``.
+    formats : iterable, optional
+        A budget's candidates (names such as ``"int4-g64"``, dicts, or
+        :class:`dynaq.mixed.Format`).
+    plan : dynaq.mixed.Plan or dict, optional
+        Each tensor's format by name (tensors it does not name stay as they are, action
+        ``"kept-float"``).
 
     Returns
     -------
@@ -306,9 +356,10 @@ def quantize_file(
     ValueError
         When ``src`` is not a valid safetensors file, is already quantized by dynaq, holds both
         a tensor to quantize ``W`` and a tensor named ``W_scale`` (or ``W_min``, ``W_gscale``,
-        ``W_gmin`` with ``bits=4``), a tensor to quantize holds NaN or infinity (exclude it), or
+        ``W_gmin`` with 4 bits), a tensor to quantize holds NaN or infinity (exclude it), or
         the group size does not divide a tensor's columns; the message names the file and
-        tensor. Also for options :func:`dynaq.pack_weight` refuses. Also when
+        tensor. Also for options :func:`dynaq.pack_weight` refuses, a budget that cannot be met,
+        two budgets, and a plan naming a tensor the file has no candidate for. Also when
         ``dst`` is named as transformers names a model's weights (``model.safetensors``, its
         shards) in a folder with a ``config.json``: a plain ``from_pretrained`` would read the
         int8 values as floats (use ``model.dynaq.safetensors``). ``dst`` is then left
@@ -316,16 +367,7 @@ def quantize_file(
     """
     from .. import __version__
 
-    if isinstance(exclude, str):
-        patterns: tuple[Any, ...] = (exclude,)
-    elif isinstance(exclude, Iterable) and not isinstance(exclude, bytes):
-        patterns = tuple(exclude)
-    else:
-        patterns = (exclude,)
-    if not all(isinstance(p, str) for p in patterns):
-        raise TypeError(
-            f"exclude must be a pattern or an iterable of patterns (str), got {exclude!r}"
-        )
+    patterns = _patterns(exclude)
     if min_sqnr is not None:
         if isinstance(min_sqnr, bool) or not isinstance(min_sqnr, (int, float, np.number)):
             raise TypeError(f"min_sqnr must be a number of dB, got {min_sqnr!r}")
@@ -334,11 +376,16 @@ def quantize_file(
             raise ValueError("min_sqnr must be a number of dB, got NaN")
     if progress is not None and not callable(progress):
         raise TypeError(f"progress must be callable, got {type(progress).__name__}")
-    opts: dict[str, Any] = {"bits": bits, "symmetric": symmetric, "method": method}
+    explicit = bits is not None or group_size is not ... or symmetric is not None
+    # One scale per tensor is an int8 format of its own: a budget then chooses it or float.
+    explicit = explicit or method is not None or not per_channel
+    opts: dict[str, Any] = {"bits": 8 if bits is None else bits, "symmetric": symmetric,
+                            "method": method}  # fmt: skip
     if group_size is not ...:
         opts["group_size"] = group_size
     # The options are checked before any file is touched.
     _dynaq.pack_weight(np.zeros((1, 128), np.float32), per_channel=per_channel, **opts)
+    chooser = _Chooser.make(opts, explicit, min_sqnr, max_bits_per_weight, formats, plan)
     src_s, dst_s = os.fspath(src), os.fspath(dst)
     _refuse_transformers_weights(dst_s)
     rows: list[TensorReport] = []
@@ -348,11 +395,18 @@ def quantize_file(
         header = _read_header(f, src_s)
         if _dynaq.FORMAT_KEY in header.metadata:
             raise ValueError(f"{src_s}: already quantized by dynaq (metadata {_dynaq.FORMAT_KEY})")
-        names = {e.name for e in header.entries}
-        part_suffixes = _dynaq.WEIGHT_PART_SUFFIXES if bits == 4 else [_dynaq.SCALE_SUFFIX]
-        four_bit = False
-        total = sum(e.nbytes for e in header.entries)
+        candidates = _candidates(header, patterns, chooser.may_be_4_bit, src_s)
+        total = sum(e.nbytes for e in header.entries) * (2 if chooser.measures else 1)
         done = 0
+        if chooser.measures:
+            for e in header.entries:
+                if candidates[e.name] == "candidate":
+                    chooser.measure(e.name, _weight(f, header, e, src_s), e.dtype, per_channel)
+                done += e.nbytes
+                if progress is not None:
+                    progress(done, total, e.name)
+        chosen = chooser.choose([n for n, c in candidates.items() if c == "candidate"], src_s)
+        four_bit = False
         dst_dir = os.path.dirname(_output_target(dst_s))
         try:
             spool_file = tempfile.TemporaryFile(dir=dst_dir)
@@ -374,49 +428,35 @@ def quantize_file(
                 out[e.name] = (e.dtype, e.shape, pos, e.nbytes)
 
             for e in header.entries:
-                candidate = e.dtype in _QUANTIZABLE and len(e.shape) == 2
+                action = candidates[e.name]
                 sqnr: Optional[float] = None
-                if not candidate:
-                    action = "kept"
-                elif any(fnmatch.fnmatchcase(e.name, p) for p in patterns):
-                    action = "excluded"
-                elif clash := [e.name + s for s in part_suffixes if e.name + s in names]:
-                    raise ValueError(
-                        f"{src_s}: tensor {e.name!r}: its scales would be stored as "
-                        f"{clash[0]!r}, which the file already has (exclude one of them)"
-                    )
-                else:
-                    w = _to_numpy(header, e, _read_bytes(f, header, e))
-                    if not np.isfinite(w).all():
-                        raise ValueError(
-                            f"{src_s}: tensor {e.name!r} contains NaN or infinity; exclude it "
-                            "to keep it as it is"
-                        )
-                    if e.dtype == "F64" and np.abs(w).max(initial=0.0) > np.finfo(np.float32).max:
-                        raise ValueError(
-                            f"{src_s}: tensor {e.name!r} has values beyond float32's range; "
-                            "exclude it to keep it as it is"
-                        )
+                fmt = chosen.get(e.name)
+                if action == "candidate":
+                    w = _weight(f, header, e, src_s)
+                    options = opts if fmt is None else (fmt.options() or opts)
                     try:
-                        pw = _dynaq.pack_weight(w, per_channel=per_channel, **opts)
+                        pw = _dynaq.pack_weight(w, per_channel=per_channel, **options)
                     except ValueError as err:
                         raise ValueError(f"{src_s}: tensor {e.name!r}: {err}") from None
                     sqnr = _sqnr_db(w, pw)
                     del w
-                    action = (
-                        "quantized" if min_sqnr is None or sqnr >= min_sqnr else "kept-low-sqnr"
-                    )
+                    action = chooser.action(fmt)
                     if action == "quantized":
                         after = 0
                         for name, t in _dynaq.weight_tensors(pw, e.name).items():
                             dtype = {"int8": "I8", "uint8": "U8", "float32": "F32"}[t.dtype.name]
                             after += put(name, dtype, t.shape, t.tobytes())
-                            four_bit |= bits == 4
+                        four_bit |= pw.bits == 4
                     del pw
                 if action != "quantized":
                     copy(e)
                     after = e.nbytes
-                rows.append(TensorReport(e.name, e.shape, e.dtype, e.nbytes, after, sqnr, action))
+                rows.append(TensorReport(
+                    e.name, e.shape, e.dtype, e.nbytes, after, sqnr, action,
+                    format=None if fmt is None and action != "quantized" else
+                    (fmt or chooser.uniform).name,
+                    layer_sqnr_db=chooser.layer_sqnr(e.name, fmt),
+                ))  # fmt: skip
                 done += e.nbytes
                 if progress is not None:
                     progress(done, total, e.name)
@@ -427,6 +467,8 @@ def quantize_file(
                 [r.name for r in rows if r.action == "quantized"]
             )
             metadata["dynaq.writer"] = f"dynaq {__version__}"
+            if chooser.plan is not None:
+                metadata[PLAN_KEY] = chooser.plan.to_json()
             order = _data_order([(name, v[0]) for name, v in out.items()])
             head = _encode_header([(n, out[n][0], out[n][1], out[n][3]) for n in order], metadata)
 
@@ -446,6 +488,146 @@ def quantize_file(
         rows=tuple(rows),
         file_bytes_before=file_before,
         file_bytes_after=len(head) + sum(v[3] for v in out.values()),
-        bits=int(bits),
-        group_size=opts.get("group_size", 32) if bits == 4 else None,
+        bits=int(opts["bits"]),
+        group_size=opts.get("group_size", 32) if opts["bits"] == 4 else None,
+        plan=chooser.plan,
     )
+
+
+def _patterns(exclude: Any) -> tuple[str, ...]:
+    if isinstance(exclude, str):
+        patterns: tuple[Any, ...] = (exclude,)
+    elif isinstance(exclude, Iterable) and not isinstance(exclude, bytes):
+        patterns = tuple(exclude)
+    else:
+        patterns = (exclude,)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(
+            f"exclude must be a pattern or an iterable of patterns (str), got {exclude!r}"
+        )
+    return patterns
+
+
+def _candidates(
+    header: Any, patterns: tuple[str, ...], may_be_4_bit: bool, src: str
+) -> dict[str, str]:
+    """Each tensor's fate before any is read: ``"candidate"`` (to quantize, or to choose a
+    format for), ``"kept"`` (not a 2-D float) or ``"excluded"``; refuses a candidate whose
+    stored parts would clash with a tensor of the file."""
+    names = {e.name for e in header.entries}
+    suffixes = _dynaq.WEIGHT_PART_SUFFIXES if may_be_4_bit else [_dynaq.SCALE_SUFFIX]
+    out = {}
+    for e in header.entries:
+        if e.dtype not in _QUANTIZABLE or len(e.shape) != 2:
+            out[e.name] = "kept"
+        elif any(fnmatch.fnmatchcase(e.name, p) for p in patterns):
+            out[e.name] = "excluded"
+        elif clash := [e.name + s for s in suffixes if e.name + s in names]:
+            raise ValueError(
+                f"{src}: tensor {e.name!r}: its scales would be stored as {clash[0]!r}, which "
+                "the file already has (exclude one of them)"
+            )
+        else:
+            out[e.name] = "candidate"
+    return out
+
+
+def _weight(f: IO[bytes], header: Any, e: _Entry, src: str) -> np.ndarray:
+    """A candidate tensor read, finite and within float32's range."""
+    w = _to_numpy(header, e, _read_bytes(f, header, e))
+    if not np.isfinite(w).all():
+        raise ValueError(
+            f"{src}: tensor {e.name!r} contains NaN or infinity; exclude it to keep it as it is"
+        )
+    if e.dtype == "F64" and np.abs(w).max(initial=0.0) > np.finfo(np.float32).max:
+        raise ValueError(
+            f"{src}: tensor {e.name!r} has values beyond float32's range; exclude it to keep "
+            "it as it is"
+        )
+    return w
+
+
+class _Chooser:
+    """How :func:`quantize_file` picks each candidate's format: one for all (``uniform``), a
+    budget measured over the file's tensors, or a plan given."""
+
+    def __init__(self, uniform: Format, candidates: tuple[Format, ...], budget: dict[str, float],
+                 given: Optional[Plan]) -> None:  # fmt: skip
+        self.uniform = uniform
+        self.candidates = candidates
+        self.budget = budget
+        self.given = given
+        self.plan: Optional[Plan] = given
+        self.layers: list[LayerCosts] = []
+        self.measures = bool(budget)
+        self.may_be_4_bit = uniform.bits == 4 or any(f.bits == 4 for f in candidates)
+        if given is not None:
+            self.may_be_4_bit = any(f.bits == 4 for f in given.formats().values())
+
+    @classmethod
+    def make(cls, opts: dict[str, Any], explicit: bool, min_sqnr: Optional[float],
+             max_bits: Optional[float], formats: Any, plan: Any) -> _Chooser:  # fmt: skip
+        if min_sqnr is not None and max_bits is not None:
+            raise ValueError("give one budget, not max_bits_per_weight and min_sqnr")
+        budget = check_budget(max_bits_per_weight=max_bits, min_sqnr_db=min_sqnr)
+        if plan is not None and (budget or formats is not None):
+            raise ValueError("plan applies a plan already chosen: give no budget or formats")
+        if formats is not None and not budget:
+            raise ValueError("formats are the candidates of a budget: give one too")
+        uniform = Format.parse(
+            {k: v for k, v in opts.items() if v is not None or k == "group_size"}
+        )
+        if budget and explicit:
+            if formats is not None or max_bits is not None:
+                raise ValueError(
+                    "bits, group_size, symmetric, method and per_channel=False set one format; "
+                    "a size budget chooses among formats (name them with formats)"
+                )
+            candidates: tuple[Format, ...] = (uniform, FLOAT)
+        else:
+            candidates = parse_formats(formats) if budget else (uniform,)
+        given = None
+        if plan is not None:
+            given = plan if isinstance(plan, Plan) else Plan.from_dict(plan)
+        return cls(uniform, candidates, budget, given)
+
+    def measure(self, name: str, w: np.ndarray, dtype: str, per_channel: bool) -> None:
+        itemsize = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}[dtype]
+        fits = [f for f in self.candidates if f.fits(w.shape[1])]
+        self.layers.append(measure_weights(name, "tensor", [w], fits, float_itemsize=itemsize,
+                                           per_channel=per_channel))  # fmt: skip
+
+    def choose(self, names: list[str], src: str) -> dict[str, Format]:
+        """Each candidate tensor's format (absent: ``uniform``)."""
+        if self.given is not None:
+            formats = self.given.formats()
+            unknown = [n for n in formats if n not in names]
+            if unknown:
+                raise ValueError(f"{src}: the plan names tensors the file has no 2-D float "
+                                 f"tensor to quantize for: {unknown[:5]}")  # fmt: skip
+            return {n: formats.get(n, FLOAT) for n in names}
+        if not self.budget:
+            return {}
+        table = Sensitivity(self.layers, signal=float(len(self.layers)), calibrated=False)
+        try:
+            choice, front = choose(table, self.budget)
+        except ValueError as e:
+            raise ValueError(f"{src}: {e}") from None
+        self.plan = build_plan(table, choice, budget=self.budget, front=front)
+        return self.plan.formats()
+
+    def action(self, fmt: Optional[Format]) -> str:
+        if fmt is None or not fmt.is_float:
+            return "quantized"
+        return "kept-low-sqnr" if "min_sqnr_db" in self.budget else "kept-float"
+
+    def layer_sqnr(self, name: str, fmt: Optional[Format]) -> Optional[float]:
+        """The output SQNR measured for ``name`` in ``fmt``; for a tensor kept float, the best
+        any quantized candidate reached (why it was kept)."""
+        for layer in self.layers:
+            if layer.name == name and fmt is not None:
+                quantized = [j for j, f in enumerate(layer.formats) if not f.is_float]
+                if not fmt.is_float:
+                    return float(layer.layer_sqnr_db[layer.index(fmt)])
+                return max((float(layer.layer_sqnr_db[j]) for j in quantized), default=None)
+        return None
