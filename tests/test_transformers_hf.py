@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 if not hasattr(transformers.quantizers.HfQuantizer, "get_quantize_ops"):
     pytest.skip("dynaq.transformers needs transformers >= 5", allow_module_level=True)
+import dynaq.mixed  # noqa: E402
 import dynaq.torch as dt  # noqa: E402
 import dynaq.transformers  # noqa: E402
 from dynaq.transformers import DynaqConfig  # noqa: E402
@@ -106,7 +107,9 @@ def test_config_round_trips_and_checks_its_options():
     d = cfg.to_dict()
     assert d == {"quant_method": "dynaq", "per_channel": False, "granularity": "tensor",
                  "modules_to_not_convert": ["head"], "format_version": 2, "bits": 8,
-                 "group_size": None, "symmetric": None, "method": None}  # fmt: skip
+                 "group_size": None, "symmetric": None, "method": None,
+                 "max_bits_per_weight": None, "max_bytes": None, "min_sqnr_db": None,
+                 "formats": None, "plan": None}  # fmt: skip
     assert DynaqConfig.from_dict(json.loads(json.dumps(d))).to_dict() == d
     auto = transformers.quantizers.auto.AutoQuantizationConfig.from_dict(d)
     assert isinstance(auto, DynaqConfig)
@@ -512,3 +515,66 @@ def test_minilm_4_bit_embeddings(tmp_path):
     search.save_pretrained(tmp_path / "q4")
     again = transformers.AutoModel.from_pretrained(tmp_path / "q4").eval()
     assert torch.equal(embed(again), embed(search))
+
+
+# --------------------------------------------------------------------------------------------
+# Automatic mixed precision
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_budget_chooses_formats_on_load_and_the_plan_is_saved(llama_dir, tmp_path):
+    q = _load(llama_dir, quantization_config=DynaqConfig(max_bits_per_weight=5.5))
+    plan = dt.plan(q)
+    assert plan.bits_per_weight <= 5.5 and plan.sensitivity == "weights"
+    assert len(plan.counts()) >= 2
+    for name, fmt in plan.formats().items():
+        mod = q.get_submodule(name)
+        if fmt.is_float:
+            assert type(mod) is torch.nn.Linear
+        else:
+            assert (mod.bits, mod.group_size if mod.bits == 4 else None) == (
+                fmt.bits, fmt.group_size)  # fmt: skip
+    # The same formats as quantize_dynamic with that plan on the float model: the same bits.
+    fp = _load(llama_dir)
+    ref = dt.quantize_dynamic(fp, plan=plan)
+    assert torch.equal(_logits(q, _ids()), _logits(ref, _ids()))
+    q.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert saved["max_bits_per_weight"] == 5.5 and saved["format_version"] == 3
+    assert dynaq.mixed.Plan.from_dict(saved["plan"]) == plan
+    again = _load(str(tmp_path))
+    assert torch.equal(_logits(again, _ids()), _logits(q, _ids()))
+    assert dt.plan(again) == plan
+    # A plan applies to another copy.
+    other = _load(llama_dir, quantization_config=DynaqConfig(plan=plan.to_dict()))
+    assert torch.equal(_logits(other, _ids()), _logits(q, _ids()))
+
+
+def test_an_accuracy_budget_on_load(llama_dir):
+    q = _load(llama_dir, quantization_config=DynaqConfig(min_sqnr_db=30.0,
+                                                         formats=["int4", "int8"]))  # fmt: skip
+    plan = dt.plan(q)
+    assert set(plan.counts()) <= {"int4", "int8", "float"}
+    assert all(layer.layer_sqnr_db >= 30.0 for layer in plan.layers)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"max_bits_per_weight": 5.0, "min_sqnr_db": 30.0}, ValueError, "one budget"),
+        ({"formats": ["int8"]}, ValueError, "give one too"),
+        ({"max_bits_per_weight": "5"}, TypeError, "must be a number"),
+        ({"max_bits_per_weight": 5.0, "formats": ["int5"]}, ValueError, "unknown format"),
+        ({"plan": {"x": "int9"}}, ValueError, "unknown format"),
+    ],
+)
+def test_budget_options_are_checked(kwargs, error, message):
+    with pytest.raises(error, match="DynaqConfig: .*" + message):
+        DynaqConfig(**kwargs)
+
+
+def test_a_plan_naming_other_modules_is_refused(llama_dir):
+    with pytest.raises(ValueError, match="plan names modules this model does not convert"):
+        _load(llama_dir, quantization_config=DynaqConfig(plan={"no.such": "int8"}))
+    with pytest.raises(ValueError, match="cannot be met"):
+        _load(llama_dir, quantization_config=DynaqConfig(max_bits_per_weight=2.0))

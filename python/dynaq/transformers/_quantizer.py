@@ -28,13 +28,18 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from .. import _dynaq
 from .. import layers as _layers
-from ..safetensors._io import _open, _read_header
+from ..mixed import Format, Plan, Sensitivity, choose, measure_weights, parse_formats
+from ..mixed.plan import build as build_plan
+from ..mixed.select import check_budget
+from ..safetensors._io import _open, _read_bytes, _read_header, _to_numpy
 from ..torch import Linear
 from ..torch._bridge import is_conv1d, param_numpy
+from ..torch.budget import PLAN_ATTR
 
 __all__ = ["DynaqConfig", "DynaqHfQuantizer", "register"]
 
 METHOD = "dynaq"
+_FLOAT = Format(None)
 #: The safetensors metadata written by save_pretrained: the format, and that Conv1D weights are
 #: stored as dynaq stores every weight, ``(out, in)`` (the CLI keeps a file's own layout).
 _META_FORMAT = "dynaq.format"
@@ -74,6 +79,18 @@ class DynaqConfig(QuantizationConfigMixin):
         Modules kept in float (names, prefixes or regular expressions, as transformers matches
         them), in addition to those transformers keeps by default (tied weights and the output
         embedding, which a quantized model must not duplicate).
+    max_bits_per_weight, max_bytes, min_sqnr_db : float, optional
+        Automatic mixed precision (one of them): a format per module (4-bit at each group
+        size, int8, or float) chosen from the checkpoint's weights alone, as
+        ``python -m dynaq quantize --max-bits`` does: the least mean output error within the
+        size, or each module's smallest format whose output SQNR on synthetic activations
+        reaches ``min_sqnr_db``. The plan chosen is stored as ``plan``.
+    formats : list of str, optional
+        A budget's candidates (``["int4-g128", "int8", "float"]``; every one by default).
+    plan : dict, optional
+        Each module's format (a :class:`dynaq.mixed.Plan`'s ``to_dict()``, or a mapping of
+        module names to format names); modules it does not name stay float. ``save_pretrained``
+        writes the plan a budget chose here, and ``dynaq.torch.plan(model)`` gives it.
     format_version : int, optional
         The version of dynaq's on-disk form a saved model uses (written by dynaq: 2 for int8
         weights, 3 for 4-bit; a folder from a newer dynaq is refused rather than misread).
@@ -89,6 +106,11 @@ class DynaqConfig(QuantizationConfigMixin):
         group_size: Optional[int] = ...,  # type: ignore[assignment]
         symmetric: Optional[bool] = None,
         method: Optional[str] = None,
+        max_bits_per_weight: Optional[float] = None,
+        max_bytes: Optional[int] = None,
+        min_sqnr_db: Optional[float] = None,
+        formats: Optional[list[str]] = None,
+        plan: Optional[dict[str, Any]] = None,
         **kwargs: Any,
     ) -> None:
         quant_method = kwargs.pop("quant_method", METHOD)
@@ -105,6 +127,11 @@ class DynaqConfig(QuantizationConfigMixin):
         self.group_size = (32 if bits == 4 else None) if group_size is ... else group_size
         self.symmetric = symmetric
         self.method = method
+        self.max_bits_per_weight = max_bits_per_weight
+        self.max_bytes = max_bytes
+        self.min_sqnr_db = min_sqnr_db
+        self.formats = formats
+        self.plan = plan.to_dict() if isinstance(plan, Plan) else plan
         if format_version is None:
             four = bits == 4
             format_version = _dynaq.FORMAT_VERSION_INT4 if four else _dynaq.FORMAT_VERSION
@@ -117,6 +144,14 @@ class DynaqConfig(QuantizationConfigMixin):
             return {"per_channel": self.per_channel}
         return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
                 "method": self.method}  # fmt: skip
+
+    def budget(self) -> dict[str, float]:
+        """The size or accuracy budget asked for (empty when none)."""
+        return check_budget(self.max_bits_per_weight, self.max_bytes, self.min_sqnr_db)
+
+    def module_options(self, fmt: Format) -> dict[str, Any]:
+        """The options of a module given ``fmt`` by a plan (int8 keeps ``per_channel``)."""
+        return {"per_channel": self.per_channel} if fmt.bits == 8 else dict(fmt.options() or {})
 
     def post_init(self) -> None:
         """Check every option (transformers calls it with the values of config.json too)."""
@@ -158,6 +193,20 @@ class DynaqConfig(QuantizationConfigMixin):
             _dynaq.weight_format(128, per_channel=self.per_channel, **options)
         except (TypeError, ValueError) as e:
             raise type(e)(f"DynaqConfig: {e}") from None
+        for name in ("max_bits_per_weight", "max_bytes", "min_sqnr_db", "formats", "plan"):
+            if not hasattr(self, name):
+                setattr(self, name, None)
+        try:
+            budget = self.budget()
+            if self.plan is not None:
+                Plan.from_dict(self.plan)
+            if self.formats is not None:
+                # Kept as names, so that config.json reads plainly.
+                self.formats = [f.name for f in parse_formats(self.formats)]
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"DynaqConfig: {e}") from None
+        if self.formats is not None and not budget:
+            raise ValueError("DynaqConfig: formats are the candidates of a budget: give one too")
         v = self.format_version
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"DynaqConfig: format_version must be an int, got {type(v).__name__}")
@@ -210,9 +259,10 @@ class _Quantize(_Op):
             module, _ = get_module_from_name(model, key)
             w = value.t() if getattr(module, "_dynaq_conv1d", False) else value
             try:
-                module.__dict__[_PENDING] = _dynaq.pack_weight(
-                    param_numpy(w, key), **q.quantization_config.weight_options()
-                )
+                options = getattr(module, "_dynaq_options", None)
+                if options is None:
+                    options = q.quantization_config.weight_options()
+                module.__dict__[_PENDING] = _dynaq.pack_weight(param_numpy(w, key), **options)
             except ValueError as e:
                 raise ValueError(f"{key}: {e}") from None
             _discard(missing_keys, key, *(key + p for p in _PARTS))
@@ -333,6 +383,7 @@ class DynaqHfQuantizer(HfQuantizer):
         self._out_in = metadata.get(_META_LAYOUT) == _LAYOUT
         cfg = self.quantization_config
         swap: dict[str, Any] = {}
+        chosen: Optional[dict[str, Format]] = None
         if self.pre_quantized:
             if tensors and not scaled:
                 raise ValueError(
@@ -359,11 +410,16 @@ class DynaqHfQuantizer(HfQuantizer):
                 if name and (type(mod) is nn.Linear or is_conv1d(mod)):
                     if should_convert_module(name, skip):
                         swap[name] = None
+            chosen = self._plan_formats(model, list(swap), checkpoint_files)
+            if chosen is not None:
+                swap = {n: None for n in swap if not chosen.get(n, _FLOAT).is_float}
         for name, found in swap.items():
             mod = model.get_submodule(name)
             conv1d = is_conv1d(mod)
             in_f, out_f = (mod.nx, mod.nf) if conv1d else (mod.in_features, mod.out_features)
             options = cfg.weight_options()
+            if found is None and chosen is not None:
+                options = cfg.module_options(chosen[name])
             if found is not None:  # as the checkpoint stores it
                 options = _stored_options(*found)
                 if conv1d and not self._out_in and options.get("bits") == 4:
@@ -378,6 +434,7 @@ class DynaqHfQuantizer(HfQuantizer):
                     "choose a group size that divides it)"
                 ) from None
             new._dynaq_conv1d = conv1d  # type: ignore[attr-defined]
+            new._dynaq_options = options  # type: ignore[attr-defined]
             if found is not None:
                 # A calibrated input scale in the checkpoint: the skeleton has a place for it.
                 prefix = found[0][: -len("weight")]
@@ -387,6 +444,54 @@ class DynaqHfQuantizer(HfQuantizer):
             new.train(mod.training)
             model.set_submodule(name, new)
             self._converted.append(name)
+
+    def _plan_formats(
+        self, model: Any, names: list[str], files: Optional[list[str]]
+    ) -> Optional[dict[str, Format]]:
+        """Each convertible module's format from the config's plan, or from its budget
+        measured on the checkpoint's float weights (the plan is then kept in the config, for
+        ``save_pretrained``); None when the config has neither."""
+        cfg = self.quantization_config
+        budget = cfg.budget()
+        if cfg.plan is None and not budget:
+            return None
+        if cfg.plan is not None:
+            formats = Plan.from_dict(cfg.plan).formats()
+            unknown = sorted(set(formats) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"DynaqConfig: the plan names modules this model does not convert: "
+                    f"{unknown[:5]}"
+                )
+        else:
+            formats = self._choose(model, names, files, budget)
+        if any(f.bits == 4 for f in formats.values()):
+            cfg.format_version = _dynaq.FORMAT_VERSION_INT4
+        return formats
+
+    def _choose(
+        self, model: Any, names: list[str], files: Optional[list[str]], budget: dict[str, float]
+    ) -> dict[str, Format]:
+        """The budget's plan, from the checkpoint's float weights (kept in the config)."""
+        cfg = self.quantization_config
+        candidates = parse_formats(cfg.formats)
+        modules = dict(model.named_modules())
+        layers = []
+        for name, w in _checkpoint_weights(files, names, modules, model):
+            mod = modules[name]
+            matrix = w.T if is_conv1d(mod) else w
+            fits = [f for f in candidates if f.fits(matrix.shape[1])]
+            layers.append(measure_weights(
+                name, type(mod).__name__, [matrix], fits, float_itemsize=w.dtype.itemsize,
+                per_channel=cfg.per_channel, granularity=cfg.granularity,
+            ))  # fmt: skip
+        if not layers:
+            raise ValueError("DynaqConfig: a budget needs the checkpoint's float weights")
+        table = Sensitivity(layers, signal=float(len(layers)), calibrated=False)
+        choice, front = choose(table, budget)
+        plan = build_plan(table, choice, budget=budget, front=front)
+        cfg.plan = plan.to_dict()
+        return plan.formats()
 
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
         if self.pre_quantized:
@@ -458,6 +563,8 @@ class DynaqHfQuantizer(HfQuantizer):
             module._adopt(layer)
         if problems:
             raise RuntimeError("dynaq could not load the model: " + "; ".join(problems))
+        if self.quantization_config.plan is not None:
+            setattr(model, PLAN_ATTR, Plan.from_dict(self.quantization_config.plan).to_json())
         return model
 
     # --- saving, dequantizing, flags ---------------------------------------------------------
@@ -516,6 +623,27 @@ def _stored_options(key: str, tensors: dict[str, tuple[str, list[int]]]) -> dict
     groups = gscale[1][1] if gscale is not None and len(gscale[1]) == 2 else 0
     group = k // groups if groups else None
     return {"bits": 4, "group_size": group, "symmetric": key + "_min" not in tensors}
+
+
+def _checkpoint_weights(
+    files: Optional[list[str]], names: list[str], modules: dict[str, Any], model: Any
+) -> Any:
+    """``(module name, float32 weight)`` for each of ``names`` whose ``.weight`` the
+    checkpoint's safetensors files hold (one at a time: a model's weights are never all in
+    memory twice)."""
+    wanted = set(names)
+    for path in files or []:
+        if not str(path).endswith(".safetensors"):
+            continue
+        with _open(path) as f:
+            header = _read_header(f, str(path))
+            for e in header.entries:
+                if not e.name.endswith(".weight") or len(e.shape) != 2:
+                    continue
+                name = _module_name(e.name[: -len(".weight")], modules, model)
+                if name in wanted:
+                    w = _to_numpy(header, e, _read_bytes(f, header, e))
+                    yield name, np.ascontiguousarray(w, dtype=np.float32)
 
 
 def _module_name(name: str, modules: dict[str, Any], model: Any) -> Optional[str]:
