@@ -180,6 +180,7 @@ def pack_weight(
     group_size: Optional[int] = ...,
     symmetric: Optional[bool] = None,
     method: Optional[str] = None,
+    importance: Optional[npt.ArrayLike] = None,
 ) -> PackedWeight: ...
 def as_float32(
     obj: object, name: str, shape: Optional[tuple[int, ...]] = None

@@ -107,7 +107,8 @@ impl PackedWeight {
 
     /// Quantizes a float weight (`n x k`, row-major) to 4 bits: groups of `group` (32, 64 or
     /// 128, dividing `k`) along K or per channel (`None`), asymmetric or symmetric, grids by
-    /// `method` ([`crate::int4::quant`]). A NaN or infinity is refused.
+    /// `method` ([`crate::int4::quant`]), the search weighted by a calibration `importance` per
+    /// column when given ([`Int4Weight::from_float`]). A NaN or infinity is refused.
     pub fn from_float_int4(
         w: &[f32],
         n: usize,
@@ -115,9 +116,10 @@ impl PackedWeight {
         group: Option<usize>,
         symmetric: bool,
         method: Method,
+        importance: Option<&[f32]>,
     ) -> Result<Self> {
         check_k(k)?;
-        Int4Weight::from_float(w, n, k, group, symmetric, method).map(Self::from_int4)
+        Int4Weight::from_float(w, n, k, group, symmetric, method, importance).map(Self::from_int4)
     }
 
     /// A 4-bit weight.

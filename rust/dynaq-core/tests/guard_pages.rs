@@ -917,7 +917,8 @@ fn int4_linear_and_bytes_against_guards() {
         let w: Vec<f32> = (0..n * k).map(|_| rng.unit()).collect();
         let bias: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
         let symmetric = (m + n) % 2 == 0;
-        let pw = PackedWeight::from_float_int4(&w, n, k, group, symmetric, Method::Search).unwrap();
+        let pw = PackedWeight::from_float_int4(&w, n, k, group, symmetric, Method::Search, None)
+            .unwrap();
         let how = Quantization::dynamic(Granularity::Row);
         let mut want = vec![0f32; m * n];
         let xm = Matrix::new(&x, m, k).unwrap();
@@ -927,7 +928,8 @@ fn int4_linear_and_bytes_against_guards() {
             let what = format!("{m}x{n}x{k} {group:?} {place:?}");
             let gw = Guarded::new(&w, place);
             let gpw =
-                PackedWeight::from_float_int4(&gw, n, k, group, symmetric, Method::Search).unwrap();
+                PackedWeight::from_float_int4(&gw, n, k, group, symmetric, Method::Search, None)
+                    .unwrap();
             assert_eq!(gpw, pw, "{what}: from_float_int4");
             for isa in paths() {
                 let gx = Guarded::new(&x, place);

@@ -342,7 +342,7 @@ fn int4_linear_shape_grid() {
     // Per-tensor activations, and a weight from the quantizer itself.
     let wf: Vec<f32> = (0..33 * 256).map(|_| rng.unit()).collect();
     for group in [Some(32), Some(128), None] {
-        let w = Int4Weight::from_float(&wf, 33, 256, group, false, Method::Search).unwrap();
+        let w = Int4Weight::from_float(&wf, 33, 256, group, false, Method::Search, None).unwrap();
         check_linear(&mut rng, 5, w, false, Granularity::Tensor);
     }
 }

@@ -43,6 +43,18 @@ pub fn pack_as(
     name: &str,
     spec: WeightSpec,
 ) -> PyResult<PackedWeight> {
+    pack_calibrated(py, weight, name, spec, None)
+}
+
+/// [`pack_as`], the 4-bit search weighted by `importance` (one value per input feature) when
+/// given.
+fn pack_calibrated(
+    py: Python<'_>,
+    weight: &Bound<'_, PyAny>,
+    name: &str,
+    spec: WeightSpec,
+    importance: Option<&[f32]>,
+) -> PyResult<PackedWeight> {
     let w = float_array(weight, name)?;
     let &[n, k] = w.shape() else {
         return Err(value_error(format!(
@@ -58,7 +70,7 @@ pub fn pack_as(
             group,
             symmetric,
             method,
-        } => PackedWeight::from_float_int4(ws, n, k, group, symmetric, method),
+        } => PackedWeight::from_float_int4(ws, n, k, group, symmetric, method, importance),
     })
     .map_err(|e| match e {
         // E.g. a group size that does not divide K: say which weight (a layer has several).
@@ -86,6 +98,17 @@ pub fn pack_as(
 /// method : str
 ///     4-bit only: ``"search"`` (default) chooses each group's scale and minimum by a
 ///     least-squares search, ``"rtn"`` by min-max round-to-nearest.
+/// importance : array_like of float, shape (in_features,), optional
+///     4-bit search only: calibrated quantization. One weight per input feature, finite and
+///     >= 0, typically the mean of the squared activations over calibration data
+///     (``(x_calib ** 2).mean(axis=0)``): the search then minimises
+///     ``sum_k importance[k] * (w[n, k] - dequantized[n, k]) ** 2`` in each group instead of
+///     the plain squared error, so the columns that see large activations are quantized more
+///     finely (as llama.cpp's imatrix); never worse than the plain search in that error.
+///     Only the choice of grids changes: the format, and what ``linear`` computes from it,
+///     are the same. A group whose importance is uniform, all zero included (columns that
+///     never see an activation), gets the plain search; ``None`` (the default) or all ones
+///     give the plain weight, byte for byte. It takes 3-5 times as long as the plain search.
 ///
 /// Returns
 /// -------
@@ -99,12 +122,16 @@ pub fn pack_as(
 ///     When it is not 2-D, has more than 2**24 columns, or holds NaN or infinity (always
 ///     checked: a non-finite weight would poison every call); when ``bits`` is not 8 or 4, an
 ///     option does not apply to the bits asked for, or the group size is not 32, 64, 128 or
-///     ``None`` or does not divide ``in_features``.
+///     ``None`` or does not divide ``in_features``; when ``importance`` is given with
+///     ``bits=8`` or ``method="rtn"``, is not 1-D with one value per input feature, holds NaN,
+///     infinity or a negative value, or is all zero. (``TypeError`` when it is not a float
+///     array.)
 #[pyfunction]
 #[pyo3(signature = (
     weight, *, per_channel = true, bits = 8, group_size = GroupSizeArg::Unset, symmetric = None,
-    method = None
+    method = None, importance = None
 ))]
+#[allow(clippy::too_many_arguments)]
 pub fn pack_weight(
     py: Python<'_>,
     weight: &Bound<'_, PyAny>,
@@ -113,10 +140,36 @@ pub fn pack_weight(
     group_size: GroupSizeArg,
     symmetric: Option<bool>,
     method: Option<&str>,
+    importance: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyPackedWeight> {
     let spec = args::weight_spec(py, bits, per_channel, group_size, symmetric, method)?;
+    let importance = match importance {
+        None => None,
+        Some(_) if matches!(spec, WeightSpec::Int8 { .. }) => {
+            return Err(value_error(
+                "importance applies to 4-bit weights (bits=4): it weights the least-squares \
+                 search of their grids",
+            ))
+        }
+        Some(obj) => {
+            let a = float_array(obj, "importance")?;
+            if a.shape().len() != 1 {
+                return Err(value_error(format!(
+                    "importance must be 1-D (one value per input feature), got shape {}",
+                    shape(a.shape())
+                )));
+            }
+            Some(a)
+        }
+    };
     Ok(PyPackedWeight {
-        inner: pack_as(py, weight, "weight", spec)?,
+        inner: pack_calibrated(
+            py,
+            weight,
+            "weight",
+            spec,
+            importance.as_ref().map(|a| a.as_slice()),
+        )?,
     })
 }
 

@@ -8,6 +8,12 @@
 //!   and for long groups clipped ones) each round the weights, then refit scale and minimum to
 //!   those levels by least squares; the grid with the smallest squared error wins. RTN is the
 //!   first candidate, so the search is never worse than RTN.
+//! * [`search_grid_weighted`] / [`search_sym_weighted`]: the search for an error weighted value
+//!   by value, `Σ importance[k]·(w[k] − ŵ[k])²` (calibrated quantization: the importance of a
+//!   column is typically the mean of its squared activations). Every fit and comparison is
+//!   weighted, and clipped ranges are tried on every group; never worse than the plain search
+//!   in that error. A group whose importance is uniform (all zero included) gets the plain
+//!   search. Only the grids change: levels are rounded, and grids coded, as ever.
 //! * [`code_row`]: a row's grids as u8 codes against one float32 factor each for scales and
 //!   minima (`scale = fd * cd`, `min = fm * cm`): 16 bits per group instead of 64, and the
 //!   reduction over K stays in integers. [`CodedRow::levels`] rounds again on the decoded grids.
@@ -58,9 +64,50 @@ impl Grid {
 
     /// The squared error of `x` quantized on this grid (f64).
     pub fn sq_error(self, x: &[f32]) -> f64 {
+        self.weighted_error(x, Unit)
+    }
+
+    /// The squared error of `x` quantized on this grid, value `i`'s weighted by `imp.at(i)`.
+    pub fn weighted_error(self, x: &[f32], imp: impl Importance) -> f64 {
         x.iter()
-            .map(|&v| (self.value(self.level(v)) as f64 - v as f64).powi(2))
+            .enumerate()
+            .map(|(i, &v)| imp.at(i) * (self.value(self.level(v)) as f64 - v as f64).powi(2))
             .sum()
+    }
+}
+
+/// How much each value's squared error counts in a search: [`Unit`] (all alike, the plain
+/// search) or a slice of importances, one per value of the group (finite, `>= 0`). Multiplying
+/// by [`Unit`]'s 1.0 is exact, so the plain search is the weighted code with unit weights, bit
+/// for bit.
+pub trait Importance: Copy {
+    /// Whether the weights vary from value to value (calibrated): the search then tries more
+    /// candidates ([`search_grid_weighted`]).
+    const CALIBRATED: bool;
+
+    /// The weight of value `i`.
+    fn at(self, i: usize) -> f64;
+}
+
+/// Every value's error counts alike.
+#[derive(Clone, Copy, Debug)]
+pub struct Unit;
+
+impl Importance for Unit {
+    const CALIBRATED: bool = false;
+
+    #[inline(always)]
+    fn at(self, _: usize) -> f64 {
+        1.0
+    }
+}
+
+impl Importance for &[f32] {
+    const CALIBRATED: bool = true;
+
+    #[inline(always)]
+    fn at(self, i: usize) -> f64 {
+        self[i] as f64
     }
 }
 
@@ -79,6 +126,26 @@ pub fn rtn_grid(x: &[f32]) -> Grid {
 /// sums of the fit, no second pass over the group); the best is then re-rounded and refit
 /// twice, and kept only if its true error beats round-to-nearest's.
 pub fn search_grid(x: &[f32]) -> Grid {
+    search_grid_by(x, Unit)
+}
+
+/// [`search_grid`] minimising `Σ importance[i]·(x[i] − ŵ[i])²`: every fit, every comparison
+/// and the final check against RTN weighted. `importance` is as long as `x`, finite and `>= 0`.
+///
+/// The weighted optimum often clips values of little importance, on one side only: every
+/// group (not only the long ones) also tries the clipped ranges `r·[lo, hi]`, then ranges
+/// clipped one side at a time (`[rl·lo, rh·hi]`, r from 1 down to 0.3, the low side and then
+/// the high one). The plain search's grid is a candidate too, so the result is never worse
+/// than it (nor than RTN) in the weighted error. A group whose importance is uniform (all zero included: its
+/// columns never see an activation) has the plain objective: it gets [`search_grid`], bit for
+/// bit.
+pub fn search_grid_weighted(x: &[f32], importance: &[f32]) -> Grid {
+    calibrated(x, importance, search_grid, search_grid_by, |g: Grid| {
+        g.weighted_error(x, importance)
+    })
+}
+
+fn search_grid_by<I: Importance>(x: &[f32], imp: I) -> Grid {
     let (lo, hi) = range(x);
     let lo = lo.min(0.0);
     let rtn = rtn_grid(x);
@@ -89,7 +156,7 @@ pub fn search_grid(x: &[f32]) -> Grid {
     let mut levels = vec![0u8; x.len()];
     let mut best: Option<(Grid, f64)> = None;
     let consider = |levels: &[u8], best: &mut Option<(Grid, f64)>| {
-        if let Some((g, e)) = fit(x, levels) {
+        if let Some((g, e)) = fit(x, levels, imp) {
             if best.is_none_or(|(_, b)| e < b) {
                 *best = Some((g, e));
             }
@@ -105,9 +172,11 @@ pub fn search_grid(x: &[f32]) -> Grid {
         }
         consider(&levels, &mut best);
     }
-    if x.len() > 128 {
-        let clipped = |r: f64, levels: &mut [u8], best: &mut Option<(Grid, f64)>| -> f64 {
-            let g = grid_for((lo as f64 * r) as f32, (hi as f64 * r) as f32);
+    // Calibrated, every group: the weighted optimum often clips values of little importance.
+    if x.len() > 128 || I::CALIBRATED {
+        // Candidate `[rl·lo, rh·hi]`; the best error so far after it.
+        let clipped = |(rl, rh): (f64, f64), levels: &mut [u8], best: &mut Option<(Grid, f64)>| {
+            let g = grid_for((lo as f64 * rl) as f32, (hi as f64 * rh) as f32);
             for (q, &v) in levels.iter_mut().zip(x) {
                 *q = g.level(v);
             }
@@ -118,7 +187,7 @@ pub fn search_grid(x: &[f32]) -> Grid {
         let (mut best_r, mut best_e) = (1.0, f64::INFINITY);
         for step in 1..=19 {
             let r = 1.0 - 0.05 * step as f64;
-            let e = clipped(r, &mut levels, &mut best);
+            let e = clipped((r, r), &mut levels, &mut best);
             if e < best_e {
                 (best_r, best_e) = (r, e);
             }
@@ -126,7 +195,22 @@ pub fn search_grid(x: &[f32]) -> Grid {
         for d in [-4i32, -3, -2, -1, 1, 2, 3, 4] {
             let r = best_r + 0.01 * d as f64;
             if r > 0.0 && r < 1.0 {
-                clipped(r, &mut levels, &mut best);
+                clipped((r, r), &mut levels, &mut best);
+            }
+        }
+        if I::CALIBRATED {
+            // One side at a time, from the best symmetric clip: a side's ratio moves to the
+            // candidate that became the best.
+            let mut ratios = [best_r; 2];
+            for side in [0, 1] {
+                for step in 0..=14 {
+                    let mut at = ratios;
+                    at[side] = 1.0 - 0.05 * step as f64;
+                    let before = best.map_or(f64::INFINITY, |(_, e)| e);
+                    if clipped((at[0], at[1]), &mut levels, &mut best) < before {
+                        ratios = at;
+                    }
+                }
             }
         }
     }
@@ -138,12 +222,12 @@ pub fn search_grid(x: &[f32]) -> Grid {
         for (q, &v) in levels.iter_mut().zip(x) {
             *q = grid.level(v);
         }
-        match fit(x, &levels) {
-            Some((g, _)) if g.sq_error(x) < grid.sq_error(x) => grid = g,
+        match fit(x, &levels, imp) {
+            Some((g, _)) if g.weighted_error(x, imp) < grid.weighted_error(x, imp) => grid = g,
             _ => break,
         }
     }
-    if grid.sq_error(x) < rtn.sq_error(x) {
+    if grid.weighted_error(x, imp) < rtn.weighted_error(x, imp) {
         grid
     } else {
         rtn
@@ -165,23 +249,60 @@ pub fn rtn_sym(x: &[f32]) -> f32 {
 /// Symmetric least-squares search: scales from 0.7 to 1.1 times [`rtn_sym`]'s, each refit by
 /// least squares to its levels.
 pub fn search_sym(x: &[f32]) -> f32 {
+    search_sym_by(x, Unit)
+}
+
+/// [`search_sym`] minimising the error weighted by `importance`, as [`search_grid_weighted`]:
+/// the scales go down to 0.2 times [`rtn_sym`]'s (clipping), the plain search's scale is a
+/// candidate, and a uniform importance gives [`search_sym`].
+pub fn search_sym_weighted(x: &[f32], importance: &[f32]) -> f32 {
+    calibrated(x, importance, search_sym, search_sym_by, |d: f32| {
+        sym_error_by(x, d, importance)
+    })
+}
+
+/// A calibrated search: the `plain` one for a uniform importance (the same objective, scaled),
+/// else the better of the `weighted` one and the `plain` one in the weighted `error`.
+fn calibrated<'a, T: Copy>(
+    x: &[f32],
+    importance: &'a [f32],
+    plain: fn(&[f32]) -> T,
+    weighted: fn(&[f32], &'a [f32]) -> T,
+    error: impl Fn(T) -> f64,
+) -> T {
+    assert_eq!(x.len(), importance.len(), "one importance per value");
+    let p = plain(x);
+    if uniform(importance) {
+        return p;
+    }
+    let w = weighted(x, importance);
+    if error(p) < error(w) {
+        p
+    } else {
+        w
+    }
+}
+
+fn search_sym_by<I: Importance>(x: &[f32], imp: I) -> f32 {
     let base = rtn_sym(x);
     let mut best = base;
-    let mut best_err = sym_error(x, base);
+    let mut best_err = sym_error_by(x, base, imp);
     if base == 0.0 {
         return base;
     }
-    for step in 0..=40 {
-        let d = base as f64 * (0.7 + 0.01 * step as f64);
+    // Scales from `first` to 1.1 times RTN's, every 0.01.
+    let (first, steps) = if I::CALIBRATED { (0.2, 90) } else { (0.7, 40) };
+    for step in 0..=steps {
+        let d = base as f64 * (first + 0.01 * step as f64);
         let (mut sl2, mut slx) = (0.0f64, 0.0f64);
-        for &v in x {
-            let s = sym_level(v as f64, d) as f64;
-            sl2 += s * s;
-            slx += s * v as f64;
+        for (i, &v) in x.iter().enumerate() {
+            let (s, w) = (sym_level(v as f64, d) as f64, imp.at(i));
+            sl2 += w * (s * s);
+            slx += w * (s * v as f64);
         }
         if sl2 > 0.0 && slx > 0.0 {
             let fitted = (slx / sl2) as f32;
-            let e = sym_error(x, fitted);
+            let e = sym_error_by(x, fitted, imp);
             if e < best_err {
                 best = fitted;
                 best_err = e;
@@ -201,9 +322,16 @@ pub fn sym_level(v: f64, d: f64) -> i8 {
 
 /// The squared error of `x` on the symmetric grid of scale `d`.
 pub fn sym_error(x: &[f32], d: f32) -> f64 {
+    sym_error_by(x, d, Unit)
+}
+
+/// [`sym_error`] with value `i`'s error weighted by `imp.at(i)`.
+pub fn sym_error_by(x: &[f32], d: f32, imp: impl Importance) -> f64 {
     x.iter()
-        .map(|&v| {
-            ((d as f64 * sym_level(v as f64, d as f64) as f64) as f32 as f64 - v as f64).powi(2)
+        .enumerate()
+        .map(|(i, &v)| {
+            let q = (d as f64 * sym_level(v as f64, d as f64) as f64) as f32;
+            imp.at(i) * (q as f64 - v as f64).powi(2)
         })
         .sum()
 }
@@ -266,6 +394,11 @@ pub fn grid(x: &[f32], method: Method) -> Grid {
     }
 }
 
+/// Whether every importance is the same (all zero included): the plain objective, scaled.
+fn uniform(importance: &[f32]) -> bool {
+    importance.iter().all(|&w| w == importance[0])
+}
+
 fn range(x: &[f32]) -> (f32, f32) {
     x.iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
@@ -288,20 +421,23 @@ fn grid_for(lo: f32, hi: f32) -> Grid {
     }
 }
 
-/// The least-squares grid for fixed levels: minimises `sum (scale * q + min - x)^2` over
+/// The least-squares grid for fixed levels: minimises `sum imp * (scale * q + min - x)^2` over
 /// `(scale, min)`, with `min <= 0` (then `scale = sum qx / sum q^2`) and `scale >= 0`, and
 /// that sum at the optimum (the error on these levels; rounding `x` on the new grid can only
-/// lower it). None when the levels are all equal (no scale to fit).
-fn fit(x: &[f32], levels: &[u8]) -> Option<(Grid, f64)> {
-    let n = x.len() as f64;
-    let (mut sq, mut sq2, mut sx, mut sqx, mut sx2) = (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
-    for (&q, &v) in levels.iter().zip(x) {
-        let (q, v) = (q as f64, v as f64);
-        sq += q;
-        sq2 += q * q;
-        sx += v;
-        sqx += q * v;
-        sx2 += v * v;
+/// lower it). None when the levels are all equal (no scale to fit), or all those of nonzero
+/// importance are.
+fn fit(x: &[f32], levels: &[u8], imp: impl Importance) -> Option<(Grid, f64)> {
+    // With unit weights, `n` is the count and every product by 1.0 is exact: the plain fit.
+    let (mut n, mut sq, mut sq2) = (0.0f64, 0.0f64, 0.0f64);
+    let (mut sx, mut sqx, mut sx2) = (0.0f64, 0.0f64, 0.0f64);
+    for (i, (&q, &v)) in levels.iter().zip(x).enumerate() {
+        let (q, v, w) = (q as f64, v as f64, imp.at(i));
+        n += w;
+        sq += w * q;
+        sq2 += w * (q * q);
+        sx += w * v;
+        sqx += w * (q * v);
+        sx2 += w * (v * v);
     }
     let det = n * sq2 - sq * sq;
     if det <= 0.0 {

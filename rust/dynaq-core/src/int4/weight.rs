@@ -56,6 +56,12 @@ pub struct Int4Weight {
 impl Int4Weight {
     /// Quantizes `w` (`n x k`, row-major, finite). `group`: `Some(32 | 64 | 128)`, dividing `k`,
     /// or `None` for per-channel.
+    ///
+    /// `importance` (calibrated quantization): one value per column `k`, finite, `>= 0`, not
+    /// all zero (typically the mean of the squared calibration activations); the search then
+    /// minimises the error weighted by it ([`quant::search_grid_weighted`]). Only the choice of
+    /// grids changes; `None` is the plain search. Refused with [`Method::Rtn`] (round to
+    /// nearest has no objective to weight).
     pub fn from_float(
         w: &[f32],
         n: usize,
@@ -63,7 +69,11 @@ impl Int4Weight {
         group: Option<usize>,
         symmetric: bool,
         method: Method,
+        importance: Option<&[f32]>,
     ) -> Result<Int4Weight> {
+        if let Some(imp) = importance {
+            check_importance(imp, k, method)?;
+        }
         if w.len()
             != n.checked_mul(k)
                 .ok_or_else(|| Error::Shape("n * k overflows".into()))?
@@ -100,7 +110,7 @@ impl Int4Weight {
             let mut coded = Vec::with_capacity(rows.len());
             for (i, r) in rows.enumerate() {
                 let row = &w[r * k..(r + 1) * k];
-                let c = probe.coded_row(row, method);
+                let c = probe.coded_row(row, method, importance);
                 c.levels(row, size, &mut q[i * k..(i + 1) * k]);
                 coded.push(c);
             }
@@ -334,8 +344,8 @@ impl Int4Weight {
         Ok(self)
     }
 
-    /// The coded grids of one row.
-    fn coded_row(&self, row: &[f32], method: Method) -> CodedRow {
+    /// The coded grids of one row (`importance`: checked, as long as the row).
+    fn coded_row(&self, row: &[f32], method: Method, importance: Option<&[f32]>) -> CodedRow {
         let size = self.group;
         if row.is_empty() {
             // in_features = 0: nothing to quantize, one (empty) per-channel group.
@@ -346,13 +356,17 @@ impl Int4Weight {
                 cm: vec![1],
             };
         }
+        // The importances of group `g` (`len` values), when given.
+        let imp = |g: usize, len: usize| importance.map(|m| &m[g * size..g * size + len]);
         if self.symmetric {
             let scales: Vec<Grid> = row
                 .chunks(size)
-                .map(|x| {
-                    let d = match method {
-                        Method::Rtn => quant::rtn_sym(x),
-                        Method::Search => quant::search_sym(x),
+                .enumerate()
+                .map(|(g, x)| {
+                    let d = match (method, imp(g, x.len())) {
+                        (Method::Rtn, _) => quant::rtn_sym(x),
+                        (Method::Search, None) => quant::search_sym(x),
+                        (Method::Search, Some(m)) => quant::search_sym_weighted(x, m),
                     };
                     Grid { scale: d, min: 0.0 }
                 })
@@ -367,7 +381,14 @@ impl Int4Weight {
             c.cm = c.cd.clone();
             c
         } else {
-            let grids: Vec<Grid> = row.chunks(size).map(|x| quant::grid(x, method)).collect();
+            let grids: Vec<Grid> = row
+                .chunks(size)
+                .enumerate()
+                .map(|(g, x)| match (method, imp(g, x.len())) {
+                    (Method::Search, Some(m)) => quant::search_grid_weighted(x, m),
+                    _ => quant::grid(x, method),
+                })
+                .collect();
             if self.per_channel {
                 per_channel(grids[0])
             } else {
@@ -539,6 +560,43 @@ fn group_len(group: Option<usize>, k: usize) -> Result<usize> {
             "group_size must be 32, 64, 128 or None, got {g}"
         ))),
     }
+}
+
+/// Checks a calibration importance for a weight of `k` columns: one value per column, finite,
+/// `>= 0`, not all zero, and a method that has an objective to weight.
+fn check_importance(importance: &[f32], k: usize, method: Method) -> Result<()> {
+    if method == Method::Rtn {
+        return Err(Error::Value(
+            "importance applies to method 'search': round to nearest ('rtn') has no objective to \
+             weight"
+                .into(),
+        ));
+    }
+    if importance.len() != k {
+        return Err(Error::Value(format!(
+            "importance has {} values, not one per input feature (in_features = {k})",
+            importance.len()
+        )));
+    }
+    if let Some(i) = importance.iter().position(|v| !v.is_finite()) {
+        return Err(Error::Value(format!(
+            "importance contains NaN or infinity (index {i})"
+        )));
+    }
+    if let Some(i) = importance.iter().position(|&v| v < 0.0) {
+        return Err(Error::Value(format!(
+            "importance must be >= 0, got {} at index {i}",
+            importance[i]
+        )));
+    }
+    if k > 0 && importance.iter().all(|&v| v == 0.0) {
+        return Err(Error::Value(
+            "importance is all zero: no column would count (pass importance=None for the \
+             unweighted search)"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A per-channel row: its grid as the factors, codes 1.

@@ -5,7 +5,7 @@ fn weight(n: usize, k: usize, group: Option<usize>, symmetric: bool) -> Int4Weig
     let w: Vec<f32> = (0..n * k)
         .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.4) * 0.3)
         .collect();
-    Int4Weight::from_float(&w, n, k, group, symmetric, Method::Search).unwrap()
+    Int4Weight::from_float(&w, n, k, group, symmetric, Method::Search, None).unwrap()
 }
 
 fn read(tensors: &[Tensor], name: &str) -> Result<Int4Weight> {

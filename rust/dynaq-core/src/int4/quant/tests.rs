@@ -194,3 +194,117 @@ fn per_channel_search_beats_rtn_on_heavy_tails() {
     println!("per-channel, K = {cols}: RTN {rtn:.4}, searched {searched:.4}");
     assert!(searched < 0.65 * rtn, "{searched} vs RTN {rtn}");
 }
+
+/// Importances as calibration gives them: log-uniform over 1..1000 (activation scales from 1
+/// to ~30), a tenth of them zero when `zeros` (columns that never see an activation).
+fn importance(len: usize, rng: &mut Rng, zeros: bool) -> Vec<f32> {
+    (0..len)
+        .map(|_| {
+            let w = (rng.uniform() * 1000f64.ln()).exp() as f32;
+            if zeros && rng.uniform() < 0.1 {
+                0.0
+            } else {
+                w
+            }
+        })
+        .collect()
+}
+
+/// The calibrated searches against RTN and the plain searches, in the weighted error, on random
+/// groups (every group length, Gaussian and heavy-tailed, with and without zero importances).
+#[test]
+fn weighted_search_is_never_worse_than_rtn_or_the_plain_search() {
+    let mut rng = Rng(21);
+    let (mut plain_total, mut weighted_total) = (0.0f64, 0.0f64);
+    for case in 0..400 {
+        let len = [32, 64, 128, 256][case % 4];
+        let heavy = case % 3 == 0;
+        let x: Vec<f32> = (0..len)
+            .map(|_| (if heavy { rng.student4() } else { rng.normal() }) as f32)
+            .collect();
+        let imp = importance(len, &mut rng, case % 5 == 0);
+        let imp = &imp[..];
+        let (r, p, w) = (rtn_grid(&x), search_grid(&x), search_grid_weighted(&x, imp));
+        assert!(w.scale.is_finite() && w.scale >= 0.0 && w.min.is_finite() && w.min <= 0.0);
+        let we = w.weighted_error(&x, imp);
+        assert!(we <= r.weighted_error(&x, imp), "case {case}: RTN");
+        assert!(we <= p.weighted_error(&x, imp), "case {case}: plain search");
+        plain_total += p.weighted_error(&x, imp);
+        weighted_total += we;
+        let (rs, ps, ws) = (rtn_sym(&x), search_sym(&x), search_sym_weighted(&x, imp));
+        assert!(ws.is_finite() && ws >= 0.0);
+        let wse = sym_error_by(&x, ws, imp);
+        assert!(
+            wse <= sym_error_by(&x, rs, imp),
+            "case {case}: symmetric RTN"
+        );
+        assert!(
+            wse <= sym_error_by(&x, ps, imp),
+            "case {case}: symmetric plain"
+        );
+    }
+    // Not only never worse: far better (~0.7 of the plain search's weighted error here).
+    println!(
+        "weighted error, calibrated / plain: {:.3}",
+        weighted_total / plain_total
+    );
+    assert!(
+        weighted_total < 0.85 * plain_total,
+        "{weighted_total} vs {plain_total}"
+    );
+}
+
+/// A uniform importance (all zero included: a group whose columns never see an activation) is
+/// the plain objective: the plain grids, bit for bit. So is every group of a row whose importance
+/// is all ones.
+#[test]
+fn uniform_importance_gives_the_plain_search() {
+    let mut rng = Rng(22);
+    for len in [32, 64, 128, 300] {
+        let x: Vec<f32> = (0..len).map(|_| rng.student4() as f32).collect();
+        for c in [0.0f32, 1.0, 3.5, 1e-30] {
+            let imp = vec![c; len];
+            assert_eq!(search_grid_weighted(&x, &imp), search_grid(&x), "{len} {c}");
+            assert_eq!(
+                search_sym_weighted(&x, &imp).to_bits(),
+                search_sym(&x).to_bits(),
+                "{len} {c}"
+            );
+        }
+    }
+}
+
+/// Importance on a few values only (the others zero): a valid grid, exact where the fit can be.
+#[test]
+fn sparse_importance_gives_valid_grids() {
+    let mut rng = Rng(23);
+    let x: Vec<f32> = (0..32).map(|_| rng.normal() as f32).collect();
+    for nonzero in [1usize, 2, 5] {
+        let mut imp = vec![0.0f32; 32];
+        for i in 0..nonzero {
+            imp[3 + 7 * i] = 1.0 + i as f32;
+        }
+        let g = search_grid_weighted(&x, &imp);
+        assert!(g.scale.is_finite() && g.scale >= 0.0 && g.min.is_finite() && g.min <= 0.0);
+        assert!(g.weighted_error(&x, &imp[..]) <= search_grid(&x).weighted_error(&x, &imp[..]));
+        assert!(x
+            .iter()
+            .all(|&v| g.level(v) <= QMAX && g.value(g.level(v)).is_finite()));
+        let d = search_sym_weighted(&x, &imp);
+        assert!(d.is_finite() && d >= 0.0);
+    }
+    // Constant and extreme groups, as for the plain search.
+    let imp: Vec<f32> = (0..32).map(|i| (i % 7) as f32).collect();
+    assert_eq!(
+        search_grid_weighted(&[-3.25; 32], &imp).sq_error(&[-3.25; 32]),
+        0.0
+    );
+    assert_eq!(search_sym_weighted(&[0.0; 32], &imp), 0.0);
+    let mut x = vec![0.0f32; 32];
+    (x[0], x[1]) = (f32::MAX, -f32::MAX);
+    let g = search_grid_weighted(&x, &imp);
+    assert!(
+        g.scale.is_finite() && g.scale > 0.0 && g.min.is_finite(),
+        "{g:?}"
+    );
+}

@@ -53,7 +53,7 @@ fn packing_holds_the_quantizer_levels() {
     let mut rng = Rng(1);
     for (n, k, group, symmetric) in cases() {
         let w = rng.values(n * k, 0.5);
-        let q = Int4Weight::from_float(&w, n, k, group, symmetric, Method::Search).unwrap();
+        let q = Int4Weight::from_float(&w, n, k, group, symmetric, Method::Search, None).unwrap();
         let size = group.unwrap_or(k.max(1));
         assert_eq!(
             (q.shape(), q.group(), q.per_channel()),
@@ -100,7 +100,7 @@ fn dequantized_error_is_that_of_the_grids() {
     let (n, k) = (8, 256);
     let w = rng.values(n * k, 1.0);
     for group in [Some(32), None] {
-        let q = Int4Weight::from_float(&w, n, k, group, false, Method::Search).unwrap();
+        let q = Int4Weight::from_float(&w, n, k, group, false, Method::Search, None).unwrap();
         let d = q.dequantize();
         let err: f64 = d
             .iter()
@@ -117,21 +117,21 @@ fn dequantized_error_is_that_of_the_grids() {
 #[test]
 fn bad_shapes_groups_and_values_are_refused() {
     let w = vec![0.5f32; 4 * 96];
-    let e = Int4Weight::from_float(&w, 4, 96, Some(48), false, Method::Rtn).unwrap_err();
+    let e = Int4Weight::from_float(&w, 4, 96, Some(48), false, Method::Rtn, None).unwrap_err();
     assert!(
         e.to_string()
             .contains("group_size must be 32, 64, 128 or None"),
         "{e}"
     );
-    let e = Int4Weight::from_float(&w, 4, 96, Some(64), false, Method::Rtn).unwrap_err();
+    let e = Int4Weight::from_float(&w, 4, 96, Some(64), false, Method::Rtn, None).unwrap_err();
     assert!(
         e.to_string().contains("does not divide in_features = 96"),
         "{e}"
     );
-    assert!(Int4Weight::from_float(&w, 4, 95, None, false, Method::Rtn).is_err());
+    assert!(Int4Weight::from_float(&w, 4, 95, None, false, Method::Rtn, None).is_err());
     let mut bad = w.clone();
     bad[2 * 96 + 5] = f32::NAN;
-    let e = Int4Weight::from_float(&bad, 4, 96, Some(32), false, Method::Rtn).unwrap_err();
+    let e = Int4Weight::from_float(&bad, 4, 96, Some(32), false, Method::Rtn, None).unwrap_err();
     assert_eq!(e, Error::NonFinite { row: Some(2) });
 }
 
@@ -143,7 +143,7 @@ fn oracle_matches_float64_and_the_kernels_decomposition() {
     for (n, k, group, symmetric) in cases() {
         let m = 3;
         let w = rng.values(n * k, 0.3);
-        let q = Int4Weight::from_float(&w, n, k, group, symmetric, Method::Search).unwrap();
+        let q = Int4Weight::from_float(&w, n, k, group, symmetric, Method::Search, None).unwrap();
         let x = rng.values(m * k, 2.0);
         let (mut a, mut zx, mut sx) = (vec![0u8; m * k], vec![], vec![]);
         for r in 0..m {
@@ -216,7 +216,7 @@ fn the_kernels_memory_gives_the_weight_back() {
     let mut rng = Rng(7);
     for (n, k, group, symmetric) in cases() {
         let w = rng.values(n * k, 0.5);
-        let q = Int4Weight::from_float(&w, n, k, group, symmetric, Method::Search).unwrap();
+        let q = Int4Weight::from_float(&w, n, k, group, symmetric, Method::Search, None).unwrap();
         let (fd, fm) = q.row_factors();
         assert_eq!(q.panels().len(), Int4Weight::panels_len(n, k).unwrap());
         assert_eq!(
@@ -244,7 +244,7 @@ fn the_kernels_memory_is_checked() {
     // 19 columns (13 of padding in the second panel), K = 9 (7 padding levels per row).
     let (n, k) = (19, 9);
     let w = Rng(3).values(n * k, 1.0);
-    let q = Int4Weight::from_float(&w, n, k, None, false, Method::Rtn).unwrap();
+    let q = Int4Weight::from_float(&w, n, k, None, false, Method::Rtn, None).unwrap();
     let (fd, fm) = (q.row_factors().0.to_vec(), q.row_factors().1.to_vec());
     let build = |p: &[u8], cd: &[u8], cm: &[u8]| {
         Int4Weight::from_panels(n, k, None, false, p, cd, cm, fd.clone(), fm.clone())
@@ -270,4 +270,72 @@ fn the_kernels_memory_is_checked() {
     let mut bad = cm.to_vec();
     bad[0] = 2;
     assert!(matches!(build(p, cd, &bad), Err(Error::Value(_))));
+}
+
+/// Calibrated packing: no importance is the plain packing, and so is an importance of all ones,
+/// bit for bit; an importance that varies changes the grids only (every level still the one its
+/// decoded grid rounds to), and a group of zero importance still gets a valid grid.
+#[test]
+fn calibrated_packing_changes_only_the_grids() {
+    let mut rng = Rng(8);
+    for (n, k, group, symmetric) in cases() {
+        let w = rng.values(n * k, 0.5);
+        let plain =
+            Int4Weight::from_float(&w, n, k, group, symmetric, Method::Search, None).unwrap();
+        let calibrated = |imp: Option<&[f32]>| {
+            Int4Weight::from_float(&w, n, k, group, symmetric, Method::Search, imp).unwrap()
+        };
+        let what = format!("({n}, {k}) group {group:?} symmetric {symmetric}");
+        assert_eq!(calibrated(None), plain, "{what}");
+        if k == 0 {
+            continue;
+        }
+        assert_eq!(calibrated(Some(&vec![1.0; k])), plain, "{what}: all ones");
+        // Scales 1..~30 squared, the first 32 columns never active.
+        let imp: Vec<f32> = (0..k)
+            .map(|kk| {
+                if kk < 32 {
+                    0.0
+                } else {
+                    (1.0 + 29.0 * rng.next()).powi(2) as f32
+                }
+            })
+            .collect();
+        if imp.iter().all(|&v| v == 0.0) {
+            continue;
+        }
+        let q = calibrated(Some(&imp));
+        let (size, values, deq) = (q.group(), q.values(), q.dequantize());
+        assert!(deq.iter().all(|v| v.is_finite()), "{what}");
+        for col in 0..n {
+            for kk in 0..k {
+                assert_eq!(
+                    values[col * k + kk],
+                    q.grid(col, kk / size).level(w[col * k + kk])
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_importances_are_refused() {
+    let (n, k) = (4, 64);
+    let w = Rng(9).values(n * k, 1.0);
+    let pack = |imp: &[f32], method: Method| {
+        Int4Weight::from_float(&w, n, k, Some(32), false, method, Some(imp))
+            .unwrap_err()
+            .to_string()
+    };
+    let ones = vec![1.0f32; k];
+    assert!(pack(&ones, Method::Rtn).contains("importance applies to method 'search'"));
+    assert!(pack(&ones[1..], Method::Search).contains("importance has 63 values"));
+    let mut bad = ones.clone();
+    bad[5] = f32::NAN;
+    assert!(pack(&bad, Method::Search).contains("NaN or infinity (index 5)"));
+    bad[5] = f32::INFINITY;
+    assert!(pack(&bad, Method::Search).contains("NaN or infinity (index 5)"));
+    bad[5] = -0.5;
+    assert!(pack(&bad, Method::Search).contains("importance must be >= 0, got -0.5 at index 5"));
+    assert!(pack(&[0.0; 64], Method::Search).contains("importance is all zero"));
 }
