@@ -207,6 +207,8 @@ def test_weights_only_accuracy_budget_is_per_layer():
         ({"max_bytes": 10.5}, "whole number"),
         ({"min_sqnr_db": math.nan}, "finite"),
         ({"max_bits_per_weight": "5"}, "must be a number"),
+        ({"max_bytes": True}, "must be a number"),
+        ({"max_bytes": -4}, "finite positive"),
     ],
 )
 def test_bad_budgets(kwargs, error):

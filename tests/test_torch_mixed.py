@@ -182,6 +182,16 @@ def test_weights_only_budgets(kind):
         assert layer.layer_sqnr_db >= 30.0
 
 
+def test_max_bytes_holds():
+    fp = mlp()
+    table = dt.sensitivity(fp, progress=False)
+    smallest = sum(int(lay.nbytes.min()) for lay in table.layers)
+    q = dt.quantize_dynamic(fp, max_bytes=smallest + 3000, progress=False)
+    p = dt.plan(q)
+    assert p.nbytes <= smallest + 3000 and p.budget == {"max_bytes": smallest + 3000}
+    assert p.nbytes == sum(module_nbytes(m) for m in dynaq_modules(q).values())
+
+
 def test_a_budget_too_small_says_what_the_smallest_plan_takes():
     with pytest.raises(ValueError, match=r"max_bits_per_weight=3 cannot be met.*bits per weight"):
         dt.quantize_dynamic(mlp(), max_bits_per_weight=3)
@@ -241,6 +251,7 @@ def test_progress_bar_names_the_layers(capsys):
         ({"plan": {"0": "int8"}, "max_bits_per_weight": 5.0}, ValueError, "no budget"),
         ({"max_bits_per_weight": 5.0, "sample_inputs": torch.randn(2, 64)}, TypeError, "list"),
         ({"max_bits_per_weight": 5.0, "sample_inputs": []}, ValueError, "empty"),
+        ({"max_bits_per_weight": 5.0, "sample_inputs": {"x": 1}}, TypeError, "list"),
         ({"max_bits_per_weight": 5.0, "formats": ["int5"]}, ValueError, "unknown format"),
         ({"max_bits_per_weight": 5.0, "progress": "yes"}, TypeError, "progress"),
         ({"plan": {"9": "int8"}}, ValueError, "'9'"),
