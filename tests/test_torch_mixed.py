@@ -204,13 +204,51 @@ def test_a_plan_reapplies_to_another_copy_bit_for_bit(tmp_path):
     p = dt.plan(q)
     assert len(p.counts()) >= 2  # mixed
     p.save(tmp_path / "plan.json")
-    again = dt.quantize_dynamic(llama(), plan=Plan.load(tmp_path / "plan.json"))
+    # The samples calibrated the 4-bit weights: with them, the same bits.
+    again = dt.quantize_dynamic(llama(), plan=Plan.load(tmp_path / "plan.json"),
+                                sample_inputs=samples)  # fmt: skip
     for x in samples:
         assert torch.equal(_outputs(q, x), _outputs(again, x))
     assert dt.plan(again).formats() == p.formats()
-    # A dict of names to formats does too.
-    by_hand = dt.quantize_dynamic(llama(), plan={n: f.name for n, f in p.formats().items()})
+    # A dict of names to formats does too; without samples, the same formats, uncalibrated.
+    by_hand = dt.quantize_dynamic(llama(), plan={n: f.name for n, f in p.formats().items()},
+                                  sample_inputs=samples)  # fmt: skip
     assert torch.equal(_outputs(by_hand, samples[0]), _outputs(q, samples[0]))
+    plain = dt.quantize_dynamic(llama(), plan=p)
+    assert dt.plan(plain).formats() == p.formats()
+
+
+def test_sample_inputs_calibrate_4_bit_weights():
+    """Each linear module's importance: the mean square of its input features over the
+    samples' real positions; the 4-bit search weighted by it beats the plain one on them."""
+    # Inputs whose features have very different scales: where calibration matters.
+    g = torch.Generator().manual_seed(5)
+    scale = torch.exp(torch.rand(64, generator=g) * math.log(30.0))
+    spread = [torch.randn(64, 64, generator=g) * scale for _ in range(4)]
+    net = mlp()
+    plain = dt.quantize_dynamic(net, bits=4)
+    tuned = dt.quantize_dynamic(net, bits=4, sample_inputs=spread[:2])
+    assert measured(net, tuned, spread[2:])[0] > measured(net, plain, spread[2:])[0] + 0.3
+    int8 = dt.quantize_dynamic(net, sample_inputs=spread)  # int8 has no search: unchanged
+    assert torch.equal(int8(spread[0]), dt.quantize_dynamic(net)(spread[0]))
+    fp = llama()
+    samples = samples_for("llama", 4)
+    calibrated = dt.quantize_dynamic(fp, bits=4, sample_inputs=samples)
+    # The importance is exactly the inputs' mean square: rebuild one module by hand.
+    name = "model.layers.0.mlp.down_proj"
+    rows, mask = [], {}
+    hook = fp.get_submodule(name).register_forward_pre_hook(
+        lambda module, args: rows.append(args[0][mask["now"] != 0])
+    )
+    for x in samples:
+        mask["now"] = x["attention_mask"]
+        _outputs(fp, x)
+    hook.remove()
+    xs = torch.cat(rows).double()
+    importance = (xs * xs).mean(0).float().numpy()
+    ref = dt.Linear.from_float(fp.get_submodule(name), bits=4, importance=importance)
+    got = calibrated.get_submodule(name).state_dict()
+    assert all(torch.equal(got[k], t) for k, t in ref.state_dict().items())
 
 
 def test_the_plan_travels_with_the_model():
@@ -239,16 +277,26 @@ def test_progress_bar_names_the_layers(capsys):
     dt.quantize_dynamic(mlp(), max_bits_per_weight=6.0, sample_inputs=samples_for("mlp", 1),
                         progress=True)  # fmt: skip
     err = capsys.readouterr().err
-    assert "[" in err and "the float model" in err and "the mixed model" in err
+    assert "[" in err and "the mixed model" in err
+    assert all(name in err for name in ("0", "2", "4"))
 
 
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
         ({"max_bits_per_weight": 5.0, "min_sqnr_db": 20.0}, ValueError, "one budget"),
-        ({"sample_inputs": [torch.randn(2, 64)]}, ValueError, "give max_bits_per_weight"),
         ({"formats": ["int8"]}, ValueError, "give one too"),
         ({"plan": {"0": "int8"}, "max_bits_per_weight": 5.0}, ValueError, "no budget"),
+        (
+            {
+                "sample_inputs": [torch.randn(2, 64)],
+                "bits": 4,
+                "method": "rtn",
+                "qconfig_spec": {"0": {"importance": 1}},
+            },
+            ValueError,
+            "unknown option",
+        ),
         ({"max_bits_per_weight": 5.0, "sample_inputs": torch.randn(2, 64)}, TypeError, "list"),
         ({"max_bits_per_weight": 5.0, "sample_inputs": []}, ValueError, "empty"),
         ({"max_bits_per_weight": 5.0, "sample_inputs": {"x": 1}}, TypeError, "list"),

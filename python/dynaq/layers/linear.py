@@ -69,11 +69,14 @@ class Linear(Serialized):
         group_size: Optional[int] = ...,  # type: ignore[assignment]
         symmetric: Optional[bool] = None,
         method: Optional[str] = None,
+        importance: Any = None,
     ) -> Linear:
         """Quantize a float weight (out_features, in_features) and build the layer;
-        ``bits``, ``group_size``, ``symmetric`` and ``method`` as :func:`dynaq.pack_weight`
-        takes them (``bits=4`` for 4-bit weights)."""
+        ``bits``, ``group_size``, ``symmetric``, ``method`` and ``importance`` as
+        :func:`dynaq.pack_weight` takes them (``bits=4`` for 4-bit weights)."""
         opts = weight_options(bits, group_size, symmetric, method)
+        if importance is not None:
+            opts["importance"] = importance
         return cls(pack(weight, "weight", per_channel, opts), bias, granularity=granularity)
 
     @property

@@ -42,7 +42,7 @@ RETRIES = 6
 
 Target = tuple[str, nn.Module, dict[str, Any]]
 #: The sample inputs, their attention masks and the float model's outputs on them.
-_Outputs = tuple[list[Any], list[Optional[torch.Tensor]], list[torch.Tensor]]
+Outputs = tuple[list[Any], list[Optional[torch.Tensor]], list[torch.Tensor]]
 
 
 def plan(model: nn.Module) -> _plan.Plan:
@@ -124,35 +124,35 @@ class Swapper:
 def measure(
     targets: Sequence[Target],
     formats: tuple[Format, ...],
-    samples: Optional[list[Any]],
+    outputs: Optional[Outputs],
     model: Swapper,
     bar: Progress,
-) -> tuple[Sensitivity, Optional[_Outputs]]:
+) -> Sensitivity:
     """The sensitivity table of ``targets`` (name, float module, options): from the weights
-    alone, or measured on the model with ``samples`` (then also the float model's outputs)."""
+    alone, or measured on the model with the samples of ``outputs`` (from :func:`float_pass`)."""
     if any(p.device.type == "meta" for _, m, _ in targets for p in m.parameters()):
         raise ValueError(
             "a budget needs the weights, and the model is on the meta device: choose the plan "
             "on a model with its weights, then pass plan=dynaq.torch.plan(quantized) here"
         )
-    if samples:
-        return _measure_samples(targets, formats, samples, model, bar)
-    return _measure_weights(targets, formats, bar), None
+    if outputs is not None:
+        return _measure_samples(targets, formats, outputs, model, bar)
+    return _measure_weights(targets, formats, bar)
 
 
 def choose_plan(
     targets: Sequence[Target],
     formats: tuple[Format, ...],
     budget: dict[str, float],
-    samples: Optional[list[Any]],
+    outputs: Optional[Outputs],
     model: Swapper,
     progress: Any,
 ) -> _plan.Plan:
     """Measures ``targets``, chooses a format each for ``budget`` and, with samples, confirms
     it on the mixed model (see :func:`measure`)."""
-    bar = Progress(len(targets) + (2 if samples else 0), progress_mode(progress))
+    bar = Progress(len(targets) + (1 if outputs else 0), progress_mode(progress))
     try:
-        table, outputs = measure(targets, formats, samples, model, bar)
+        table = measure(targets, formats, outputs, model, bar)
         choice, front = choose(table, budget)
         result = _plan.build(table, choice, budget=budget, front=front)
         if outputs is not None:
@@ -248,24 +248,59 @@ def _output(model: nn.Module, sample: Any, mask: Optional[torch.Tensor]) -> torc
 def _measure_samples(
     targets: Sequence[Target],
     fmts: Sequence[Format],
-    samples: list[Any],
+    outputs: Outputs,
     model: Swapper,
     bar: Progress,
-) -> tuple[Sensitivity, _Outputs]:
-    bar.step("the float model")
-    masks = [_mask(s) for s in samples]
-    root = model.swap({})
-    with torch.no_grad():
-        refs = [_output(root, s, m) for s, m in zip(samples, masks)]
+) -> Sensitivity:
+    refs = outputs[2]
     signal = sum(float(torch.dot(r.reshape(-1).double(), r.reshape(-1).double())) for r in refs)
-    outputs = (samples, masks, refs)
     layers = []
     for name, mod, opts in targets:
         bar.step(name)
         made = {f: model.quantize(mod, name, _options(f, opts)) for f in fmts
                 if not f.is_float and _fits(f, mod)}  # fmt: skip
         layers.append(_measure_layer(name, mod, made, FLOAT in fmts, outputs, model.swap))
-    return Sensitivity(layers, signal=signal, calibrated=True), outputs
+    return Sensitivity(layers, signal=signal, calibrated=True)
+
+
+def float_pass(
+    root: nn.Module, linear: Mapping[str, nn.Module], samples: list[Any]
+) -> tuple[Outputs, dict[str, np.ndarray]]:
+    """The float model over the samples: its outputs (on the real positions) and, for each of
+    the ``linear`` modules (name -> float module), the mean square of each input feature over
+    the real positions: the importance that calibrates its 4-bit search (None-free: a module
+    that never ran, or whose inputs were all zero, is left out)."""
+    masks = [_mask(s) for s in samples]
+    sums: dict[str, list[Any]] = {}
+    current: dict[str, Optional[torch.Tensor]] = {"mask": None}
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                return
+            x = _real(args[0].detach().cpu(), current["mask"]).double()
+            x = x.reshape(-1, x.shape[-1])
+            acc = sums.setdefault(name, [0.0, 0])
+            acc[0] = acc[0] + (x * x).sum(0)
+            acc[1] += x.shape[0]
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in linear.items()]
+    try:
+        with torch.no_grad():
+            refs = []
+            for s, m in zip(samples, masks):
+                current["mask"] = m
+                refs.append(_output(root, s, m))
+    finally:
+        for h in handles:
+            h.remove()
+    importance = {}
+    for name, (total, count) in sums.items():
+        if count and isinstance(total, torch.Tensor) and float(total.max()) > 0.0:
+            importance[name] = (total / count).float().numpy()
+    return (samples, masks, refs), importance
 
 
 def _measure_layer(
@@ -273,7 +308,7 @@ def _measure_layer(
     mod: nn.Module,
     made: dict[Format, nn.Module],
     with_float: bool,
-    outputs: _Outputs,
+    outputs: Outputs,
     swap: Callable[[Mapping[str, Any]], nn.Module],
 ) -> LayerCosts:
     """One pass of the samples with ``name`` alone in its smallest format of ``made``."""
@@ -338,7 +373,7 @@ def _confirm(
     table: Sensitivity,
     front: Frontier,
     budget: dict[str, float],
-    outputs: _Outputs,
+    outputs: Outputs,
     swap: Callable[[Mapping[str, Any]], nn.Module],
 ) -> _plan.Plan:
     """Measures the mixed model on the samples. An accuracy budget it misses moves along the

@@ -293,6 +293,7 @@ class Linear(_DynaqModule):
         group_size: Optional[int] = ...,  # type: ignore[assignment]
         symmetric: Optional[bool] = None,
         method: Optional[str] = None,
+        importance: Any = None,
     ) -> Linear:
         """Quantize the weight of a float ``nn.Linear`` (any float dtype, any device), or of
         transformers' ``Conv1D`` (GPT-2's projections, whose weight is stored ``(in, out)``: it
@@ -308,6 +309,9 @@ class Linear(_DynaqModule):
             Activation scales per row (default) or per call.
         bits, group_size, symmetric, method
             The weight's format, as :func:`dynaq.pack_weight` takes them (8 bits by default).
+        importance : array_like, optional
+            4-bit weights: one value per input feature (typically its mean squared activation)
+            weighting the search of the grids, as :func:`dynaq.pack_weight` takes it.
 
         Returns
         -------
@@ -334,7 +338,12 @@ class Linear(_DynaqModule):
             w = param_numpy(mod.weight.t() if conv1d else mod.weight, "weight")
             b = None if mod.bias is None else param_numpy(mod.bias, "bias")
             layer = _layers.Linear.from_float(
-                w, b, per_channel=per_channel, granularity=granularity, **options
+                w,
+                b,
+                per_channel=per_channel,
+                granularity=granularity,
+                importance=importance,
+                **options,
             )
             out = cls.from_layer(layer)
         out.train(mod.training)

@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -201,6 +202,32 @@ def quantize_dynamic(
         ``fnmatch`` pattern when it contains ``*``, ``?`` or ``[`` (``"*.pooler.*"``). An entry
         that matches no module raises ``ValueError`` (a likely typo). Exclusion beats
         ``qconfig_spec``.
+    max_bits_per_weight, max_bytes, min_sqnr_db : float, optional
+        Automatic mixed precision (one of them): a format per module among ``formats``, for
+        the least error within a size (stored bits per weight averaged over the modules
+        considered, or bytes), or the fewest bytes whose output SQNR reaches ``min_sqnr_db``
+        (the model output's with ``sample_inputs``, else each module's own on synthetic
+        activations). The modules considered are those ``qconfig_spec`` and ``exclude``
+        select; their options give the granularity and int8's ``per_channel``. The plan chosen
+        is :func:`dynaq.torch.plan` of the result, with what was measured.
+    sample_inputs : list, optional
+        Inputs to run the model on, as :func:`compare` takes them (tensors, tuples of
+        arguments, dicts of keyword arguments; a dict's ``attention_mask`` keeps padding out).
+        They calibrate every 4-bit searched weight of an ``nn.Linear`` or ``Conv1D`` (each
+        input feature weighted by its mean square over the samples: ``pack_weight``'s
+        ``importance``), with or without a budget; with a budget, they measure each module's
+        effect on the model's output, and the chosen plan is confirmed on the mixed model.
+    formats : list, optional
+        A budget's candidates: names (``"int4"``, ``"int4-g64"``, ``"int4-g128"``,
+        ``"int4-channel"``, ``"int8"``, ``"float"``), dicts of options or
+        :class:`dynaq.mixed.Format`; by default all of these.
+    plan : dynaq.mixed.Plan or dict, optional
+        Apply a plan chosen before (a :class:`dynaq.mixed.Plan`, its ``to_dict()``, or a dict
+        of module names to format names); modules it does not name stay float. With the
+        ``sample_inputs`` it was chosen with, the same weights bit for bit.
+    progress : bool, optional
+        A progress bar on stderr while a budget measures (default: when stderr is a
+        terminal).
 
     Returns
     -------
@@ -214,7 +241,10 @@ def quantize_dynamic(
         and contains none; malformed arguments.
     ValueError
         A name in ``qconfig_spec`` or ``exclude`` is not in the model; a module cannot be
-        quantized (``proj_size``, NaN or infinite weights), naming the module.
+        quantized (``proj_size``, NaN or infinite weights), naming the module. Two budgets, a
+        budget below the smallest plan (saying what that takes), ``formats`` without a budget,
+        ``plan`` with one, a plan naming a module the model does not quantize, a budget on a
+        meta-device model.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -234,13 +264,8 @@ def quantize_dynamic(
     _check_options(default, "quantize_dynamic")
     selection = _selection(model, qconfig_spec, exclude, default)
     budget = check_budget(max_bits_per_weight, max_bytes, min_sqnr_db)
-    if plan is not None and (budget or sample_inputs is not None):
-        raise ValueError("plan applies a plan already chosen: give no budget or sample_inputs")
-    if sample_inputs is not None and not budget:
-        raise ValueError(
-            "sample_inputs measure the layers for a budget: give max_bits_per_weight, "
-            "max_bytes or min_sqnr_db too"
-        )
+    if plan is not None and budget:
+        raise ValueError("plan applies a plan already chosen: give no budget")
     if formats is not None and not budget:
         raise ValueError("formats are the candidates of a budget: give one too")
     candidates = parse_formats(formats)
@@ -251,13 +276,17 @@ def quantize_dynamic(
     if not inplace:
         model = copy.deepcopy(model)
     slots, left = _targets(model, *selection)
+    swapper = _swapper(model, slots)
+    outputs = None
+    if samples is not None:
+        outputs = _calibrate(model, slots, samples)
     chosen = None
     if plan is not None:
         _apply_plan(slots, left, plan)
     elif budget:
         chosen = _budget.choose_plan(
-            [(s.name, s.mod, s.base) for s in slots.values()], candidates, budget, samples,
-            _swapper(model, slots), progress,
+            [(s.name, s.mod, s.base) for s in slots.values()], candidates, budget, outputs,
+            swapper, progress,
         )  # fmt: skip
         _set_formats(slots, chosen.formats())
     converted = _apply(model, slots, left, {})
@@ -318,12 +347,26 @@ def sensitivity(
         model = copy.deepcopy(model)
     slots, _ = _targets(model, *selection)
     targets = [(s.name, s.mod, s.base) for s in slots.values()]
-    bar = Progress(len(targets) + (1 if samples else 0), mode)
+    swapper = _swapper(model, slots)
+    outputs = None if samples is None else _calibrate(model, slots, samples)
+    bar = Progress(len(targets), mode)
     try:
-        table, _ = _budget.measure(targets, candidates, samples, _swapper(model, slots), bar)
+        table = _budget.measure(targets, candidates, outputs, swapper, bar)
     finally:
         bar.close()
     return table
+
+
+def _calibrate(model: nn.Module, slots: dict[int, _Slot], samples: list[Any]) -> _budget.Outputs:
+    """One pass of the float model (nothing swapped yet) over the samples: its outputs (the
+    reference of every measurement) and each linear module's importance of its input
+    features."""
+    linear = {s.name: s.mod for s in slots.values() if _swap_target(s.mod) is Linear}
+    outputs, importance = _budget.float_pass(model, linear, samples)
+    for slot in slots.values():
+        slot.importance = importance.get(slot.name)
+        slot.new = None
+    return outputs
 
 
 def _selection(
@@ -350,7 +393,8 @@ def _selection(
 class _Slot:
     """A module to swap: its first name, the float module, the options ``qconfig_spec`` gives
     it (``base``) and those it takes now (None: left float), the places it sits in the model,
-    and the dynaq module made for it."""
+    the dynaq module made for it, and the importance of its input features (from sample
+    inputs) that calibrates a 4-bit weight."""
 
     def __init__(self, name: str, mod: nn.Module, opts: dict[str, Any]) -> None:
         self.name = name
@@ -360,6 +404,7 @@ class _Slot:
         self.places: list[tuple[Optional[nn.Module], str]] = []
         self.new: Optional[nn.Module] = None
         self.made_for: Any = None
+        self.importance: Optional[np.ndarray] = None
 
 
 def _targets(
@@ -420,7 +465,7 @@ def _apply(
         else:
             left.pop(slot.name, None)
             if slot.new is None or slot.made_for != slot.opts:
-                slot.new = _swap(slot.mod, slot.name, slot.opts, shared)
+                slot.new = _swap(slot.mod, slot.name, slot.opts, shared, slot.importance)
                 slot.made_for = dict(slot.opts)
             module = slot.new
         for parent, attr in slot.places:
@@ -483,10 +528,17 @@ def _swapper(model: nn.Module, slots: dict[int, _Slot]) -> _budget.Swapper:
                         setattr(parent, attr, given)
         return root
 
+    by_name = {s.name: s for s in slots.values()}
+
     def make(mod: nn.Module, name: str, opts: dict[str, Any]) -> nn.Module:
-        return _swap(mod, name, opts, {})
+        return _swap(mod, name, opts, {}, by_name[name].importance)
 
     return _budget.Swapper(swap, make)
+
+
+def _calibrates(opts: dict[str, Any]) -> bool:
+    """Whether an importance changes a weight of these options: 4-bit, searched."""
+    return opts.get("bits") == 4 and opts.get("method") in (None, "search")
 
 
 def _swap_target(mod: nn.Module) -> Any:
@@ -560,16 +612,27 @@ def _warn_unhandled(model: nn.Module, left: dict[str, nn.Module], swapped: dict[
     )
 
 
-def _swap(mod: nn.Module, name: str, opts: dict[str, Any], shared: dict[Any, Any]) -> nn.Module:
+def _swap(
+    mod: nn.Module,
+    name: str,
+    opts: dict[str, Any],
+    shared: dict[Any, Any],
+    importance: Optional[np.ndarray] = None,
+) -> nn.Module:
+    """The dynaq module for ``mod`` with ``opts``; ``importance`` (a linear module's, from the
+    sample inputs) calibrates a 4-bit searched weight."""
     try:
         cls = _swap_target(mod)
         weight_opts = tuple(sorted((k, v) for k, v in opts.items() if k != "granularity"))
         key = (id(getattr(mod, "weight", None)), _bridge.is_conv1d(mod), weight_opts)
-        if cls is Linear and key in shared and mod.weight.device.type != "meta":
+        calibrated = importance is not None and _calibrates(opts)
+        if cls is Linear and key in shared and mod.weight.device.type != "meta" and not calibrated:
             # A weight shared by several linear modules is quantized once, its memory shared.
             bias = None if mod.bias is None else _bridge.param_numpy(mod.bias, "bias")
             layer = _layers.Linear(shared[key], bias, granularity=opts["granularity"])
             new = Linear.from_layer(layer)
+        elif calibrated:
+            new = cls.from_float(mod, **opts, importance=importance)
         else:
             new = cls.from_float(mod, **opts)
             if cls is Linear and not new._on_meta():

@@ -7,7 +7,7 @@
 use crate::args::{self, detach, float_array, Array, GroupSizeArg};
 use crate::errors::{named, shape, value_error, Role};
 use crate::quantized::QuantizedTensor;
-use crate::weight::{pack, pack_as, PyPackedWeight};
+use crate::weight::{importance_arg, pack, pack_calibrated, PyPackedWeight};
 use dynaq_core::isa::active_isa;
 use dynaq_core::ops;
 use dynaq_core::quant::{
@@ -333,12 +333,13 @@ pub fn as_float32<'py>(
 }
 
 /// ``obj`` itself when it is a :class:`PackedWeight`, else a float weight quantized as
-/// :func:`pack_weight` does (with the same options), with errors naming ``name`` (a layer's
-/// parameter).
+/// :func:`pack_weight` does (with the same options, ``importance`` included), with errors
+/// naming ``name`` (a layer's parameter). ``importance`` with a :class:`PackedWeight` is a
+/// ``ValueError``: it is already quantized.
 #[pyfunction]
 #[pyo3(signature = (
     obj, name, per_channel = true, *, bits = 8, group_size = GroupSizeArg::Unset,
-    symmetric = None, method = None
+    symmetric = None, method = None, importance = None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn as_packed_weight<'py>(
@@ -350,12 +351,21 @@ pub fn as_packed_weight<'py>(
     group_size: GroupSizeArg,
     symmetric: Option<bool>,
     method: Option<&str>,
+    importance: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyPackedWeight>> {
     let spec = args::weight_spec(py, bits, per_channel, group_size, symmetric, method)?;
     if let Ok(w) = obj.cast::<PyPackedWeight>() {
+        if importance.is_some() {
+            return Err(value_error(format!(
+                "importance calibrates the quantization of a float weight; {name} is already a \
+                 PackedWeight"
+            )));
+        }
         return Ok(w.clone());
     }
-    let inner = pack_as(py, obj, name, spec)?;
+    let importance = importance_arg(&spec, importance)?;
+    let importance = importance.as_ref().map(|a| a.as_slice());
+    let inner = pack_calibrated(py, obj, name, spec, importance)?;
     Bound::new(py, PyPackedWeight { inner })
 }
 

@@ -1,6 +1,6 @@
 //! `PackedWeight`: the Python face of `dynaq_core::PackedWeight`, and `pack_weight`.
 
-use crate::args::{self, detach, float_array, int8_array, GroupSizeArg, WeightSpec};
+use crate::args::{self, detach, float_array, int8_array, Array, GroupSizeArg, WeightSpec};
 use crate::errors::{named, shape, to_py, type_error, value_error, Role};
 use dynaq_core::int4::Int4Weight;
 use dynaq_core::isa::active_isa;
@@ -46,9 +46,34 @@ pub fn pack_as(
     pack_calibrated(py, weight, name, spec, None)
 }
 
+/// The `importance` argument of a weight to pack with `spec`, checked: 4-bit only, a 1-D float
+/// array (its length and values are checked by the core, against the weight).
+pub fn importance_arg<'py>(
+    spec: &WeightSpec,
+    importance: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Option<Array<'py, f32>>> {
+    let Some(obj) = importance else {
+        return Ok(None);
+    };
+    if matches!(spec, WeightSpec::Int8 { .. }) {
+        return Err(value_error(
+            "importance applies to 4-bit weights (bits=4): it weights the least-squares search \
+             of their grids",
+        ));
+    }
+    let a = float_array(obj, "importance")?;
+    if a.shape().len() != 1 {
+        return Err(value_error(format!(
+            "importance must be 1-D (one value per input feature), got shape {}",
+            shape(a.shape())
+        )));
+    }
+    Ok(Some(a))
+}
+
 /// [`pack_as`], the 4-bit search weighted by `importance` (one value per input feature) when
 /// given.
-fn pack_calibrated(
+pub fn pack_calibrated(
     py: Python<'_>,
     weight: &Bound<'_, PyAny>,
     name: &str,
@@ -143,25 +168,7 @@ pub fn pack_weight(
     importance: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyPackedWeight> {
     let spec = args::weight_spec(py, bits, per_channel, group_size, symmetric, method)?;
-    let importance = match importance {
-        None => None,
-        Some(_) if matches!(spec, WeightSpec::Int8 { .. }) => {
-            return Err(value_error(
-                "importance applies to 4-bit weights (bits=4): it weights the least-squares \
-                 search of their grids",
-            ))
-        }
-        Some(obj) => {
-            let a = float_array(obj, "importance")?;
-            if a.shape().len() != 1 {
-                return Err(value_error(format!(
-                    "importance must be 1-D (one value per input feature), got shape {}",
-                    shape(a.shape())
-                )));
-            }
-            Some(a)
-        }
-    };
+    let importance = importance_arg(&spec, importance)?;
     Ok(PyPackedWeight {
         inner: pack_calibrated(
             py,

@@ -11,9 +11,9 @@
 //! * [`search_grid_weighted`] / [`search_sym_weighted`]: the search for an error weighted value
 //!   by value, `Σ importance[k]·(w[k] − ŵ[k])²` (calibrated quantization: the importance of a
 //!   column is typically the mean of its squared activations). Every fit and comparison is
-//!   weighted, and clipped ranges are tried on every group; never worse than the plain search
-//!   in that error. A group whose importance is uniform (all zero included) gets the plain
-//!   search. Only the grids change: levels are rounded, and grids coded, as ever.
+//!   weighted; never worse than the plain search in that error. A group whose importance is
+//!   uniform (all zero included) gets the plain search. Only the grids change: levels are
+//!   rounded, and grids coded, as ever.
 //! * [`code_row`]: a row's grids as u8 codes against one float32 factor each for scales and
 //!   minima (`scale = fd * cd`, `min = fm * cm`): 16 bits per group instead of 64, and the
 //!   reduction over K stays in integers. [`CodedRow::levels`] rounds again on the decoded grids.
@@ -130,15 +130,16 @@ pub fn search_grid(x: &[f32]) -> Grid {
 }
 
 /// [`search_grid`] minimising `Σ importance[i]·(x[i] − ŵ[i])²`: every fit, every comparison
-/// and the final check against RTN weighted. `importance` is as long as `x`, finite and `>= 0`.
+/// and the final check against RTN weighted, over the same candidates (about twice the plain
+/// search's time: both run). `importance` is as long as `x`, finite and `>= 0`. The plain
+/// search's grid is a candidate too, so the result is never worse than it (nor than RTN) in
+/// the weighted error. A group whose importance is uniform (all zero included: its columns
+/// never see an activation) has the plain objective: it gets [`search_grid`], bit for bit.
 ///
-/// The weighted optimum often clips values of little importance, on one side only: every
-/// group (not only the long ones) also tries the clipped ranges `r·[lo, hi]`, then ranges
-/// clipped one side at a time (`[rl·lo, rh·hi]`, r from 1 down to 0.3, the low side and then
-/// the high one). The plain search's grid is a candidate too, so the result is never worse
-/// than it (nor than RTN) in the weighted error. A group whose importance is uniform (all zero included: its
-/// columns never see an activation) has the plain objective: it gets [`search_grid`], bit for
-/// bit.
+/// Trying clipped and one-sided ranges on every group as well lowered the output error a
+/// further 4% at group 32 (19.9% below the plain search instead of 15.9%, on activations of
+/// spread scales) for 2x the time; a mixed-precision budget quantizes every layer in every
+/// format, so the time won.
 pub fn search_grid_weighted(x: &[f32], importance: &[f32]) -> Grid {
     calibrated(x, importance, search_grid, search_grid_by, |g: Grid| {
         g.weighted_error(x, importance)
@@ -172,11 +173,9 @@ fn search_grid_by<I: Importance>(x: &[f32], imp: I) -> Grid {
         }
         consider(&levels, &mut best);
     }
-    // Calibrated, every group: the weighted optimum often clips values of little importance.
-    if x.len() > 128 || I::CALIBRATED {
-        // Candidate `[rl·lo, rh·hi]`; the best error so far after it.
-        let clipped = |(rl, rh): (f64, f64), levels: &mut [u8], best: &mut Option<(Grid, f64)>| {
-            let g = grid_for((lo as f64 * rl) as f32, (hi as f64 * rh) as f32);
+    if x.len() > 128 {
+        let clipped = |r: f64, levels: &mut [u8], best: &mut Option<(Grid, f64)>| -> f64 {
+            let g = grid_for((lo as f64 * r) as f32, (hi as f64 * r) as f32);
             for (q, &v) in levels.iter_mut().zip(x) {
                 *q = g.level(v);
             }
@@ -187,7 +186,7 @@ fn search_grid_by<I: Importance>(x: &[f32], imp: I) -> Grid {
         let (mut best_r, mut best_e) = (1.0, f64::INFINITY);
         for step in 1..=19 {
             let r = 1.0 - 0.05 * step as f64;
-            let e = clipped((r, r), &mut levels, &mut best);
+            let e = clipped(r, &mut levels, &mut best);
             if e < best_e {
                 (best_r, best_e) = (r, e);
             }
@@ -195,22 +194,7 @@ fn search_grid_by<I: Importance>(x: &[f32], imp: I) -> Grid {
         for d in [-4i32, -3, -2, -1, 1, 2, 3, 4] {
             let r = best_r + 0.01 * d as f64;
             if r > 0.0 && r < 1.0 {
-                clipped((r, r), &mut levels, &mut best);
-            }
-        }
-        if I::CALIBRATED {
-            // One side at a time, from the best symmetric clip: a side's ratio moves to the
-            // candidate that became the best.
-            let mut ratios = [best_r; 2];
-            for side in [0, 1] {
-                for step in 0..=14 {
-                    let mut at = ratios;
-                    at[side] = 1.0 - 0.05 * step as f64;
-                    let before = best.map_or(f64::INFINITY, |(_, e)| e);
-                    if clipped((at[0], at[1]), &mut levels, &mut best) < before {
-                        ratios = at;
-                    }
-                }
+                clipped(r, &mut levels, &mut best);
             }
         }
     }
