@@ -322,3 +322,59 @@ def test_a_meta_model_needs_a_plan_not_a_budget():
         dt.quantize_dynamic(fp, max_bits_per_weight=5.0)
     skeleton = dt.quantize_dynamic(fp, plan={"0": "int4-g64"})
     assert skeleton[0].group_size == 64
+
+
+@pytest.mark.parametrize("kind", ["llama", "lstm"])
+def test_replaying_the_blocks_before_a_layer_changes_nothing(kind, monkeypatch):
+    """The sensitivity pass replays the float model's blocks that ran before each layer (after
+    proving the replay on the model): the table is the one of full passes, bit for bit."""
+    from dynaq.torch import _replay, budget
+
+    fp, samples = MODELS[kind](), samples_for(kind)
+    used = []
+    real = budget._replayer
+
+    def spy(*args):
+        used.append(real(*args))
+        return used[-1]
+
+    monkeypatch.setattr(budget, "_replayer", spy)
+    fast = dt.sensitivity(fp, samples, progress=False)
+    monkeypatch.setattr(budget, "_replayer", lambda *a: _replay.Replay(nn.Identity(), {}))
+    full = dt.sensitivity(fp, samples, progress=False)
+    assert used[0].ok == (kind == "llama")  # the LSTM model has no block of two layers
+    for a, b in zip(fast.layers, full.layers):
+        assert (a.noise == b.noise).all() and (a.layer_sqnr_db == b.layer_sqnr_db).all()
+
+
+def test_replay_is_refused_when_it_would_change_the_output():
+    """A block whose output depends on more than its inputs (here a counter of calls) fails
+    the proof, and nothing is replayed."""
+    from dynaq.torch import _replay
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            return self.b(self.a(x)) + self.calls
+
+    model = nn.Sequential(Counting(), nn.Linear(8, 8)).eval()
+    targets = {"0.a": model[0].a, "0.b": model[0].b, "1": model[1]}
+    replay = _replay.Replay(model, targets)
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        ref = model(x)
+
+    def run() -> bool:
+        replay.begin_sample(0)
+        with torch.no_grad():
+            return torch.equal(model(x), ref)
+
+    replay.record(1, run)
+    assert replay.ok and replay.before("1") == [model[0]]
+    replay.prove(run)
+    assert not replay.ok and replay.before("1") == []

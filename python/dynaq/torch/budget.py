@@ -27,6 +27,7 @@ from ..mixed.formats import FLOAT, Format
 from ..mixed.select import Frontier, choose
 from ..mixed.sensitivity import LayerCosts, Sensitivity, measure_weights, sqnr_db
 from . import _bridge
+from ._replay import Replay
 from .compare import _call, _first_tensor, _real
 from .modules import GRU, LSTM, Linear
 
@@ -254,13 +255,38 @@ def _measure_samples(
 ) -> Sensitivity:
     refs = outputs[2]
     signal = sum(float(torch.dot(r.reshape(-1).double(), r.reshape(-1).double())) for r in refs)
+    replay = _replayer(model.swap({}), targets, outputs, bar)
     layers = []
     for name, mod, opts in targets:
         bar.step(name)
         made = {f: model.quantize(mod, name, _options(f, opts)) for f in fmts
                 if not f.is_float and _fits(f, mod)}  # fmt: skip
-        layers.append(_measure_layer(name, mod, made, FLOAT in fmts, outputs, model.swap))
+        layers.append(_measure_layer(name, mod, made, FLOAT in fmts, outputs, model.swap,
+                                     replay))  # fmt: skip
     return Sensitivity(layers, signal=signal, calibrated=True)
+
+
+def _replayer(
+    root: nn.Module, targets: Sequence[Target], outputs: Outputs, bar: Progress
+) -> Replay:
+    """The float model's blocks recorded, and their replay proven on this model (see
+    ``_replay.py``)."""
+    samples, masks, refs = outputs
+    replay = Replay(root, {name: mod for name, mod, _ in targets})
+
+    def run() -> bool:
+        same = True
+        with torch.no_grad():
+            for i, (s, m, ref) in enumerate(zip(samples, masks, refs)):
+                replay.begin_sample(i)
+                same = torch.equal(_output(root, s, m), ref) and same
+        return same
+
+    if replay.ok:
+        bar.note("recording the float model's blocks")
+        replay.record(len(samples), run)
+        replay.prove(run)
+    return replay
 
 
 def float_pass(
@@ -310,8 +336,10 @@ def _measure_layer(
     with_float: bool,
     outputs: Outputs,
     swap: Callable[[Mapping[str, Any]], nn.Module],
+    replay: Replay,
 ) -> LayerCosts:
-    """One pass of the samples with ``name`` alone in its smallest format of ``made``."""
+    """One pass of the samples with ``name`` alone in its smallest format of ``made`` (the
+    blocks that ran before it replayed)."""
     nbytes = {f: module_nbytes(q) for f, q in made.items()}
     probe = min(made, key=lambda f: nbytes[f])
     energy = {f: _Energy() for f in made}
@@ -333,9 +361,10 @@ def _measure_layer(
     root = swap({name: made[probe]})
     handle = made[probe].register_forward_hook(hook, with_kwargs=True)
     try:
-        with torch.no_grad():
-            for s, m, ref in zip(samples, masks, refs):
+        with torch.no_grad(), replay.replaying(replay.before(name)):
+            for i, (s, m, ref) in enumerate(zip(samples, masks, refs)):
                 current["mask"] = m
+                replay.begin_sample(i)
                 whole.add(ref, _output(root, s, m))
     finally:
         handle.remove()
