@@ -4,7 +4,9 @@
 :class:`Linear`, :class:`LSTM` and :class:`GRU`, which hold int8 weights (per output channel by
 default) and quantize their activations at run time (per row by default) with dynaq's exact int8
 kernels. They take and return CPU torch tensors; float32 passes through numpy without a copy.
-:func:`compare` measures what the quantization costs, layer by layer.
+:func:`compare` measures what the quantization costs, layer by layer. With a budget
+(``max_bits_per_weight=``, ``min_sqnr_db=``), :func:`quantize_dynamic` picks int4, int8 or
+float per layer (:func:`plan` gives the choice; :func:`sensitivity` the table it came from).
 
 The modules call dynaq's operators, registered with ``torch.library`` (:mod:`dynaq.torch.ops`:
 ``torch.ops.dynaq.linear``, ``.lstm``, ``.gru``), so ``torch.compile`` (``fullgraph=True``
@@ -45,8 +47,11 @@ The package: ``ops.py`` (the registered operators), ``_prepared.py`` (the tensor
 travels as, and the cache of native layers behind them), ``_onnx.py`` (the operators' ONNX
 symbolics), ``modules.py`` (the module base and :class:`Linear`), ``recurrent.py``
 (:class:`LSTM`, :class:`GRU`), ``_state.py`` (the modules' state dicts), ``quantize.py``
-(:func:`quantize_dynamic`), ``compare.py`` (:func:`compare`), ``threads.py``
-(:func:`share_torch_threads`), ``_bridge.py`` (tensors to numpy and back).
+(:func:`quantize_dynamic`, :func:`sensitivity`), ``budget.py`` (mixed precision: measuring a
+model with sample inputs, calibration, confirming a plan; :func:`plan`), ``_replay.py``
+(replaying the float model's blocks during the measurement), ``compare.py``
+(:func:`compare`), ``threads.py`` (:func:`share_torch_threads`), ``_bridge.py`` (tensors to
+numpy and back).
 
 PyTorch is an optional dependency of dynaq (``pip install "dynaq[torch]"``); ``import dynaq``
 never imports it, and ``import dynaq.torch`` without it raises ``ImportError``.

@@ -318,7 +318,8 @@ def sensitivity(
         The float model (left as it is: the measurement swaps layers in a copy).
     sample_inputs : list, optional
         Inputs as :func:`compare` takes them (tensors, tuples of arguments, dicts of keyword
-        arguments; a dict's ``attention_mask`` keeps padding out of the errors). Without them,
+        arguments; a dict's ``attention_mask`` keeps padding out of the errors); they also
+        calibrate the 4-bit formats measured, as :func:`quantize_dynamic` will. Without them,
         the weights alone: each layer's error on synthetic activations.
     formats : list, optional
         The candidates (names such as ``"int4-g64"``, dicts of options, or
@@ -468,11 +469,17 @@ def _apply(
                 slot.new = _swap(slot.mod, slot.name, slot.opts, shared, slot.importance)
                 slot.made_for = dict(slot.opts)
             module = slot.new
-        for parent, attr in slot.places:
-            if parent is None:
-                root = module
-            else:
-                setattr(parent, attr, module)
+        root = _place(slot, module, root)
+    return root
+
+
+def _place(slot: _Slot, module: nn.Module, root: nn.Module) -> nn.Module:
+    """Puts ``module`` in every place of ``slot``; the model's root after it."""
+    for parent, attr in slot.places:
+        if parent is None:
+            root = module
+        else:
+            setattr(parent, attr, module)
     return root
 
 
@@ -521,11 +528,7 @@ def _swapper(model: nn.Module, slots: dict[int, _Slot]) -> _budget.Swapper:
         for slot in slots.values():
             given = chosen.get(slot.name)
             if isinstance(given, nn.Module):
-                for parent, attr in slot.places:
-                    if parent is None:
-                        root = given
-                    else:
-                        setattr(parent, attr, given)
+                root = _place(slot, given, root)
         return root
 
     by_name = {s.name: s for s in slots.values()}
