@@ -28,7 +28,8 @@ from torch import nn
 
 def sentences(model_dir: str) -> list[str]:
     """The model card's prose, one sentence per entry (code blocks and markup dropped)."""
-    text = open(os.path.join(model_dir, "README.md"), encoding="utf-8").read()
+    with open(os.path.join(model_dir, "README.md"), encoding="utf-8") as f:
+        text = f.read()
     text = re.sub(r"```.*?```", "", text, flags=re.S)
     text = re.sub(r"^---.*?---", "", text, flags=re.S)
     parts = re.split(r"(?<=[.!?:])\s+|\n+", text)

@@ -578,3 +578,61 @@ def test_a_plan_naming_other_modules_is_refused(llama_dir):
         _load(llama_dir, quantization_config=DynaqConfig(plan={"no.such": "int8"}))
     with pytest.raises(ValueError, match="cannot be met"):
         _load(llama_dir, quantization_config=DynaqConfig(max_bits_per_weight=2.0))
+
+
+class _Embedding(nn.Module):
+    """A BERT encoder and sentence-transformers' mean pooling, normalized: the sentence
+    embedding is the model output a budget is measured on."""
+
+    def __init__(self, bert: nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        h = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                      token_type_ids=token_type_ids).last_hidden_state  # fmt: skip
+        mask = attention_mask.unsqueeze(-1).to(h.dtype)
+        return nn.functional.normalize((h * mask).sum(1) / mask.sum(1), dim=-1)
+
+
+def test_minilm_mixed_precision_at_5_bits_closes_half_the_gap():
+    """all-MiniLM-L6-v2 with 64 sentences of its own model card as sample inputs: the plan at
+    <= 5 bits per weight closes at least half of the embedding-cosine gap between uniform 4-bit
+    (group 32) and uniform int8, beats every uniform 4-bit plan (all smaller), and reports what
+    the model measures (``benches/mixed_minilm.py`` prints the whole table)."""
+    import re
+
+    src = _minilm_dir()
+    with open(os.path.join(src, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    parts = re.split(r"(?<=[.!?:])\s+|\n+", re.sub(r"^---.*?---", "", text, flags=re.S))
+    cleaned = [re.sub(r"[#*\[\]()`|>]", "", s).strip() for s in parts]
+    sentences = sorted([s for s in cleaned if len(s.split()) >= 3][:64], key=len)
+    assert len(sentences) == 64
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    batches = [dict(tok(sentences[i : i + 8], padding=True, return_tensors="pt"))
+               for i in range(0, 64, 8)]  # fmt: skip
+    fp = _Embedding(transformers.AutoModel.from_pretrained(src).eval()).eval()
+    with torch.no_grad():
+        ref = torch.cat([fp(**b) for b in batches])
+
+    def cosine(m):
+        with torch.no_grad():
+            return float((torch.cat([m(**b) for b in batches]) * ref).sum(-1).mean())
+
+    q = dt.quantize_dynamic(fp, max_bits_per_weight=5.0, sample_inputs=batches, progress=False)
+    plan = dt.plan(q)
+    assert plan.bits_per_weight <= 5.0
+    got = cosine(q)
+    # Unit embeddings: the cosine over all outputs is the mean per-sentence cosine.
+    assert plan.measured["cosine"] == pytest.approx(got, abs=1e-6)
+    int8, int4 = cosine(dt.quantize_dynamic(fp)), cosine(dt.quantize_dynamic(fp, bits=4))
+    closed = (got - int4) / (int8 - int4)
+    print(f"\nMiniLM mixed precision: {plan.bits_per_weight:.3f} bits per weight, cosine "
+          f"{got:.5f} (int8 {int8:.5f}, int4 {int4:.5f}): {closed:.0%} of the gap closed; "
+          f"{plan.counts()}")  # fmt: skip
+    assert closed >= 0.5
+    for name, u in plan.uniform.items():
+        if name != "float" and u["bits_per_weight"] <= 5.0:
+            assert plan.predicted_sqnr_db > u["predicted_sqnr_db"], name
