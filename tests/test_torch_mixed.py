@@ -378,3 +378,30 @@ def test_replay_is_refused_when_it_would_change_the_output():
     assert replay.ok and replay.before("1") == [model[0]]
     replay.prove(run)
     assert not replay.ok and replay.before("1") == []
+
+
+@pytest.mark.parametrize("kind", ["mlp", "llama"])
+def test_a_cosine_target_on_the_models_output(kind):
+    fp, samples = MODELS[kind](), samples_for(kind)
+    int4 = measured(fp, dt.quantize_dynamic(fp, bits=4, sample_inputs=samples), samples)[1]
+    target = 1.0 - (1.0 - int4) / 4  # a quarter of uniform 4-bit's distance from 1
+    q = dt.quantize_dynamic(fp, min_cosine=target, sample_inputs=samples, progress=False)
+    p = dt.plan(q)
+    assert p.budget == {"min_cosine": target}
+    assert measured(fp, q, samples)[1] >= target
+    assert p.measured["cosine"] == pytest.approx(measured(fp, q, samples)[1], abs=1e-12)
+    assert 0 < p.nbytes < sum(4 * n * k for lay in p.layers for n, k in lay.shapes)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"min_cosine": 0.99}, "needs sample_inputs"),
+        ({"min_cosine": 1.0, "sample_inputs": [torch.randn(2, 64)]}, "between 0 and 1"),
+        ({"min_cosine": 0.9, "min_sqnr_db": 20, "sample_inputs": [torch.randn(2, 64)]},
+         "one budget"),
+    ],
+)  # fmt: skip
+def test_cosine_target_refusals(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        dt.quantize_dynamic(mlp(), **kwargs)

@@ -81,6 +81,11 @@ def plot_plan(plan: Plan, path: Union[str, os.PathLike], *, title: Optional[str]
     elif "min_sqnr_db" in budget:
         ax.axhline(budget["min_sqnr_db"], ls="--", color="tab:red", lw=1,
                    label=f"budget: {budget['min_sqnr_db']:g} dB")  # fmt: skip
+    elif "min_cosine" in budget:
+        # The SQNR that guarantees the cosine (select.allowed_noise).
+        bound = -10.0 * math.log10(1.0 - budget["min_cosine"] ** 2)
+        ax.axhline(bound, ls="--", color="tab:red", lw=1,
+                   label=f"budget: cosine {budget['min_cosine']:g} ({bound:.2f} dB)")  # fmt: skip
     ax.set_xlim(min([b for b, _ in curve] + [bits]) - 0.25, right)
     ax.set_xlabel("stored bits per weight (scales and minima included)")
     ax.set_ylabel(f"SQNR of the {what}, dB")

@@ -25,7 +25,7 @@ import numpy as np
 
 from .sensitivity import Sensitivity, sqnr_db
 
-__all__ = ["Frontier", "check_budget", "choose", "frontier"]
+__all__ = ["Frontier", "allowed_noise", "check_budget", "choose", "frontier"]
 
 #: Points kept on the front between layers: 4096 byte intervals keep a chosen plan within
 #: 1/4096 of the range of sizes (0.001 bits per weight between uniform int4 and float32).
@@ -106,6 +106,7 @@ def check_budget(
     max_bits_per_weight: Optional[float] = None,
     max_bytes: Optional[int] = None,
     min_sqnr_db: Optional[float] = None,
+    min_cosine: Optional[float] = None,
 ) -> dict[str, float]:
     """The one budget given, checked: ``{"max_bits_per_weight": 5.0}`` and the like; empty
     when none is.
@@ -114,12 +115,12 @@ def check_budget(
     ------
     ValueError
         More than one budget, or a value that is not a finite positive number (any finite
-        number for ``min_sqnr_db``).
+        number for ``min_sqnr_db``; strictly between 0 and 1 for ``min_cosine``).
     """
     given = {
         k: v
         for k, v in (("max_bits_per_weight", max_bits_per_weight), ("max_bytes", max_bytes),
-                     ("min_sqnr_db", min_sqnr_db))
+                     ("min_sqnr_db", min_sqnr_db), ("min_cosine", min_cosine))
         if v is not None
     }  # fmt: skip
     if len(given) > 1:
@@ -132,7 +133,30 @@ def check_budget(
                              f"number, got {value!r}")  # fmt: skip
         if key == "max_bytes" and value != int(value):
             raise ValueError(f"max_bytes must be a whole number, got {value!r}")
+        if key == "min_cosine" and not 0.0 < value < 1.0:
+            raise ValueError(f"min_cosine must be between 0 and 1 (exclusive), got {value!r}")
     return {k: float(v) for k, v in given.items()}
+
+
+def allowed_noise(table: Sensitivity, budget: dict[str, float]) -> Optional[float]:
+    """The output error energy an accuracy budget allows (None for a size budget).
+
+    ``min_cosine``: an error of energy ``x·|y|^2`` turns the output ``y`` by at most
+    ``arcsin(sqrt(x))``, so ``x <= 1 - c^2`` keeps the cosine at ``c`` or more, whatever the
+    error's direction (all outputs taken as one vector).
+
+    Raises
+    ------
+    ValueError
+        ``min_cosine`` on a table measured from the weights alone (no model output).
+    """
+    if "min_sqnr_db" in budget:
+        return table.signal * 10.0 ** (-budget["min_sqnr_db"] / 10.0)
+    if "min_cosine" in budget:
+        if not table.calibrated:
+            raise ValueError("min_cosine is a target on the model's output: it needs sample_inputs")
+        return table.signal * (1.0 - budget["min_cosine"] ** 2)
+    return None
 
 
 def choose(table: Sensitivity, budget: dict[str, float]) -> tuple[list[int], Frontier]:
@@ -143,6 +167,8 @@ def choose(table: Sensitivity, budget: dict[str, float]) -> tuple[list[int], Fro
     - ``min_sqnr_db``, measured with sample inputs: the fewest bytes whose predicted model
       output SQNR reaches it; from the weights alone: each layer's cheapest format whose own
       output SQNR reaches it.
+    - ``min_cosine`` (sample inputs only): the fewest bytes whose predicted error keeps the
+      model output's cosine to float at or above it (:func:`allowed_noise`).
 
     Raises
     ------
@@ -151,15 +177,16 @@ def choose(table: Sensitivity, budget: dict[str, float]) -> tuple[list[int], Fro
     """
     front = frontier(table)
     weights = max(table.weights, 1)
-    if "min_sqnr_db" in budget:
+    if "min_sqnr_db" in budget and not table.calibrated:
         target = budget["min_sqnr_db"]
-        if not table.calibrated:
-            return [_cheapest_reaching(lay, target) for lay in table.layers], front
-        point = front.within_noise(table.signal * 10.0 ** (-target / 10.0))
+        return [_cheapest_reaching(lay, target) for lay in table.layers], front
+    allowed = allowed_noise(table, budget)
+    if allowed is not None:
+        point = front.within_noise(allowed)
         if point < 0:
             best = sqnr_db(table.signal, float(front.noise[-1]))
             raise ValueError(
-                f"min_sqnr_db={target:g} cannot be met: the best plan of these formats is "
+                f"{_budget_text(budget)} cannot be met: the best plan of these formats is "
                 f"predicted at {best:.2f} dB (add float to the formats)"
             )
         return front.choice(point), front

@@ -24,7 +24,7 @@ from torch import nn
 from .._text import Progress
 from ..mixed import plan as _plan
 from ..mixed.formats import FLOAT, Format
-from ..mixed.select import Frontier, choose
+from ..mixed.select import Frontier, allowed_noise, choose
 from ..mixed.sensitivity import LayerCosts, Sensitivity, measure_weights, sqnr_db
 from . import _bridge
 from ._replay import Replay
@@ -397,6 +397,15 @@ def _weights(mod: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return [(n, p) for n, p in mod.named_parameters(recurse=False) if n.startswith("weight")]
 
 
+def _holds(energy: _Energy, budget: dict[str, float]) -> bool:
+    """Whether a measurement meets an accuracy budget (a size budget always holds)."""
+    if "min_sqnr_db" in budget:
+        return sqnr_db(energy.signal, energy.noise) >= budget["min_sqnr_db"]
+    if "min_cosine" in budget:
+        return energy.cosine >= budget["min_cosine"]
+    return True
+
+
 def _confirm(
     result: _plan.Plan,
     table: Sensitivity,
@@ -419,11 +428,10 @@ def _confirm(
         return e
 
     energy = measure(result)
-    target = budget.get("min_sqnr_db")
-    if target is not None:
-        allowed = table.signal * 10.0 ** (-target / 10.0)
+    allowed = allowed_noise(table, budget)
+    if allowed is not None:
         point, last, tries = front.within_noise(allowed), len(front.nbytes) - 1, 0
-        while sqnr_db(energy.signal, energy.noise) < target and point < last:
+        while not _holds(energy, budget) and point < last:
             if tries < RETRIES:
                 allowed *= min(0.9, float(front.noise[point]) / energy.noise)
                 point = max(front.within_noise(allowed), point + 1)

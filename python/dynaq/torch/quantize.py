@@ -137,6 +137,7 @@ def quantize_dynamic(
     max_bits_per_weight: Optional[float] = None,
     max_bytes: Optional[int] = None,
     min_sqnr_db: Optional[float] = None,
+    min_cosine: Optional[float] = None,
     sample_inputs: Optional[Iterable[Any]] = None,
     formats: Optional[Iterable[Any]] = None,
     plan: Optional[Union[Plan, Mapping[str, Any]]] = None,
@@ -202,14 +203,16 @@ def quantize_dynamic(
         ``fnmatch`` pattern when it contains ``*``, ``?`` or ``[`` (``"*.pooler.*"``). An entry
         that matches no module raises ``ValueError`` (a likely typo). Exclusion beats
         ``qconfig_spec``.
-    max_bits_per_weight, max_bytes, min_sqnr_db : float, optional
+    max_bits_per_weight, max_bytes, min_sqnr_db, min_cosine : float, optional
         Automatic mixed precision (one of them): a format per module among ``formats``, for
         the least error within a size (stored bits per weight averaged over the modules
         considered, or bytes), or the fewest bytes whose output SQNR reaches ``min_sqnr_db``
         (the model output's with ``sample_inputs``, else each module's own on synthetic
-        activations). The modules considered are those ``qconfig_spec`` and ``exclude``
-        select; their options give the granularity and int8's ``per_channel``. The plan chosen
-        is :func:`dynaq.torch.plan` of the result, with what was measured.
+        activations), or whose output keeps a cosine to float of ``min_cosine`` or more
+        (all the samples' outputs taken as one vector; needs ``sample_inputs``). The modules
+        considered are those ``qconfig_spec`` and ``exclude`` select; their options give the
+        granularity and int8's ``per_channel``. The plan chosen is :func:`dynaq.torch.plan` of
+        the result, with what was measured.
     sample_inputs : list, optional
         Inputs to run the model on, as :func:`compare` takes them (tensors, tuples of
         arguments, dicts of keyword arguments; a dict's ``attention_mask`` keeps padding out).
@@ -263,7 +266,9 @@ def quantize_dynamic(
                **_common.weight_options(bits, group_size, symmetric, method)}  # fmt: skip
     _check_options(default, "quantize_dynamic")
     selection = _selection(model, qconfig_spec, exclude, default)
-    budget = check_budget(max_bits_per_weight, max_bytes, min_sqnr_db)
+    budget = check_budget(max_bits_per_weight, max_bytes, min_sqnr_db, min_cosine)
+    if "min_cosine" in budget and sample_inputs is None:
+        raise ValueError("min_cosine is a target on the model's output: it needs sample_inputs")
     if plan is not None and budget:
         raise ValueError("plan applies a plan already chosen: give no budget")
     if formats is not None and not budget:
