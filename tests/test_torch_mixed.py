@@ -182,6 +182,20 @@ def test_weights_only_budgets(kind):
         assert layer.layer_sqnr_db >= 30.0
 
 
+def test_per_tensor_int8_options_carry_into_a_budget():
+    """``per_channel=False`` is int8's option: a budget's int8 layers take it, its 4-bit ones
+    keep their groups, and the bytes measured are those stored."""
+    q = dt.quantize_dynamic(mlp(), per_channel=False, max_bits_per_weight=7.0,
+                            formats=["int4", "int8"], progress=False)  # fmt: skip
+    p = dt.plan(q)
+    assert set(p.counts()) == {"int4", "int8"}
+    for layer in p.layers:
+        m = q.get_submodule(layer.name)
+        assert module_nbytes(m) == layer.nbytes
+        if layer.format.bits == 8:
+            assert not m.per_channel
+
+
 def test_max_bytes_holds():
     fp = mlp()
     table = dt.sensitivity(fp, progress=False)
@@ -320,6 +334,8 @@ def test_a_meta_model_needs_a_plan_not_a_budget():
         fp = nn.Sequential(nn.Linear(64, 32))
     with pytest.raises(ValueError, match="meta device.*plan="):
         dt.quantize_dynamic(fp, max_bits_per_weight=5.0)
+    with pytest.raises(ValueError, match="sample_inputs needs the weights.*meta device"):
+        dt.quantize_dynamic(fp, max_bits_per_weight=5.0, sample_inputs=[torch.randn(2, 64)])
     skeleton = dt.quantize_dynamic(fp, plan={"0": "int4-g64"})
     assert skeleton[0].group_size == 64
 

@@ -8,7 +8,9 @@ exactly the activations of the float model; a hook on it runs every candidate fo
 float layer) on those activations, giving each format's own output error, while the model's
 output gives the probe's effect on the model. The other formats' effect on the model is the
 probe's scaled by their own output error (errors this small pass through the layers above
-linearly; the final measurement of the mixed model checks the sum).
+linearly; the final measurement of the mixed model checks the sum). The blocks that ran before
+the layer are replayed from a recording (``_replay.py``). The samples' float pass also gives
+each linear layer's importance of its input features, which calibrates its 4-bit weights.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ __all__ = ["plan"]
 #: The attribute of a quantized model's root module that holds its :class:`~dynaq.mixed.Plan`,
 #: as JSON (a string pickles with ``torch.load(weights_only=True)``; a Plan would not).
 PLAN_ATTR = "_dynaq_plan"
-#: Retries of an accuracy budget whose measured SQNR falls short of the prediction: each one
-#: tightens the noise allowed by the shortfall; after these, every layer that still falls short
-#: of its part goes to the next point of the front until it holds.
+#: Retries of an accuracy budget whose measurement falls short of the prediction: each one
+#: tightens the noise allowed by the shortfall (and moves at least one point along the front);
+#: after these, the front's last point (float wherever float is a candidate), which holds.
 RETRIES = 6
 
 Target = tuple[str, nn.Module, dict[str, Any]]
@@ -99,8 +101,10 @@ def float_matrices(mod: nn.Module) -> list[np.ndarray]:
 
 
 def _options(fmt: Format, opts: dict[str, Any]) -> dict[str, Any]:
-    """A target's options with its weight format replaced by ``fmt``'s."""
-    return {"per_channel": opts["per_channel"], "granularity": opts["granularity"],
+    """A target's options with its weight format replaced by ``fmt``'s (``per_channel`` is
+    int8's: 4-bit weights have scales per group or per channel)."""
+    per_channel = opts["per_channel"] if fmt.bits == 8 else True
+    return {"per_channel": per_channel, "granularity": opts["granularity"],
             **(fmt.options() or {})}  # fmt: skip
 
 
@@ -131,14 +135,19 @@ def measure(
 ) -> Sensitivity:
     """The sensitivity table of ``targets`` (name, float module, options): from the weights
     alone, or measured on the model with the samples of ``outputs`` (from :func:`float_pass`)."""
-    if any(p.device.type == "meta" for _, m, _ in targets for p in m.parameters()):
-        raise ValueError(
-            "a budget needs the weights, and the model is on the meta device: choose the plan "
-            "on a model with its weights, then pass plan=dynaq.torch.plan(quantized) here"
-        )
+    require_weights([m for _, m, _ in targets], "a budget")
     if outputs is not None:
         return _measure_samples(targets, formats, outputs, model, bar)
     return _measure_weights(targets, formats, bar)
+
+
+def require_weights(modules: Iterable[nn.Module], what: str) -> None:
+    """``ValueError`` when a module is on the meta device: ``what`` needs its weights."""
+    if any(p.device.type == "meta" for m in modules for p in m.parameters()):
+        raise ValueError(
+            f"{what} needs the weights, and the model is on the meta device: choose the plan "
+            "on a model with its weights, then pass plan=dynaq.torch.plan(quantized) here"
+        )
 
 
 def choose_plan(
@@ -202,7 +211,8 @@ def _measure_weights(
             itemsize = next(p for p in mod.parameters()).element_size()
             layers.append(measure_weights(
                 name, type(mod).__name__, matrices, [f for f in fmts if _fits(f, mod)],
-                float_itemsize=itemsize, granularity=opts["granularity"],
+                float_itemsize=itemsize, per_channel=opts["per_channel"],
+                granularity=opts["granularity"],
             ))  # fmt: skip
         except (TypeError, ValueError) as e:
             raise type(e)(f"cannot measure module {name!r}: {e}") from e

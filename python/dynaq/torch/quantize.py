@@ -367,6 +367,7 @@ def _calibrate(model: nn.Module, slots: dict[int, _Slot], samples: list[Any]) ->
     """One pass of the float model (nothing swapped yet) over the samples: its outputs (the
     reference of every measurement) and each linear module's importance of its input
     features."""
+    _budget.require_weights([s.mod for s in slots.values()], "sample_inputs")
     linear = {s.name: s.mod for s in slots.values() if _swap_target(s.mod) is Linear}
     outputs, importance = _budget.float_pass(model, linear, samples)
     for slot in slots.values():
