@@ -364,6 +364,8 @@ def _measure_layer(
         ref = _real(ref.detach().cpu(), mask)
         for f, q in made.items():
             got = _first_tensor(output if f == probe else q(*args, **kwargs))
+            if got is None:  # pragma: no cover - dynaq's modules return what torch's do
+                raise TypeError(f"{name}: the {f.name} module's output holds no tensor")
             energy[f].add(ref, _real(got.detach().cpu(), mask))
 
     samples, masks, refs = outputs
