@@ -421,3 +421,16 @@ def test_a_cosine_target_on_the_models_output(kind):
 def test_cosine_target_refusals(kwargs, message):
     with pytest.raises(ValueError, match=message):
         dt.quantize_dynamic(mlp(), **kwargs)
+
+
+def test_samples_that_calibrate_nothing_cost_no_pass():
+    """int8 weights (and round-to-nearest 4-bit ones) have no search to weight: the samples are
+    not run at all."""
+    net = mlp()
+    calls = []
+    net.register_forward_pre_hook(lambda m, a: calls.append(1))
+    dt.quantize_dynamic(net, sample_inputs=[torch.randn(2, 64)])
+    dt.quantize_dynamic(net, bits=4, method="rtn", sample_inputs=[torch.randn(2, 64)])
+    assert calls == []
+    dt.quantize_dynamic(net, bits=4, sample_inputs=[torch.randn(2, 64)])
+    assert len(calls) == 1

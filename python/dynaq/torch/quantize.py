@@ -283,7 +283,7 @@ def quantize_dynamic(
     slots, left = _targets(model, *selection)
     swapper = _swapper(model, slots)
     outputs = None
-    if samples is not None:
+    if samples is not None and (budget or _any_calibrated(slots, plan)):
         outputs = _calibrate(model, slots, samples)
     chosen = None
     if plan is not None:
@@ -361,6 +361,18 @@ def sensitivity(
     finally:
         bar.close()
     return table
+
+
+def _any_calibrated(slots: dict[int, _Slot], plan: Optional[Plan]) -> bool:
+    """Whether the samples would calibrate a weight: a 4-bit searched linear module (in the
+    plan's formats when there is one). If not, the float pass they cost is skipped."""
+    linear = [s for s in slots.values() if _swap_target(s.mod) is Linear]
+    if plan is not None:
+        formats = plan.formats()
+        return any(
+            s.name in formats and _calibrates(formats[s.name].options() or {}) for s in linear
+        )
+    return any(_calibrates(s.base) for s in linear)
 
 
 def _calibrate(model: nn.Module, slots: dict[int, _Slot], samples: list[Any]) -> _budget.Outputs:
