@@ -88,6 +88,14 @@ class Format:
         :func:`dynaq.pack_weight`) for this format; None for float."""
         return None if self.bits is None else self._pack_options()
 
+    def layer_options(self, per_channel: bool = True) -> Optional[dict[str, Any]]:
+        """:meth:`options` with ``per_channel``, which is int8's option (4-bit weights have
+        scales per group or per output channel whatever it says); None for float."""
+        opts = self.options()
+        if opts is not None:
+            opts["per_channel"] = per_channel if self.bits == 8 else True
+        return opts
+
     def fits(self, in_features: int) -> bool:
         """Whether a weight of ``in_features`` columns can take this format (a group size
         must divide it)."""

@@ -100,15 +100,13 @@ def float_matrices(mod: nn.Module) -> list[np.ndarray]:
     ]
 
 
-def _options(fmt: Format, opts: dict[str, Any]) -> dict[str, Any]:
-    """A target's options with its weight format replaced by ``fmt``'s (``per_channel`` is
-    int8's: 4-bit weights have scales per group or per channel)."""
-    per_channel = opts["per_channel"] if fmt.bits == 8 else True
-    return {"per_channel": per_channel, "granularity": opts["granularity"],
-            **(fmt.options() or {})}  # fmt: skip
+def format_options(fmt: Format, opts: dict[str, Any]) -> dict[str, Any]:
+    """A target's options with its weight format replaced by ``fmt``'s."""
+    return {"granularity": opts["granularity"], **(fmt.layer_options(opts["per_channel"]) or {})}
 
 
-def _fits(fmt: Format, mod: nn.Module) -> bool:
+def fits(fmt: Format, mod: nn.Module) -> bool:
+    """Whether every weight of a float module can take ``fmt``."""
     return all(fmt.fits(k) for _, k in _shapes(mod))
 
 
@@ -210,7 +208,7 @@ def _measure_weights(
             matrices = float_matrices(mod)
             itemsize = next(p for p in mod.parameters()).element_size()
             layers.append(measure_weights(
-                name, type(mod).__name__, matrices, [f for f in fmts if _fits(f, mod)],
+                name, type(mod).__name__, matrices, [f for f in fmts if fits(f, mod)],
                 float_itemsize=itemsize, per_channel=opts["per_channel"],
                 granularity=opts["granularity"],
             ))  # fmt: skip
@@ -269,8 +267,8 @@ def _measure_samples(
     layers = []
     for name, mod, opts in targets:
         bar.step(name)
-        made = {f: model.quantize(mod, name, _options(f, opts)) for f in fmts
-                if not f.is_float and _fits(f, mod)}  # fmt: skip
+        made = {f: model.quantize(mod, name, format_options(f, opts)) for f in fmts
+                if not f.is_float and fits(f, mod)}  # fmt: skip
         layers.append(_measure_layer(name, mod, made, FLOAT in fmts, outputs, model.swap,
                                      replay))  # fmt: skip
     return Sensitivity(layers, signal=signal, calibrated=True)
@@ -382,7 +380,7 @@ def _measure_layer(
         handle.remove()
         swap({})
     gain = whole.noise / energy[probe].noise if energy[probe].noise > 0 else 0.0
-    fits = list(made) + ([FLOAT] if with_float else [])
+    taken = list(made) + ([FLOAT] if with_float else [])
     row_nbytes = [nbytes.get(f, 0) for f in made]
     row_db = [sqnr_db(energy[f].signal, energy[f].noise) for f in made]
     row_noise = [whole.noise if f == probe else gain * energy[f].noise for f in made]
@@ -392,9 +390,9 @@ def _measure_layer(
         row_db.append(math.inf)
         row_noise.append(0.0)
     return LayerCosts(
-        name=name, kind=type(mod).__name__, shapes=_shapes(mod), formats=tuple(fits),
+        name=name, kind=type(mod).__name__, shapes=_shapes(mod), formats=tuple(taken),
         nbytes=np.asarray(row_nbytes, dtype=np.int64), layer_sqnr_db=np.asarray(row_db),
-        weight_sqnr_db=np.full(len(fits), np.nan), noise=np.asarray(row_noise, dtype=np.float64),
+        weight_sqnr_db=np.full(len(taken), np.nan), noise=np.asarray(row_noise, dtype=np.float64),
     )  # fmt: skip
 
 

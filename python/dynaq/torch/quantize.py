@@ -9,18 +9,16 @@ import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Optional, Union
 
-import numpy as np
 import torch
 from torch import nn
 
 from .. import _dynaq
-from .. import layers as _layers
 from .._dynaq import check_granularity as _check_granularity
 from .._text import Progress
 from ..layers import _common
-from ..mixed import Format, Plan, Sensitivity, parse_formats
+from ..mixed import Plan, Sensitivity, parse_formats
 from ..mixed.select import check_budget
-from . import _bridge
+from . import _bridge, _slots
 from . import budget as _budget
 from .modules import GRU, LSTM, Linear
 
@@ -28,7 +26,6 @@ __all__ = ["quantize_dynamic", "sensitivity"]
 
 Spec = Union[Iterable[Union[type, str]], Mapping[Union[type, str], Any]]
 
-_SWAPS: dict[type, Any] = {nn.Linear: Linear, nn.LSTM: LSTM, nn.GRU: GRU}
 _SUPPORTED = "torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU and transformers' Conv1D"
 _OPTION_KEYS = ("per_channel", "granularity", "bits", "group_size", "symmetric", "method")
 
@@ -72,7 +69,8 @@ def _parse_spec(
     spec: Optional[Spec], default: dict[str, Any]
 ) -> tuple[dict[type, Optional[dict[str, Any]]], dict[str, Optional[dict[str, Any]]]]:
     if spec is None:
-        return {t: dict(default) for t in _SWAPS}, {}  # and Conv1D, recognized by _swap_target
+        # And Conv1D, which _slots.swap_target recognizes.
+        return {t: dict(default) for t in _slots.SWAPS}, {}
     if isinstance(spec, (str, bytes)) or not isinstance(spec, Iterable):
         raise TypeError(
             "qconfig_spec must be a set or list of module types and/or module names, or a "
@@ -85,7 +83,7 @@ def _parse_spec(
         if isinstance(key, str):
             names[key] = _options(value, repr(key), default)
         elif isinstance(key, type):
-            if key not in _SWAPS and not _bridge.is_conv1d(key):
+            if key not in _slots.SWAPS and not _bridge.is_conv1d(key):
                 raise TypeError(
                     f"qconfig_spec names {key.__module__}.{key.__qualname__}, which "
                     f"dynaq.torch.quantize_dynamic cannot quantize: it swaps {_SUPPORTED} "
@@ -280,21 +278,21 @@ def quantize_dynamic(
         plan = _as_plan(plan)
     if not inplace:
         model = copy.deepcopy(model)
-    slots, left = _targets(model, *selection)
-    swapper = _swapper(model, slots)
+    slots, left = _slots.find_slots(model, *selection)
+    swapper = _slots.swapper(model, slots)
     outputs = None
     if samples is not None and (budget or _any_calibrated(slots, plan)):
         outputs = _calibrate(model, slots, samples)
     chosen = None
     if plan is not None:
-        _apply_plan(slots, left, plan)
+        _slots.apply_plan(slots, left, plan)
     elif budget:
         chosen = _budget.choose_plan(
             [(s.name, s.mod, s.base) for s in slots.values()], candidates, budget, outputs,
             swapper, progress,
         )  # fmt: skip
-        _set_formats(slots, chosen.formats())
-    converted = _apply(model, slots, left, {})
+        _slots.set_formats(slots, chosen.formats())
+    converted = _slots.apply_slots(model, slots, left, {})
     swapped = {id(s.new): s.new for s in slots.values() if s.opts is not None}
     _warn_unhandled(converted, left, swapped)
     if chosen is not None:
@@ -351,9 +349,9 @@ def sensitivity(
     mode = _budget.progress_mode(progress)
     if samples is not None:
         model = copy.deepcopy(model)
-    slots, _ = _targets(model, *selection)
+    slots, _ = _slots.find_slots(model, *selection)
     targets = [(s.name, s.mod, s.base) for s in slots.values()]
-    swapper = _swapper(model, slots)
+    swapper = _slots.swapper(model, slots)
     outputs = None if samples is None else _calibrate(model, slots, samples)
     bar = Progress(len(targets), mode)
     try:
@@ -363,24 +361,26 @@ def sensitivity(
     return table
 
 
-def _any_calibrated(slots: dict[int, _Slot], plan: Optional[Plan]) -> bool:
+def _any_calibrated(slots: dict[int, _slots.Slot], plan: Optional[Plan]) -> bool:
     """Whether the samples would calibrate a weight: a 4-bit searched linear module (in the
     plan's formats when there is one). If not, the float pass they cost is skipped."""
-    linear = [s for s in slots.values() if _swap_target(s.mod) is Linear]
+    linear = [s for s in slots.values() if _slots.swap_target(s.mod) is Linear]
     if plan is not None:
         formats = plan.formats()
         return any(
-            s.name in formats and _calibrates(formats[s.name].options() or {}) for s in linear
+            s.name in formats and _slots.calibrates(formats[s.name].options() or {}) for s in linear
         )
-    return any(_calibrates(s.base) for s in linear)
+    return any(_slots.calibrates(s.base) for s in linear)
 
 
-def _calibrate(model: nn.Module, slots: dict[int, _Slot], samples: list[Any]) -> _budget.Outputs:
+def _calibrate(
+    model: nn.Module, slots: dict[int, _slots.Slot], samples: list[Any]
+) -> _budget.Outputs:
     """One pass of the float model (nothing swapped yet) over the samples: its outputs (the
     reference of every measurement) and each linear module's importance of its input
     features."""
     _budget.require_weights([s.mod for s in slots.values()], "sample_inputs")
-    linear = {s.name: s.mod for s in slots.values() if _swap_target(s.mod) is Linear}
+    linear = {s.name: s.mod for s in slots.values() if _slots.swap_target(s.mod) is Linear}
     outputs, importance = _budget.float_pass(model, linear, samples)
     for slot in slots.values():
         slot.importance = importance.get(slot.name)
@@ -392,7 +392,7 @@ def _selection(
     model: nn.Module, qconfig_spec: Optional[Spec], exclude: Iterable[str], default: dict[str, Any]
 ) -> tuple[Any, ...]:
     """What ``qconfig_spec`` and ``exclude`` select, checked against the model: the arguments
-    of :func:`_targets` after the model."""
+    of :func:`_slots.find_slots` after the model."""
     types, names = _parse_spec(qconfig_spec, default)
     modules = dict(model.named_modules())
     is_excluded = _excluder(exclude, list(modules))
@@ -400,7 +400,7 @@ def _selection(
         if name not in modules:
             raise ValueError(f"qconfig_spec names module {name!r}, which is not in the model")
         mod = modules[name]
-        if names[name] is not None and not any(_swap_target(m) for m in mod.modules()):
+        if names[name] is not None and not any(_slots.swap_target(m) for m in mod.modules()):
             raise TypeError(
                 f"qconfig_spec names module {name!r} ({type(mod).__name__}), which is not one "
                 f"of {_SUPPORTED} and contains none"
@@ -409,180 +409,12 @@ def _selection(
     return types, names, is_excluded, conv1d_default
 
 
-class _Slot:
-    """A module to swap: its first name, the float module, the options ``qconfig_spec`` gives
-    it (``base``) and those it takes now (None: left float), the places it sits in the model,
-    the dynaq module made for it, and the importance of its input features (from sample
-    inputs) that calibrates a 4-bit weight."""
-
-    def __init__(self, name: str, mod: nn.Module, opts: dict[str, Any]) -> None:
-        self.name = name
-        self.mod = mod
-        self.base = opts
-        self.opts: Optional[dict[str, Any]] = opts
-        self.places: list[tuple[Optional[nn.Module], str]] = []
-        self.new: Optional[nn.Module] = None
-        self.made_for: Any = None
-        self.importance: Optional[np.ndarray] = None
-
-
-def _targets(
-    model: nn.Module,
-    types: dict[type, Optional[dict[str, Any]]],
-    names: dict[str, Optional[dict[str, Any]]],
-    is_excluded: Callable[[str], bool],
-    conv1d_default: Optional[dict[str, Any]],
-) -> tuple[dict[int, _Slot], dict[str, nn.Module]]:
-    """What ``quantize_dynamic`` swaps, with which options (the module ids' slots), and what it
-    keeps in float on purpose (excluded, tied, unselected)."""
-    tied = _tied_to_others(model)
-    slots: dict[int, _Slot] = {}
-    left: dict[str, nn.Module] = {}
-    unset: Any = object()
-
-    def visit(mod: nn.Module, name: str, named: Any, parent: Any, attr: str) -> None:
-        # ``named``: the entry of the closest named ancestor (or this module), else ``unset``.
-        named = names.get(name, named)
-        if is_excluded(name):
-            left.update((f"{name}.{n}" if n else name, m) for n, m in mod.named_modules())
-            return
-        if _swap_target(mod) is not None:
-            if named is not unset:
-                opts = named
-            elif _bridge.is_conv1d(mod):
-                opts = types.get(type(mod), conv1d_default)
-            else:
-                opts = types.get(type(mod))
-            if opts is None or id(getattr(mod, "weight", None)) in tied:
-                # A weight tied to a module that stays float (GPT-2's lm_head and wte): kept
-                # float and tied, not duplicated.
-                left[name] = mod
-                return
-            slot = slots.setdefault(id(mod), _Slot(name, mod, opts))
-            slot.places.append((parent, attr))
-            return
-        # Not named_children(): it skips a module's second appearance, which must be swapped too.
-        for child_name, child in list(mod._modules.items()):
-            if child is not None:
-                visit(child, f"{name}.{child_name}" if name else child_name, named, mod, child_name)
-
-    visit(model, "", unset, None, "")
-    return slots, left
-
-
-def _apply(
-    model: nn.Module, slots: dict[int, _Slot], left: dict[str, nn.Module], shared: dict[Any, Any]
-) -> nn.Module:
-    """Puts each slot's module in its places: the dynaq module for its options (made once, and
-    again only when the options change), the float module when they are None. Returns the root
-    (a swapped root is a new module)."""
-    root = model
-    for slot in slots.values():
-        if slot.opts is None:
-            module = slot.mod
-            left[slot.name] = slot.mod
-        else:
-            left.pop(slot.name, None)
-            if slot.new is None or slot.made_for != slot.opts:
-                slot.new = _swap(slot.mod, slot.name, slot.opts, shared, slot.importance)
-                slot.made_for = dict(slot.opts)
-            module = slot.new
-        root = _place(slot, module, root)
-    return root
-
-
-def _place(slot: _Slot, module: nn.Module, root: nn.Module) -> nn.Module:
-    """Puts ``module`` in every place of ``slot``; the model's root after it."""
-    for parent, attr in slot.places:
-        if parent is None:
-            root = module
-        else:
-            setattr(parent, attr, module)
-    return root
-
-
 def _as_plan(plan: Any) -> Plan:
     if isinstance(plan, Plan):
         return plan
     if isinstance(plan, Mapping):
         return Plan.from_dict(plan)
     raise TypeError(f"plan must be a dynaq.mixed.Plan or a dict, got {type(plan).__name__}")
-
-
-def _apply_plan(slots: dict[int, _Slot], left: dict[str, nn.Module], plan: Plan) -> None:
-    """Gives each slot the format ``plan`` names for it (every layer the plan names must be
-    one the model swaps; the model's other layers stay float)."""
-    by_name = {s.name: s for s in slots.values()}
-    formats = plan.formats()
-    missing = [n for n in formats if n not in by_name]
-    if missing:
-        raise ValueError(
-            f"the plan names {len(missing)} layer(s) this model does not quantize: "
-            f"{', '.join(repr(n) for n in missing[:5])}{' ...' if len(missing) > 5 else ''}"
-        )
-    for name, slot in by_name.items():
-        fmt = formats.get(name)
-        if fmt is not None and not fmt.is_float and not _budget._fits(fmt, slot.mod):
-            raise ValueError(f"the plan gives module {name!r} format {fmt.name}, which its "
-                             "input width does not allow")  # fmt: skip
-    _set_formats(slots, formats)
-
-
-def _set_formats(slots: dict[int, _Slot], formats: Mapping[str, Format]) -> None:
-    """Each slot's options for its format in ``formats`` (float when absent)."""
-    for slot in slots.values():
-        fmt = formats.get(slot.name)
-        slot.opts = None if fmt is None or fmt.is_float else _budget._options(fmt, slot.base)
-
-
-def _swapper(model: nn.Module, slots: dict[int, _Slot]) -> _budget.Swapper:
-    """How the budget's measurement swaps this model's layers (see :class:`budget.Swapper`)."""
-    shared: dict[Any, Any] = {}
-
-    def swap(chosen: Mapping[str, Any]) -> nn.Module:
-        # Formats by name; a module given instead is put in as it is (the probe of a layer).
-        _set_formats(slots, {n: f for n, f in chosen.items() if isinstance(f, Format)})
-        root = _apply(model, slots, {}, shared)
-        for slot in slots.values():
-            given = chosen.get(slot.name)
-            if isinstance(given, nn.Module):
-                root = _place(slot, given, root)
-        return root
-
-    by_name = {s.name: s for s in slots.values()}
-
-    def make(mod: nn.Module, name: str, opts: dict[str, Any]) -> nn.Module:
-        return _swap(mod, name, opts, {}, by_name[name].importance)
-
-    return _budget.Swapper(swap, make)
-
-
-def _calibrates(opts: dict[str, Any]) -> bool:
-    """Whether an importance changes a weight of these options: 4-bit, searched."""
-    return opts.get("bits") == 4 and opts.get("method") in (None, "search")
-
-
-def _swap_target(mod: nn.Module) -> Any:
-    """The dynaq module class that replaces ``mod``, or None."""
-    if type(mod) in _SWAPS:
-        return _SWAPS[type(mod)]
-    return Linear if _bridge.is_conv1d(mod) else None
-
-
-def _tied_to_others(model: nn.Module) -> set[int]:
-    """The ids of the weights of swappable modules that another module, one that stays float,
-    shares (a tied ``lm_head`` and word embedding)."""
-    owners: dict[int, list[nn.Module]] = {}
-    for mod in model.modules():
-        for p in mod._parameters.values():
-            if p is not None:
-                owners.setdefault(id(p), []).append(mod)
-    return {
-        pid
-        for pid, mods in owners.items()
-        if len(mods) > 1 and any(_swap_target(m) is None for m in mods)
-        and any(_swap_target(m) is not None for m in mods)
-    }  # fmt: skip
 
 
 #: Parameter names of tables that are looked up or added, not multiplied: position and token
@@ -631,38 +463,3 @@ def _warn_unhandled(model: nn.Module, left: dict[str, nn.Module], swapped: dict[
         "weight bytes (as float32)",
         stacklevel=3,
     )
-
-
-def _swap(
-    mod: nn.Module,
-    name: str,
-    opts: dict[str, Any],
-    shared: dict[Any, Any],
-    importance: Optional[np.ndarray] = None,
-) -> nn.Module:
-    """The dynaq module for ``mod`` with ``opts``; ``importance`` (a linear module's, from the
-    sample inputs) calibrates a 4-bit searched weight."""
-    try:
-        cls = _swap_target(mod)
-        weight_opts = tuple(sorted((k, v) for k, v in opts.items() if k != "granularity"))
-        key = (id(getattr(mod, "weight", None)), _bridge.is_conv1d(mod), weight_opts)
-        calibrated = importance is not None and _calibrates(opts)
-        if cls is Linear and key in shared and mod.weight.device.type != "meta" and not calibrated:
-            # A weight shared by several linear modules is quantized once, its memory shared.
-            bias = None if mod.bias is None else _bridge.param_numpy(mod.bias, "bias")
-            layer = _layers.Linear(shared[key], bias, granularity=opts["granularity"])
-            new = Linear.from_layer(layer)
-        elif calibrated:
-            new = cls.from_float(mod, **opts, importance=importance)
-        else:
-            new = cls.from_float(mod, **opts)
-            if cls is Linear and not new._on_meta():
-                shared[key] = new.layer.weight
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"cannot quantize module {name or '<root>'!r} ({mod!r}): {e}") from e
-    # As torch's swap_module does: keep the user's hooks.
-    for hook in mod._forward_pre_hooks.values():
-        new.register_forward_pre_hook(hook)
-    for hook in mod._forward_hooks.values():
-        new.register_forward_hook(hook)
-    return new

@@ -149,10 +149,6 @@ class DynaqConfig(QuantizationConfigMixin):
         """The size or accuracy budget asked for (empty when none)."""
         return check_budget(self.max_bits_per_weight, self.max_bytes, self.min_sqnr_db)
 
-    def module_options(self, fmt: Format) -> dict[str, Any]:
-        """The options of a module given ``fmt`` by a plan (int8 keeps ``per_channel``)."""
-        return {"per_channel": self.per_channel} if fmt.bits == 8 else dict(fmt.options() or {})
-
     def post_init(self) -> None:
         """Check every option (transformers calls it with the values of config.json too)."""
         if not isinstance(self.per_channel, bool):
@@ -419,7 +415,7 @@ class DynaqHfQuantizer(HfQuantizer):
             in_f, out_f = (mod.nx, mod.nf) if conv1d else (mod.in_features, mod.out_features)
             options = cfg.weight_options()
             if found is None and chosen is not None:
-                options = cfg.module_options(chosen[name])
+                options = chosen[name].layer_options(cfg.per_channel) or {}
             if found is not None:  # as the checkpoint stores it
                 options = _stored_options(*found)
                 if conv1d and not self._out_in and options.get("bits") == 4:
