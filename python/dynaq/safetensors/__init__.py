@@ -12,7 +12,8 @@ atomically.
 - :func:`quantize_file`: every 2-D floating-point tensor of a file to int8 values (stored as
   ``I8`` under the tensor's own name ``W``) and float32 scales (``W_scale``, one per output
   channel or one in all), exactly what :func:`dynaq.pack_weight` would use; everything else
-  copied byte for byte (``_quantize.py``).
+  copied byte for byte (``_quantize.py``); with a budget or a plan, a format per tensor
+  (``_choose.py``).
 - :func:`load_quantized` reads such a file back into :class:`dynaq.PackedWeight` objects and
   :func:`load_linear` builds :class:`dynaq.layers.Linear` layers from it (``_load.py``).
 

@@ -47,7 +47,8 @@ The package: ``ops.py`` (the registered operators), ``_prepared.py`` (the tensor
 travels as, and the cache of native layers behind them), ``_onnx.py`` (the operators' ONNX
 symbolics), ``modules.py`` (the module base and :class:`Linear`), ``recurrent.py``
 (:class:`LSTM`, :class:`GRU`), ``_state.py`` (the modules' state dicts), ``quantize.py``
-(:func:`quantize_dynamic`, :func:`sensitivity`), ``budget.py`` (mixed precision: measuring a
+(:func:`quantize_dynamic`, :func:`sensitivity`), ``_slots.py`` (which modules it swaps, and
+swapping them), ``budget.py`` (mixed precision: measuring a
 model with sample inputs, calibration, confirming a plan; :func:`plan`), ``_replay.py``
 (replaying the float model's blocks during the measurement), ``compare.py``
 (:func:`compare`), ``threads.py`` (:func:`share_torch_threads`), ``_bridge.py`` (tensors to

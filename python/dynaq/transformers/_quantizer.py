@@ -28,13 +28,13 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from .. import _dynaq
 from .. import layers as _layers
-from ..mixed import Format, Plan, Sensitivity, choose, measure_weights, parse_formats
-from ..mixed.plan import build as build_plan
+from ..mixed import Format, Plan, parse_formats
 from ..mixed.select import check_budget
-from ..safetensors._io import _open, _read_bytes, _read_header, _to_numpy
 from ..torch import Linear
 from ..torch._bridge import is_conv1d, param_numpy
 from ..torch.budget import PLAN_ATTR
+from ._checkpoint import checkpoint_header, module_name
+from ._mixed import plan_formats
 
 __all__ = ["DynaqConfig", "DynaqHfQuantizer", "register"]
 
@@ -214,21 +214,6 @@ class DynaqConfig(QuantizationConfigMixin):
             )
 
 
-def _checkpoint_header(files: Optional[list[str]]) -> tuple[dict[str, tuple[str, list[int]]], dict]:
-    """Every tensor's dtype and shape, and the metadata, of a model's safetensors files (their
-    headers only, read and checked by dynaq's one safetensors reader)."""
-    tensors: dict[str, tuple[str, list[int]]] = {}
-    metadata: dict[str, str] = {}
-    for path in files or []:
-        if not str(path).endswith(".safetensors"):
-            continue
-        with _open(path) as f:
-            header = _read_header(f, str(path))
-        metadata.update(header.metadata)
-        tensors.update((e.name, (e.dtype, list(e.shape))) for e in header.entries)
-    return tensors, metadata
-
-
 class _Op(ConversionOps):
     """What both of dynaq's loading operations share: the quantizer they serve (under the
     attribute name transformers looks for) and the signature transformers calls."""
@@ -370,7 +355,7 @@ class DynaqHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(
         self, model: Any, checkpoint_files: Optional[list[str]] = None, **kwargs: Any
     ) -> None:
-        tensors, metadata = _checkpoint_header(checkpoint_files)
+        tensors, metadata = checkpoint_header(checkpoint_files)
         scaled = {k[: -len(_SCALE)] for k in tensors if k.endswith(_SCALE)}
         # A folder without a quantization_config whose weights are dynaq's (the CLI's file):
         # load it as stored, not as float weights to quantize again.
@@ -392,7 +377,7 @@ class DynaqHfQuantizer(HfQuantizer):
             tied = getattr(model, "all_tied_weights_keys", None) or {}
             tied_modules = {k.rsplit(".", 1)[0] for pair in tied.items() for k in pair}
             for key in scaled:
-                name = _module_name(key[: -len(".weight")], modules, model)
+                name = module_name(key[: -len(".weight")], modules, model)
                 mod = None if name is None or name in tied_modules else modules[name]
                 if type(mod) is nn.Linear or is_conv1d(mod):
                     swap[name] = (key, tensors)
@@ -406,7 +391,7 @@ class DynaqHfQuantizer(HfQuantizer):
                 if name and (type(mod) is nn.Linear or is_conv1d(mod)):
                     if should_convert_module(name, skip):
                         swap[name] = None
-            chosen = self._plan_formats(model, list(swap), checkpoint_files)
+            chosen = plan_formats(self.quantization_config, model, list(swap), checkpoint_files)
             if chosen is not None:
                 swap = {n: None for n in swap if not chosen.get(n, _FLOAT).is_float}
         for name, found in swap.items():
@@ -440,54 +425,6 @@ class DynaqHfQuantizer(HfQuantizer):
             new.train(mod.training)
             model.set_submodule(name, new)
             self._converted.append(name)
-
-    def _plan_formats(
-        self, model: Any, names: list[str], files: Optional[list[str]]
-    ) -> Optional[dict[str, Format]]:
-        """Each convertible module's format from the config's plan, or from its budget
-        measured on the checkpoint's float weights (the plan is then kept in the config, for
-        ``save_pretrained``); None when the config has neither."""
-        cfg = self.quantization_config
-        budget = cfg.budget()
-        if cfg.plan is None and not budget:
-            return None
-        if cfg.plan is not None:
-            formats = Plan.from_dict(cfg.plan).formats()
-            unknown = sorted(set(formats) - set(names))
-            if unknown:
-                raise ValueError(
-                    f"DynaqConfig: the plan names modules this model does not convert: "
-                    f"{unknown[:5]}"
-                )
-        else:
-            formats = self._choose(model, names, files, budget)
-        if any(f.bits == 4 for f in formats.values()):
-            cfg.format_version = _dynaq.FORMAT_VERSION_INT4
-        return formats
-
-    def _choose(
-        self, model: Any, names: list[str], files: Optional[list[str]], budget: dict[str, float]
-    ) -> dict[str, Format]:
-        """The budget's plan, from the checkpoint's float weights (kept in the config)."""
-        cfg = self.quantization_config
-        candidates = parse_formats(cfg.formats)
-        modules = dict(model.named_modules())
-        layers = []
-        for name, w in _checkpoint_weights(files, names, modules, model):
-            mod = modules[name]
-            matrix = w.T if is_conv1d(mod) else w
-            fits = [f for f in candidates if f.fits(matrix.shape[1])]
-            layers.append(measure_weights(
-                name, type(mod).__name__, [matrix], fits, float_itemsize=w.dtype.itemsize,
-                per_channel=cfg.per_channel, granularity=cfg.granularity,
-            ))  # fmt: skip
-        if not layers:
-            raise ValueError("DynaqConfig: a budget needs the checkpoint's float weights")
-        table = Sensitivity(layers, signal=float(len(layers)), calibrated=False)
-        choice, front = choose(table, budget)
-        plan = build_plan(table, choice, budget=budget, front=front)
-        cfg.plan = plan.to_dict()
-        return plan.formats()
 
     def param_needs_quantization(self, model: Any, param_name: str, **kwargs: Any) -> bool:
         if self.pre_quantized:
@@ -619,40 +556,6 @@ def _stored_options(key: str, tensors: dict[str, tuple[str, list[int]]]) -> dict
     groups = gscale[1][1] if gscale is not None and len(gscale[1]) == 2 else 0
     group = k // groups if groups else None
     return {"bits": 4, "group_size": group, "symmetric": key + "_min" not in tensors}
-
-
-def _checkpoint_weights(
-    files: Optional[list[str]], names: list[str], modules: dict[str, Any], model: Any
-) -> Any:
-    """``(module name, float32 weight)`` for each of ``names`` whose ``.weight`` the
-    checkpoint's safetensors files hold (one at a time: a model's weights are never all in
-    memory twice)."""
-    wanted = set(names)
-    for path in files or []:
-        if not str(path).endswith(".safetensors"):
-            continue
-        with _open(path) as f:
-            header = _read_header(f, str(path))
-            for e in header.entries:
-                if not e.name.endswith(".weight") or len(e.shape) != 2:
-                    continue
-                name = _module_name(e.name[: -len(".weight")], modules, model)
-                if name in wanted:
-                    w = _to_numpy(header, e, _read_bytes(f, header, e))
-                    yield name, np.ascontiguousarray(w, dtype=np.float32)
-
-
-def _module_name(name: str, modules: dict[str, Any], model: Any) -> Optional[str]:
-    """The model's module a checkpoint key's prefix names, allowing for the base model prefix
-    (a ``BertModel`` loads a ``BertForMaskedLM`` checkpoint, whose keys start ``bert.``)."""
-    if name in modules:
-        return name
-    prefix = getattr(model, "base_model_prefix", "") or ""
-    if prefix and name.startswith(prefix + ".") and name[len(prefix) + 1 :] in modules:
-        return name[len(prefix) + 1 :]
-    if prefix and f"{prefix}.{name}" in modules:
-        return f"{prefix}.{name}"
-    return None
 
 
 def register() -> None:
