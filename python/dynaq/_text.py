@@ -7,6 +7,7 @@ reads the same in a terminal, a log file and a CI transcript.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -64,6 +65,13 @@ def format_table(
     if footer:
         lines += [rule, *(line(r) for r in footer)]
     return lines
+
+
+def format_db(value: Optional[float]) -> str:
+    """A level in decibels for a table: two decimals, ``inf`` when exact, ``-`` when absent."""
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) and value > 0 else f"{value:.2f}"
 
 
 def _count(done: float, total: float) -> str:

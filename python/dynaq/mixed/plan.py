@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from .._text import format_table
+from .._text import format_db, format_table
 from .formats import Format
 from .select import Frontier
 from .sensitivity import Sensitivity, sqnr_db
@@ -146,8 +146,8 @@ class Plan:
                 ", ".join(f"{n}x{k}" for n, k in lay.shapes),
                 lay.format.name,
                 str(lay.nbytes),
-                _db(lay.layer_sqnr_db),
-                _db(lay.alone_sqnr_db),
+                format_db(lay.layer_sqnr_db),
+                format_db(lay.alone_sqnr_db),
             )
             for lay in self.layers
         ]
@@ -165,19 +165,19 @@ class Plan:
             out.append("budget: " + ", ".join(f"{k} = {v:g}" for k, v in self.budget.items()))
         what = "model output" if self.sensitivity == "samples" else "mean layer"
         if self.predicted_sqnr_db is not None:
-            out.append(f"predicted {what} SQNR: {_db(self.predicted_sqnr_db)} dB "
+            out.append(f"predicted {what} SQNR: {format_db(self.predicted_sqnr_db)} dB "
                        f"(sensitivity from {self.sensitivity})")  # fmt: skip
         if self.measured is not None:
             out.append(
-                f"measured model output: SQNR {_db(self.measured['sqnr_db'])} dB, cosine "
+                f"measured model output: SQNR {format_db(self.measured['sqnr_db'])} dB, cosine "
                 f"{self.measured['cosine']:.6f}"
             )
         for name, u in self.uniform.items():
             line = (f"  uniform {name}: {u['bits_per_weight']:.3f} bits per weight, predicted "
-                    f"{_db(u.get('predicted_sqnr_db'))} dB")  # fmt: skip
+                    f"{format_db(u.get('predicted_sqnr_db'))} dB")  # fmt: skip
             if u.get("measured"):
                 m = u["measured"]
-                line += f", measured {_db(m['sqnr_db'])} dB, cosine {m['cosine']:.6f}"
+                line += f", measured {format_db(m['sqnr_db'])} dB, cosine {m['cosine']:.6f}"
             out.append(line)
         return out
 
@@ -348,7 +348,10 @@ def build(
         if points[-1] != len(front.nbytes) - 1:
             points.append(len(front.nbytes) - 1)
         curve = [
-            (8.0 * float(front.nbytes[p]) / weights, sqnr_db(table.signal, float(front.noise[p])))
+            (
+                8.0 * float(front.nbytes[p]) / weights,
+                sqnr_db(table.signal, float(front.noise[p])),
+            )
             for p in points
         ]
     return Plan(
@@ -359,12 +362,6 @@ def build(
         uniform=uniform,
         curve=curve,
     )
-
-
-def _db(value: Optional[float]) -> str:
-    if value is None:
-        return "-"
-    return "inf" if math.isinf(value) and value > 0 else f"{value:.2f}"
 
 
 def _out(value: Any) -> Any:

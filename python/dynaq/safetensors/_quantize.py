@@ -17,8 +17,9 @@ from typing import IO, Any, Callable, Optional, Union
 import numpy as np
 
 from .. import _dynaq
-from .._text import format_table
+from .._text import format_db, format_table
 from ..mixed.plan import Plan
+from ..mixed.sensitivity import sqnr_db
 from ._choose import Chooser
 from ._io import (
     PathLike,
@@ -95,12 +96,6 @@ def _fmt_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _fmt_sqnr(s: Optional[float]) -> str:
-    if s is None:
-        return "-"
-    return "inf" if math.isinf(s) else f"{s:.2f}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +183,7 @@ class QuantizeReport:
         )
         sq = [r.sqnr_db for r in self.rows if r.action == "quantized" and r.sqnr_db is not None]
         if sq:
-            line += f"; weight SQNR {_fmt_sqnr(min(sq))} to {_fmt_sqnr(max(sq))} dB"
+            line += f"; weight SQNR {format_db(min(sq))} to {format_db(max(sq))} dB"
         return line
 
     def table(self) -> str:
@@ -203,8 +198,8 @@ class QuantizeReport:
                 _fmt_bytes(r.bytes_before),
                 _fmt_bytes(r.bytes_after),
                 r.format or "-",
-                _fmt_sqnr(r.sqnr_db),
-                _fmt_sqnr(r.layer_sqnr_db),
+                format_db(r.sqnr_db),
+                format_db(r.layer_sqnr_db),
                 r.action,
             )
             for r in self.rows
@@ -239,11 +234,7 @@ def _sqnr_db(w: np.ndarray, pw: Any) -> float:
         err = wc - approx
         signal += float(np.sum(wc * wc))
         noise += float(np.sum(err * err))
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:  # pragma: no cover - zero weights quantize exactly
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
+    return sqnr_db(signal, noise)
 
 
 def _copy_range(src: IO[bytes], dst: IO[bytes], start: int, n: int, where: str) -> None:

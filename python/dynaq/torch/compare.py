@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .._text import format_table
+from ..mixed.sensitivity import sqnr_db
 
 __all__ = ["Comparison", "compare"]
 
@@ -44,12 +45,7 @@ def _error_stats(name: str, kind: str, ref: torch.Tensor, got: torch.Tensor) -> 
     err = a - b
     signal = float(torch.dot(a, a))
     noise = float(torch.dot(err, err))
-    if noise == 0.0:
-        sqnr = math.inf
-    elif signal == 0.0:
-        sqnr = -math.inf
-    else:
-        sqnr = 10.0 * math.log10(signal / noise)
+    sqnr = sqnr_db(signal, noise)
     na, nb = math.sqrt(signal), float(torch.linalg.vector_norm(b))
     if na == 0.0 or nb == 0.0:
         cosine = 1.0 if na == nb else 0.0
